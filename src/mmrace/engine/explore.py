@@ -1,0 +1,268 @@
+"""Running a program under a strategy: exploration, replay and shrinking."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mmrace.engine.core import Event, Execution, ViolationError
+from mmrace.engine.strategy import (
+    DecisionReplay,
+    DfsStrategy,
+    GuidedStrategy,
+    PctStrategy,
+    RandomStrategy,
+    Strategy,
+)
+from mmrace.engine.token import TokenError, decode, encode
+
+STRATEGIES = ("dpor", "bounded", "random", "pct", "replay", "naive")
+DEFAULT_MAX_STEPS = 20_000
+
+
+@dataclass
+class Violation:
+    """What went wrong in one execution, with the execution's trace."""
+
+    kind: str
+    title: str
+    message: str
+    trace: list[Event]
+    threads: list[str]
+    thread: str | None = None
+    preemptions: int = 0
+
+    def as_dict(self) -> dict[str, str]:
+        return {"kind": self.kind, "title": self.title, "message": self.message}
+
+
+@dataclass
+class Result:
+    """The outcome of an exploration."""
+
+    strategy: str
+    violation: Violation | None
+    executions: int
+    complete: bool
+    token: str | None
+    seconds: float
+    blocked: int = 0  # executions cut short by sleep sets (DPOR)
+    steps: int = 0  # visible operations executed, over all executions
+    shrunk_from: int | None = None  # preemptions before shrinking
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def outcome(self) -> str:
+        if self.violation is not None:
+            return "step-limit" if self.violation.kind == "step-limit" else "violation"
+        return "clean" if self.complete else "budget-exhausted"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "outcome": self.outcome,
+            "executions": self.executions,
+            "complete": self.complete,
+            "seconds": round(self.seconds, 3),
+            "violation": self.violation.as_dict() if self.violation else None,
+            "token": self.token,
+        }
+
+
+Program = Callable[[], Any]
+Progress = Callable[[int, float], None]
+
+
+def make_strategy(
+    strategy: str, preemption_bound: int | None, seed: int | None, depth: int
+) -> Strategy:
+    if strategy == "dpor":
+        return DfsStrategy(reduce=True, bound=preemption_bound)
+    if strategy == "bounded":
+        return DfsStrategy(reduce=True, bound=2 if preemption_bound is None else preemption_bound)
+    if strategy == "naive":
+        return DfsStrategy(reduce=False, bound=preemption_bound)
+    if strategy == "random":
+        return RandomStrategy(seed or 0)
+    if strategy == "pct":
+        return PctStrategy(seed or 0, depth)
+    raise ValueError(
+        f"unknown strategy {strategy!r} (choose from {', '.join(STRATEGIES)})"
+    )
+
+
+def run_once(
+    program: Program,
+    strategy: Strategy,
+    max_steps: int,
+    exploration_locals: dict[str, Any],
+) -> Execution:
+    ex = Execution(program, strategy, max_steps, exploration_locals)
+    strategy.begin(ex)
+    ex.run()
+    strategy.end(ex)
+    return ex
+
+
+def _violation(ex: Execution) -> Violation:
+    v = ex.violation
+    assert v is not None
+    return Violation(
+        kind=v.kind,
+        title=v.title,
+        message=v.message,
+        trace=ex.events,
+        threads=[t.name for t in ex.threads],
+        thread=ex.threads[ex.violation_tid].name if ex.violation_tid is not None else None,
+        preemptions=ex.preemptions,
+    )
+
+
+def explore(
+    program: Program,
+    strategy: str = "dpor",
+    max_executions: int | None = None,
+    preemption_bound: int | None = None,
+    seed: int | None = None,
+    max_seconds: float | None = None,
+    *,
+    depth: int = 3,
+    max_steps: int = DEFAULT_MAX_STEPS,
+    shrink: bool = True,
+    progress: Progress | None = None,
+    token_context: str = "",
+) -> Result:
+    """Explore *program*'s executions with *strategy* until a violation, the
+    end of the search (exhaustive strategies), or a budget runs out.
+
+    ``random`` and ``pct`` never complete; without ``max_executions`` or
+    ``max_seconds`` they run 1,000 executions."""
+    if strategy == "replay":
+        raise ValueError("use replay(program, token) for the replay strategy")
+    strat = make_strategy(strategy, preemption_bound, seed, depth)
+    if max_executions is None and max_seconds is None and not strat.complete_when_done:
+        max_executions = 1000
+    locals_: dict[str, Any] = {}
+    start = time.perf_counter()
+    executions = 0
+    blocked = 0
+    steps = 0
+    last_progress = start
+    found: Execution | None = None
+    while strat.more():
+        if max_executions is not None and executions >= max_executions:
+            break
+        now = time.perf_counter()
+        if max_seconds is not None and now - start >= max_seconds:
+            break
+        ex = run_once(program, strat, max_steps, locals_)
+        steps += len(ex.events)
+        if ex.sleep_blocked:
+            blocked += 1
+        else:
+            executions += 1
+        if ex.violation is not None:
+            found = ex
+            break
+        if progress is not None and now - last_progress >= 0.5:
+            last_progress = now
+            progress(executions, now - start)
+    complete = found is None and strat.complete_when_done and not strat.more()
+    result = Result(
+        strategy=strat.name,
+        violation=None,
+        executions=executions,
+        complete=complete,
+        token=None,
+        seconds=0.0,
+        blocked=blocked,
+        steps=steps,
+    )
+    if found is not None:
+        if shrink and found.violation is not None and found.violation.kind != "step-limit":
+            before = found.preemptions
+            found = shrink_execution(program, found, max_steps, locals_)
+            if found.preemptions < before:
+                result.shrunk_from = before
+        result.violation = _violation(found)
+        result.token = encode(found.decisions, token_context)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def replay(program: Program, token: str, *, max_steps: int = DEFAULT_MAX_STEPS) -> Result:
+    """Re-run the one execution a token records. Raises TokenError if the
+    token is malformed or does not fit the program."""
+    decisions, context = decode(token)
+    return replay_decisions(program, decisions, max_steps=max_steps, token_context=context)
+
+
+def replay_decisions(
+    program: Program,
+    decisions: list[int],
+    *,
+    max_steps: int = DEFAULT_MAX_STEPS,
+    token_context: str = "",
+) -> Result:
+    start = time.perf_counter()
+    strat = DecisionReplay(decisions)
+    ex = run_once(program, strat, max_steps, {})
+    if strat.error is not None:
+        raise TokenError(strat.error)
+    result = Result(
+        strategy="replay",
+        violation=_violation(ex) if ex.violation else None,
+        executions=1,
+        complete=True,
+        token=encode(ex.decisions, token_context),
+        seconds=time.perf_counter() - start,
+        steps=len(ex.events),
+    )
+    return result
+
+
+def _same(a: ViolationError | None, b: ViolationError | None) -> bool:
+    return a is not None and b is not None and a.kind == b.kind and a.title == b.title
+
+
+def shrink_execution(
+    program: Program,
+    ex: Execution,
+    max_steps: int,
+    exploration_locals: dict[str, Any],
+    budget: int = 200,
+) -> Execution:
+    """Look for an execution with the same violation and fewer preemptions.
+
+    Each attempt takes one preemption (a switch away from a thread that could
+    have continued) and lets that thread run one more step there, then follows
+    the rest of the original order as closely as possible. Accept any attempt
+    that keeps the same violation with fewer preemptions; repeat until no
+    attempt helps or the budget of runs is spent."""
+    best = ex
+    runs = 0
+    improved = True
+    while improved and runs < budget and best.preemptions > 0:
+        improved = False
+        sched = best.schedule
+        for i in range(1, len(sched)):
+            if runs >= budget:
+                break
+            a, b = sched[i - 1], sched[i]
+            if a == b:
+                continue
+            try:
+                k = sched.index(a, i)
+            except ValueError:
+                continue
+            order = sched[:i] + [a] + sched[i:k] + sched[k + 1 :]
+            runs += 1
+            cand = run_once(
+                program, GuidedStrategy(order, best.choices), max_steps, exploration_locals
+            )
+            if _same(cand.violation, best.violation) and cand.preemptions < best.preemptions:
+                best = cand
+                improved = True
+                break
+    return best
