@@ -1,0 +1,5 @@
+import sys
+
+from mmrace.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Rendering of results and traces: text columns and JSON."""
