@@ -1,0 +1,333 @@
+"""``struct mm_struct``, ``struct vm_area_struct`` and friends
+(include/linux/mm_types.h, with the VM_* flags of include/linux/mm.h).
+
+Every VMA field that the process_addrs field table lists is a checked
+attribute: reading or writing it once the VMA is visible (stored in an mm's
+VMA tree) is a visible operation on the VMA and is checked against the rule
+table of ``mm/rules.py``. Before the VMA is visible (while it is being built)
+fields are written freely, as in the kernel.
+
+Left out: the page-table root (arch issue), the rss counters, the mmu
+notifier list, the exe file, and the layout of the real structs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from mmrace.engine import SharedObject, Var
+from mmrace.mm.locks import KObject, RwSemaphore, Spinlock
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+PAGE_MASK = ~(PAGE_SIZE - 1)
+
+# --- VM_* flags (include/linux/mm.h, x86-64 values) ----------------------
+VM_NONE = 0x0
+VM_READ = 0x1
+VM_WRITE = 0x2
+VM_EXEC = 0x4
+VM_SHARED = 0x8
+VM_MAYREAD = 0x10
+VM_MAYWRITE = 0x20
+VM_MAYEXEC = 0x40
+VM_MAYSHARE = 0x80
+VM_GROWSDOWN = 0x100
+VM_UFFD_MISSING = 0x200
+VM_PFNMAP = 0x400
+VM_UFFD_WP = 0x1000
+VM_LOCKED = 0x2000
+VM_IO = 0x4000
+VM_SEQ_READ = 0x8000
+VM_RAND_READ = 0x10000
+VM_DONTCOPY = 0x20000
+VM_DONTEXPAND = 0x40000
+VM_LOCKONFAULT = 0x80000
+VM_ACCOUNT = 0x100000
+VM_NORESERVE = 0x200000
+VM_HUGETLB = 0x400000
+VM_SYNC = 0x800000
+VM_WIPEONFORK = 0x2000000
+VM_DONTDUMP = 0x4000000
+VM_SOFTDIRTY = 0x8000000
+VM_MIXEDMAP = 0x10000000
+VM_HUGEPAGE = 0x20000000
+VM_NOHUGEPAGE = 0x40000000
+VM_MERGEABLE = 0x80000000
+VM_UFFD_MINOR = 0x100000000
+VM_GROWSUP = VM_NONE  # x86: stacks grow down only
+VM_STACK = VM_GROWSDOWN
+VM_SPECIAL = VM_IO | VM_DONTEXPAND | VM_PFNMAP | VM_MIXEDMAP
+VM_LOCKED_MASK = VM_LOCKED | VM_LOCKONFAULT
+VM_ACCESS_FLAGS = VM_READ | VM_WRITE | VM_EXEC
+
+VM_FLAG_NAMES: dict[int, str] = {
+    value: name
+    for name, value in sorted(globals().items())
+    if name.startswith("VM_")
+    and isinstance(value, int)
+    and value
+    and value & (value - 1) == 0
+    and name not in ("VM_STACK",)
+}
+
+
+def vm_flags_str(flags: int) -> str:
+    """``VM_READ|VM_WRITE|...`` for messages."""
+    names = [name for bit, name in sorted(VM_FLAG_NAMES.items()) if flags & bit]
+    return "|".join(names) or "0"
+
+
+def vm_get_page_prot(flags: int) -> int:
+    """vm_get_page_prot(): the model's pgprot is the protection_map index."""
+    return flags & (VM_READ | VM_WRITE | VM_EXEC | VM_SHARED)
+
+
+# --- objects a VMA points to --------------------------------------------------
+
+
+class VmOperations:
+    """``struct vm_operations_struct``: the hooks the model calls.
+
+    ``open(vma)`` runs when a VMA is duplicated by split; ``close(vma)`` when
+    one is removed; ``may_split(vma, addr) -> int`` may veto a split with a
+    negative errno; ``fault`` is for the fault issue."""
+
+    def __init__(
+        self,
+        name: str = "vm_ops",
+        *,
+        open: Callable[[Any], None] | None = None,
+        close: Callable[[Any], None] | None = None,
+        fault: Callable[..., Any] | None = None,
+        may_split: Callable[[Any, int], int] | None = None,
+    ) -> None:
+        self.name = name
+        self.open = open
+        self.close = close
+        self.fault = fault
+        self.may_split = may_split
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class AddressSpace(SharedObject):
+    """``struct address_space``: the i_mmap tree of a file and its rwsem.
+
+    The interval tree is modelled as membership (``i_mmap`` keyed by VMA
+    serial); ``i_mmap_rwsem`` guards it as in the kernel."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.i_mmap_rwsem = RwSemaphore(f"{name}.i_mmap_rwsem")
+        self.i_mmap: dict[int, Any] = {}
+
+
+class File(SharedObject):
+    """``struct file`` of a regular file (or device) that can be mapped."""
+
+    def __init__(self, path: str, size: int = 0, vm_ops: VmOperations | None = None) -> None:
+        super().__init__(f"file:{path}")
+        self.path = path
+        self.size = size
+        self.f_mapping = AddressSpace(f"{path}.mapping")
+        self.vm_ops = vm_ops
+        self.special = 0  # VM_* flags the file's ->mmap adds (VM_IO, VM_PFNMAP, ...)
+
+
+class AnonVma(KObject):
+    """``struct anon_vma`` (only identity and its rwsem here; rmap issue)."""
+
+    def __init__(self, name: str = "") -> None:
+        super().__init__(name)
+        self.rwsem = RwSemaphore(f"{self.name}.rwsem")
+
+
+class AnonVmaName:
+    """``struct anon_vma_name``: a refcounted name, compared by content."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AnonVmaName) and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def __repr__(self) -> str:
+        return f"[anon:{self.name}]"
+
+
+class UserfaultfdCtx:
+    """``struct vm_userfaultfd_ctx`` (identity only, for merge rules)."""
+
+    def __init__(self, name: str = "uffd") -> None:
+        self.name = name
+
+
+# --- mm_struct ----------------------------------------------------------------
+
+
+class MmLockSeq(SharedObject):
+    """``mm->mm_lock_seq``: the seqcount whose value write-locks VMAs."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.sequence = 0
+
+
+class MmStruct(SharedObject):
+    """``struct mm_struct``: one address space."""
+
+    def __init__(self, name: str = "mm", task_size: int = 1 << 47) -> None:
+        super().__init__(name)
+        from mmrace.mm.maple_tree import MapleTree
+
+        self.mm_mt = MapleTree(self, f"{name}.mm_mt")
+        self.mmap_lock = RwSemaphore(f"{name}.mmap_lock")
+        self.mm_lock_seq = MmLockSeq(f"{name}.mm_lock_seq")
+        self.page_table_lock = Spinlock(f"{name}.page_table_lock")
+        self.map_count = 0  # written under mmap W only
+        self.mm_users = Var(1, f"{name}.mm_users")
+        self.mm_count = Var(1, f"{name}.mm_count")
+        self.has_pinned = Var(0, f"{name}.has_pinned")
+        self.tlb_flush_pending = Var(0, f"{name}.tlb_flush_pending")
+        self.mm_cpumask: Var[frozenset[int]] = Var(frozenset(), f"{name}.cpumask")
+        self.task_size = task_size
+        self.mmap_base = 0x7F0000000000 if task_size == 1 << 47 else task_size // 3 * 2
+        self.mmap_min_addr = 0x10000
+        self.start_brk = 0x555555600000 if task_size == 1 << 47 else task_size // 8
+        self.brk = self.start_brk
+        self.start_stack = 0
+        self.total_vm = 0
+        self.locked_vm = 0
+        self.def_flags = 0
+        self.vma_serial = 0  # names VMAs vma1, vma2, ... per mm, deterministically
+
+
+# --- vm_area_struct -----------------------------------------------------------
+
+
+class _Field:
+    """A checked VMA field (see ``mm/rules.py``)."""
+
+    __slots__ = ("name", "raw", "label_r", "label_w")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.raw = "_f_" + name.replace(".", "_")
+        self.label_r = f"read {name}"
+        self.label_w = f"write {name}"
+
+    def __get__(self, vma: Any, owner: Any = None) -> Any:
+        if vma is None:
+            return self
+        if vma.published:
+            _check(vma, self.name, False, None)
+        return getattr(vma, self.raw)
+
+    def __set__(self, vma: Any, value: Any) -> None:
+        if vma.published:
+            _check(vma, self.name, True, value)
+        setattr(vma, self.raw, value)
+
+
+_checker: Callable[[Any, str, bool, Any], None] | None = None
+
+
+def _check(vma: Any, field: str, write: bool, new: Any) -> None:
+    global _checker
+    if _checker is None:
+        from mmrace.mm.rules import vma_access
+
+        _checker = vma_access
+    _checker(vma, field, write, new)
+
+
+class VmAreaStruct(KObject):
+    """``struct vm_area_struct``.
+
+    ``vm_flags`` is read-only; change it with ``vm_flags_set``,
+    ``vm_flags_clear``, ``vm_flags_mod`` or ``vm_flags_reset`` (``mm/vma.py``),
+    which assert the VMA write lock. The VMA lock state is ``vm_refcnt`` and
+    ``vm_lock_seq`` on :attr:`vm_lock` (its own shared object, so lock
+    traffic and field accesses have separate footprints)."""
+
+    vm_start = _Field("vm_start")
+    vm_end = _Field("vm_end")
+    vm_pgoff = _Field("vm_pgoff")
+    vm_mm = _Field("vm_mm")
+    vm_page_prot = _Field("vm_page_prot")
+    vm_flags_ = _Field("vm_flags")  # access through the vm_flags property
+    vm_file = _Field("vm_file")
+    vm_ops = _Field("vm_ops")
+    vm_private_data = _Field("vm_private_data")
+    anon_name = _Field("anon_name")
+    vm_policy = _Field("vm_policy")
+    vm_userfaultfd_ctx = _Field("vm_userfaultfd_ctx")
+    anon_vma = _Field("anon_vma")
+    anon_vma_chain = _Field("anon_vma_chain")
+    shared_rb = _Field("shared.rb")
+
+    def __init__(self, mm: MmStruct) -> None:
+        mm.vma_serial += 1
+        super().__init__(f"vma{mm.vma_serial}")
+        self.published = False
+        self._f_vm_start = 0
+        self._f_vm_end = 0
+        self._f_vm_pgoff = 0
+        self._f_vm_mm = mm
+        self._f_vm_page_prot = 0
+        self._f_vm_flags = 0
+        self._f_vm_file: File | None = None
+        self._f_vm_ops: VmOperations | None = None
+        self._f_vm_private_data: Any = None
+        self._f_anon_name: AnonVmaName | None = None
+        self._f_vm_policy: Any = None
+        self._f_vm_userfaultfd_ctx: UserfaultfdCtx | None = None
+        self._f_anon_vma: AnonVma | None = None
+        self._f_anon_vma_chain: list[Any] = []
+        self._f_shared_rb = False  # in vm_file's i_mmap tree
+        self.vm_lock = VmaLock(self)
+
+    @property
+    def vm_flags(self) -> int:
+        """``vma->vm_flags`` (the read-only alias of ``__vm_flags``)."""
+        return self.vm_flags_  # type: ignore[no-any-return]
+
+    def raw(self, field: str) -> Any:
+        """A field's value without a check or a visible operation (for
+        debugger-like helpers, the ``drgn`` view of ``mmrace.user``)."""
+        return getattr(self, "_f_" + field.replace(".", "_"))
+
+    def __repr__(self) -> str:
+        return f"{self.name}[{self._f_vm_start:#x}-{self._f_vm_end:#x}]"
+
+
+VMA_LOCK_OFFSET = 0x40000000
+VMA_REF_LIMIT = VMA_LOCK_OFFSET - 1
+
+
+class VmaLock(SharedObject):
+    """The per-VMA lock state: ``vm_refcnt`` (0 detached, 1 attached, +1 per
+    reader, +VMA_LOCK_OFFSET while a writer excludes readers) and
+    ``vm_lock_seq`` (equal to ``mm->mm_lock_seq`` iff write-locked)."""
+
+    def __init__(self, vma: VmAreaStruct) -> None:
+        super().__init__(f"{vma.name}.vm_refcnt")
+        self.vm_refcnt = 0
+        self.vm_lock_seq = -1
+
+    def wait_info(self, thread: Any) -> str:
+        n = self.vm_refcnt
+        writer = n >= VMA_LOCK_OFFSET
+        readers = (n - VMA_LOCK_OFFSET if writer else n) - 1
+        state = "writer excluding readers, " if writer else ""
+        return f"vm_refcnt: {state}{max(readers, 0)} reader(s)"
+
+
+
+

@@ -1,0 +1,326 @@
+"""The mmap lock and the per-VMA locks (include/linux/mmap_lock.h,
+mm/mmap_lock.c).
+
+The per-VMA lock follows the refcount scheme of current kernels:
+``vm_refcnt`` is 0 while the VMA is detached, 1 while attached, +1 per
+reader; a writer adds ``VMA_LOCK_OFFSET`` (which readers cannot get past),
+waits until only it and the attach reference remain, sets
+``vm_lock_seq = mm->mm_lock_seq`` and removes the offset. A VMA is
+write-locked while ``vm_lock_seq == mm->mm_lock_seq``; ``mmap_write_unlock``
+and ``mmap_write_downgrade`` advance ``mm_lock_seq`` (``vma_end_write_all``),
+releasing every VMA write lock at once.
+
+Left out: lockdep annotations of the VMA lock (the rule checker covers them),
+the mmap_lock tracepoints, ``vma_start_read_locked``, killable waits for the
+VMA write lock, and SLAB_TYPESAFE_BY_RCU reuse of freed VMAs (a freed VMA
+stays readable under RCU until a grace period, see ``vm_area_free``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mmrace.engine import (
+    READ,
+    RMW,
+    WAIT,
+    WRITE,
+    SimThread,
+    ViolationError,
+    add_thread_describer,
+    execution_local,
+    visible,
+)
+from mmrace.mm.internal import held, kfunc
+from mmrace.mm.locks import (
+    EINTR,
+    down_read,
+    down_read_killable,
+    down_read_trylock,
+    down_write,
+    down_write_killable,
+    downgrade_write,
+    rcu_read_lock,
+    rcu_read_unlock,
+    up_read,
+    up_write,
+)
+from mmrace.mm.mm_types import VMA_LOCK_OFFSET, VMA_REF_LIMIT, MmStruct, VmAreaStruct
+
+
+def _assert(cond: bool, title: str, what: str) -> None:
+    if not cond:
+        raise ViolationError("locking-rule", title, f"{what}; held: {held().describe()}")
+
+
+def _took(mm: MmStruct, mode: str) -> None:
+    h = held()
+    h.mmap[mm.serial] = mode
+    h.names[mm.serial] = mm.mmap_lock.name
+
+
+# --- mmap lock ----------------------------------------------------------------
+
+
+@kfunc
+def mm_lock_seqcount_begin(mm: MmStruct) -> None:
+    """``mm_lock_seqcount_begin``: the write section starts (odd sequence)."""
+    visible(mm.mm_lock_seq, WRITE, "mm_lock_seqcount_begin")
+    mm.mm_lock_seq.sequence += 1
+
+
+@kfunc
+def vma_end_write_all(mm: MmStruct) -> None:
+    """``vma_end_write_all``: advance ``mm_lock_seq``, releasing every VMA write
+    lock of *mm*. Requires the mmap write lock."""
+    mmap_assert_write_locked(mm)
+    visible(mm.mm_lock_seq, WRITE, "vma_end_write_all")
+    mm.mm_lock_seq.sequence += 1
+
+
+@kfunc
+def mmap_write_lock(mm: MmStruct) -> None:
+    """``mmap_write_lock``."""
+    down_write(mm.mmap_lock)
+    _took(mm, "W")
+    mm_lock_seqcount_begin(mm)
+
+
+@kfunc
+def mmap_write_lock_killable(mm: MmStruct) -> int:
+    """``mmap_write_lock_killable``: 0, or -EINTR (the model's sync decides)."""
+    ret = down_write_killable(mm.mmap_lock)
+    if ret:
+        return -EINTR
+    _took(mm, "W")
+    mm_lock_seqcount_begin(mm)
+    return 0
+
+
+@kfunc
+def mmap_write_unlock(mm: MmStruct) -> None:
+    """``mmap_write_unlock``: release all VMA write locks, then the rwsem."""
+    vma_end_write_all(mm)
+    del held().mmap[mm.serial]
+    up_write(mm.mmap_lock)
+
+
+@kfunc
+def mmap_write_downgrade(mm: MmStruct) -> None:
+    """``mmap_write_downgrade``: release all VMA write locks and keep the mm
+    read-locked throughout."""
+    vma_end_write_all(mm)
+    held().mmap[mm.serial] = "D"
+    downgrade_write(mm.mmap_lock)
+
+
+@kfunc
+def mmap_read_lock(mm: MmStruct) -> None:
+    """``mmap_read_lock``."""
+    down_read(mm.mmap_lock)
+    _took(mm, "R")
+
+
+@kfunc
+def mmap_read_lock_killable(mm: MmStruct) -> int:
+    """``mmap_read_lock_killable``: 0 or -EINTR."""
+    if down_read_killable(mm.mmap_lock):
+        return -EINTR
+    _took(mm, "R")
+    return 0
+
+
+@kfunc
+def mmap_read_trylock(mm: MmStruct) -> bool:
+    """``mmap_read_trylock``."""
+    if down_read_trylock(mm.mmap_lock):
+        _took(mm, "R")
+        return True
+    return False
+
+
+@kfunc
+def mmap_read_unlock(mm: MmStruct) -> None:
+    """``mmap_read_unlock`` (also after a downgrade)."""
+    h = held()
+    _assert(h.mmap.get(mm.serial) in ("R", "D"),
+            f"mmap_read_unlock of {mm.mmap_lock.name} not held for read",
+            "mmap_read_unlock without holding the mmap lock for read")
+    del h.mmap[mm.serial]
+    up_read(mm.mmap_lock)
+
+
+def mmap_assert_locked(mm: MmStruct) -> None:
+    """``mmap_assert_locked``: held for read or write by this thread."""
+    _assert(mm.serial in held().mmap, f"mmap_assert_locked: {mm.mmap_lock.name} not held",
+            f"{mm.mmap_lock.name} must be held")
+
+
+def mmap_assert_write_locked(mm: MmStruct) -> None:
+    """``mmap_assert_write_locked``."""
+    _assert(held().mmap.get(mm.serial) == "W",
+            f"mmap_assert_write_locked: {mm.mmap_lock.name} not held for write",
+            f"{mm.mmap_lock.name} must be held for write")
+
+
+# --- per-VMA lock -------------------------------------------------------------
+
+
+def _is_vma_write_locked(vma: VmAreaStruct) -> bool:
+    mm = vma.raw("vm_mm")
+    return bool(vma.vm_lock.vm_lock_seq == mm.mm_lock_seq.sequence)
+
+
+def vma_assert_write_locked(vma: VmAreaStruct) -> None:
+    """``vma_assert_write_locked``."""
+    mm = vma.raw("vm_mm")
+    _assert(held().mmap.get(mm.serial) == "W" and _is_vma_write_locked(vma),
+            f"vma_assert_write_locked: {vma.name} not write-locked",
+            f"{vma!r} must be write-locked (vma_start_write)")
+
+
+def vma_assert_locked(vma: VmAreaStruct) -> None:
+    """``vma_assert_locked``: read- or write-locked by this thread."""
+    mm = vma.raw("vm_mm")
+    h = held()
+    ok = vma.serial in h.vma_read or (h.mmap.get(mm.serial) == "W" and _is_vma_write_locked(vma))
+    _assert(ok, f"vma_assert_locked: {vma.name} not locked", f"{vma!r} must be locked")
+
+
+@kfunc
+def vma_start_write(vma: VmAreaStruct) -> None:
+    """``vma_start_write``: requires the mmap write lock; excludes readers,
+    waits for current ones to leave, marks the VMA write-locked until the
+    mmap write lock is released or downgraded. A no-op when already
+    write-locked in this mmap write section."""
+    mm = vma.raw("vm_mm")
+    mmap_assert_write_locked(mm)
+    lock = vma.vm_lock
+    # __is_vma_write_locked: vm_lock_seq is only written under mmap W (which
+    # we hold), so this read races with nothing and needs no operation.
+    seq = mm.mm_lock_seq.sequence
+    if lock.vm_lock_seq == seq:
+        return
+    visible(lock, RMW, "vm_refcnt += VMA_LOCK_OFFSET")
+    if lock.vm_refcnt == 0:
+        # Detached: no reader can get in; just mark it.
+        lock.vm_lock_seq = seq
+        return
+    lock.vm_refcnt += VMA_LOCK_OFFSET
+    target = VMA_LOCK_OFFSET + 1
+    visible(lock, WAIT, "rcuwait_wait_event(vm_refcnt == OFFSET+1)",
+            guard=lambda: lock.vm_refcnt == target)
+    # WRITE_ONCE(vm_lock_seq) and the offset's removal are one operation:
+    # no reader can take a reference in between (the offset is still set).
+    visible(lock, RMW, "vm_lock_seq = mm_lock_seq; vm_refcnt -= VMA_LOCK_OFFSET")
+    lock.vm_lock_seq = seq
+    lock.vm_refcnt -= VMA_LOCK_OFFSET
+
+
+@kfunc
+def vma_mark_attached(vma: VmAreaStruct) -> None:
+    """``vma_mark_attached``: ``vm_refcnt = 1`` (the VMA is write-locked or new)."""
+    visible(vma.vm_lock, WRITE, "refcount_set(vm_refcnt, 1)")
+    vma.vm_lock.vm_refcnt = 1
+
+
+@kfunc
+def vma_mark_detached(vma: VmAreaStruct) -> None:
+    """``vma_mark_detached``: drop the attach reference; if readers still hold
+    temporary references (they will fail their recheck), exclude new ones and
+    wait for them to leave. Requires the VMA write lock."""
+    vma_assert_write_locked(vma)
+    lock = vma.vm_lock
+    visible(lock, RMW, "refcount_dec_and_test(vm_refcnt)")
+    lock.vm_refcnt -= 1
+    if lock.vm_refcnt == 0:
+        return
+    visible(lock, RMW, "vm_refcnt += VMA_LOCK_OFFSET")
+    lock.vm_refcnt += VMA_LOCK_OFFSET
+    visible(lock, WAIT, "rcuwait_wait_event(vm_refcnt == OFFSET)",
+            guard=lambda: lock.vm_refcnt == VMA_LOCK_OFFSET)
+    visible(lock, RMW, "vm_refcnt -= VMA_LOCK_OFFSET")
+    lock.vm_refcnt -= VMA_LOCK_OFFSET
+
+
+def vma_is_attached(vma: VmAreaStruct) -> bool:
+    """``vma_is_attached`` (a visible read of ``vm_refcnt``)."""
+    visible(vma.vm_lock, READ, "refcount_read(vm_refcnt)")
+    return bool(vma.vm_lock.vm_refcnt)
+
+
+def _refcount_put(vma: VmAreaStruct) -> None:
+    lock = vma.vm_lock
+    visible(lock, RMW, "vma_refcount_put")
+    lock.vm_refcnt -= 1  # a waiting writer's guard sees this (rcuwait_wake_up)
+    held().vma_read.pop(vma.serial, None)
+
+
+def _describe_vma_locks(th: SimThread) -> str:
+    """For deadlock reports: the VMA read locks *th* holds (sync's lock
+    report does not know the per-VMA lock)."""
+    table = execution_local("mm.held", dict)
+    h = table.get(th.tid)
+    if h is None or not h.vma_read:
+        return ""
+    names = ", ".join(v.name for v in h.vma_read.values())
+    return f"    {th.name} holds the VMA read lock of {names} (vma_start_read)"
+
+
+@kfunc
+def vma_start_read(mm: MmStruct, vma: VmAreaStruct) -> bool:
+    """``vma_start_read``: an optimistic read lock, called under RCU. Fails
+    (False) if the VMA is write-locked, being write-locked, or detached."""
+    lock = vma.vm_lock
+    visible(lock, READ, "READ_ONCE(vm_lock_seq)")
+    lock_seq = lock.vm_lock_seq
+    visible(mm.mm_lock_seq, READ, "READ_ONCE(mm_lock_seq)")
+    if lock_seq == mm.mm_lock_seq.sequence:
+        return False
+    visible(lock, RMW, "refcount_inc_not_zero_limited(vm_refcnt)")
+    old = lock.vm_refcnt
+    if old == 0 or old + 1 > VMA_REF_LIMIT:
+        return False
+    lock.vm_refcnt = old + 1
+    h = held()
+    h.vma_read[vma.serial] = vma
+    add_thread_describer(_describe_vma_locks)
+    # Recheck: a writer may have set vm_lock_seq before our reference.
+    visible(mm.mm_lock_seq, READ, "raw_read_seqcount(mm_lock_seq)")
+    if lock.vm_lock_seq == mm.mm_lock_seq.sequence:
+        _refcount_put(vma)
+        return False
+    return True
+
+
+@kfunc
+def vma_end_read(vma: VmAreaStruct) -> None:
+    """``vma_end_read``."""
+    _assert(vma.serial in held().vma_read, f"vma_end_read: {vma.name} not read-locked",
+            f"vma_end_read of {vma!r} without its read lock")
+    _refcount_put(vma)
+
+
+@kfunc
+def lock_vma_under_rcu(mm: MmStruct, address: int) -> VmAreaStruct | None:
+    """``lock_vma_under_rcu``: look *address* up under RCU, read-lock the VMA,
+    recheck that it still belongs to *mm* and covers *address*. None on any
+    failure: the caller falls back to ``mmap_read_lock``.
+
+    Left out: the retry on a racing detach (the model just fails) and the
+    per-VMA-lock statistics."""
+    rcu_read_lock()
+    h = held()
+    h.rcu += 1
+    vma: Any = mm.mm_mt.load(address)
+    if vma is not None and not vma_start_read(mm, vma):
+        vma = None
+    # The VMA may have been freed and reused (SLAB_TYPESAFE_BY_RCU) or
+    # changed before we locked it: recheck under the read lock.
+    if vma is not None and (vma.vm_mm is not mm
+                            or not (vma.vm_start <= address < vma.vm_end)):
+        vma_end_read(vma)
+        vma = None
+    h.rcu -= 1
+    rcu_read_unlock()
+    return vma  # type: ignore[no-any-return]

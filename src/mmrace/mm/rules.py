@@ -1,0 +1,257 @@
+"""The locking rule table, as data, and the checker that enforces it.
+
+For every VMA field (and the mm fields the model checks): what a reader must
+hold and what a writer must hold, each as a list of alternatives, each
+alternative a list of lock tokens that must all be held. This is
+Documentation/mm/process_addrs.rst's field table (and its lock-state table),
+paraphrased; ``mmrace rules`` prints it and ``mmrace doc`` renders it.
+
+Every checked VMA field access (see ``mm_types._Field``) is one visible
+operation on the VMA, followed by the check; a breach raises a
+``locking-rule`` violation naming the field, the rule and the held locks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mmrace.engine import READ, WRITE, ViolationError
+from mmrace.mm.internal import Held, held
+from mmrace.mm.locks import kobject_access
+
+# Lock tokens and what they mean (rendered in the documentation).
+TOKENS: dict[str, str] = {
+    "mmap R": "mm->mmap_lock held for read, write or downgraded",
+    "mmap W": "mm->mmap_lock held for write",
+    "VMA R": "this VMA read-locked (lock_vma_under_rcu / vma_start_read)",
+    "VMA W": "this VMA write-locked (vma_start_write; implies mmap W)",
+    "rmap R": "an rmap lock the VMA is reachable through (i_mmap_rwsem or anon_vma), "
+    "read or write",
+    "rmap W": "every rmap lock the VMA is reachable through, for write "
+    "(vacuous for a VMA in no rmap tree)",
+    "i_mmap W": "vm_file->f_mapping->i_mmap_rwsem held for write (vacuous without a file)",
+    "anon_vma W": "vma->anon_vma's rwsem held for write",
+    "page_table_lock": "mm->page_table_lock held",
+    "detached": "the VMA is detached (vm_refcnt 0): unreachable through the mm's tree",
+    "never": "set once while the VMA is built, never written once it is visible",
+    "driver": "the owner of the mapping decides (not checked)",
+    "atomic": "accessed with atomic operations only (the VMA lock's own state)",
+}
+
+STABLE: list[list[str]] = [["mmap R"], ["VMA R"], ["rmap R"]]
+"""Any one of these keeps a VMA stable and lets its fields be read."""
+
+LAYOUT_WRITE = [{"locks": ["mmap W", "VMA W", "rmap W"], "when": ""}]
+MOST_WRITE = [{"locks": ["mmap W", "VMA W"], "when": ""}]
+NEVER = [{"locks": ["never"], "when": ""}]
+
+
+def _rule(read: list[list[str]], write: list[dict[str, Any]], note: str) -> dict[str, Any]:
+    return {"read": read, "write": write, "note": note}
+
+
+RULES: dict[str, dict[str, Any]] = {
+    "vm_start": _rule(STABLE, LAYOUT_WRITE, "inclusive start address; places the VMA in the "
+                      "rmap interval trees, so writers also hide it from rmap"),
+    "vm_end": _rule(STABLE, LAYOUT_WRITE, "exclusive end address; as vm_start"),
+    "vm_pgoff": _rule(STABLE, LAYOUT_WRITE, "file page offset, or the original page index of "
+                      "an anonymous mapping; as vm_start"),
+    "vm_mm": _rule(STABLE, NEVER, "the owning mm, set when the VMA is created"),
+    "vm_page_prot": _rule(STABLE, MOST_WRITE, "page protection derived from vm_flags"),
+    "vm_flags": _rule(STABLE, MOST_WRITE, "__vm_flags; changed only through vm_flags_set / "
+                      "vm_flags_clear / vm_flags_mod / vm_flags_reset, which assert the VMA "
+                      "write lock"),
+    "vm_file": _rule(STABLE, NEVER, "the mapped file (NULL for anonymous memory), set at "
+                     "mmap time"),
+    "vm_ops": _rule(STABLE, NEVER, "the driver's or filesystem's operations, set by its "
+                    "->mmap()"),
+    "vm_private_data": _rule(STABLE, [{"locks": ["driver"], "when": ""}],
+                             "owned by the driver"),
+    "anon_name": _rule(STABLE, MOST_WRITE, "refcounted name shared by VMAs (ANON_VMA_NAME)"),
+    "vm_policy": _rule(STABLE, MOST_WRITE, "refcounted NUMA mempolicy (NUMA)"),
+    "vm_userfaultfd_ctx": _rule(STABLE, MOST_WRITE, "userfaultfd context (USERFAULTFD)"),
+    "anon_vma": _rule(
+        STABLE,
+        [
+            {"locks": ["mmap R", "page_table_lock"], "when": "NULL -> non-NULL"},
+            {"locks": ["mmap W", "VMA W"], "when": "NULL -> non-NULL"},
+            {"locks": ["mmap W", "VMA W", "anon_vma W"], "when": "non-NULL -> NULL"},
+        ],
+        "set on first fault by anon_vma_prepare under only mmap R + page_table_lock, so it "
+        "can change under a reader holding mmap R or a VMA read lock; merge and split copy it "
+        "under mmap W + VMA W",
+    ),
+    "anon_vma_chain": _rule(STABLE, [{"locks": ["mmap R", "anon_vma W"], "when": ""}],
+                            "list of anon_vma_chain links (forked / CoW'd anon_vmas and "
+                            "the VMA's own)"),
+    "shared.rb": _rule(STABLE, [{"locks": ["mmap W", "VMA W", "i_mmap W"], "when": ""},
+                                {"locks": ["i_mmap W", "detached"],
+                                 "when": "once detached (free_pgtables)"}],
+                       "membership of the file's i_mmap interval tree"),
+    "vm_refcnt": _rule([[]], [{"locks": ["atomic"], "when": ""}],
+                       "VMA lock state: 0 detached, 1 attached, +1 per reader, "
+                       "+VMA_LOCK_OFFSET while a writer excludes readers"),
+    "vm_lock_seq": _rule([[]], [{"locks": ["mmap W"], "when": ""}],
+                         "equals mm->mm_lock_seq iff the VMA is write-locked; read locklessly "
+                         "by vma_start_read"),
+    "mm.map_count": _rule([["mmap R"]], [{"locks": ["mmap W"], "when": ""}],
+                          "number of VMAs"),
+    "mm.mm_mt": _rule([["mmap R"], ["RCU"]], [{"locks": ["mmap W"], "when": ""}],
+                      "the VMA tree (maple tree); RCU readers may find VMAs being detached"),
+}
+
+TOKENS["RCU"] = "inside rcu_read_lock() (lookups only; the VMA found is not stable)"
+
+LOCK_ORDER: list[str] = [
+    "inode->i_rwsem",
+    "mm->mmap_lock",
+    "mapping->invalidate_lock",
+    "folio_lock",
+    "vma_start_write (VMA write lock)",
+    "mapping->i_mmap_rwsem",
+    "anon_vma->rwsem",
+    "mm->page_table_lock or PTE lock",
+]
+
+LOCK_STATES: list[dict[str, str]] = [
+    {"mmap": "-", "VMA": "-", "rmap": "-", "stable": "N", "read": "N", "write most": "N",
+     "write all": "N"},
+    {"mmap": "-", "VMA": "R", "rmap": "-", "stable": "Y", "read": "Y", "write most": "N",
+     "write all": "N"},
+    {"mmap": "-", "VMA": "-", "rmap": "R/W", "stable": "Y", "read": "Y", "write most": "N",
+     "write all": "N"},
+    {"mmap": "R/W", "VMA": "-/R", "rmap": "-/R/W", "stable": "Y", "read": "Y",
+     "write most": "N", "write all": "N"},
+    {"mmap": "W", "VMA": "W", "rmap": "-/R", "stable": "Y", "read": "Y", "write most": "Y",
+     "write all": "N"},
+    {"mmap": "W", "VMA": "W", "rmap": "W", "stable": "Y", "read": "Y", "write most": "Y",
+     "write all": "Y"},
+]
+
+
+def _alt_text(alts: list[list[str]]) -> str:
+    return " | ".join(" + ".join(a) if a else "none" for a in alts)
+
+
+def _write_text(write: list[dict[str, Any]]) -> str:
+    parts = []
+    for w in write:
+        text = " + ".join(w["locks"])
+        if w["when"]:
+            text += f" ({w['when']})"
+        parts.append(text)
+    return " | ".join(parts)
+
+
+def rules_table() -> list[dict[str, str]]:
+    """The rule table for ``mmrace rules --json``: ``{field, read, write, note}``."""
+    return [
+        {"field": field, "read": _alt_text(rule["read"]), "write": _write_text(rule["write"]),
+         "note": rule["note"]}
+        for field, rule in RULES.items()
+    ]
+
+
+def render_rules(field: str | None = None) -> str:
+    """Plain-text table for ``mmrace rules [FIELD]``; raises KeyError for an
+    unknown field."""
+    rows = rules_table()
+    if field is not None:
+        if field not in RULES:
+            raise KeyError(field)
+        rows = [r for r in rows if r["field"] == field]
+    width = max(len(r["field"]) for r in rows)
+    lines = []
+    for r in rows:
+        lines.append(f"{r['field']:<{width}}  read:  {r['read']}")
+        lines.append(f"{'':<{width}}  write: {r['write']}")
+        lines.append(f"{'':<{width}}  {r['note']}")
+    return "\n".join(lines)
+
+
+# --- the checker --------------------------------------------------------------
+
+
+def _holds(token: str, vma: Any, h: Held, old: Any, new: Any) -> bool:
+    mm = vma._f_vm_mm
+    if token == "mmap R":
+        return mm.serial in h.mmap
+    if token == "mmap W":
+        return h.mmap.get(mm.serial) == "W"
+    if token == "VMA W":
+        return (
+            h.mmap.get(mm.serial) == "W"
+            and vma.vm_lock.vm_lock_seq == mm.mm_lock_seq.sequence
+        )
+    if token == "VMA R":
+        return vma.serial in h.vma_read
+    if token == "rmap R":
+        return any(s.serial in h.rwsem for s in rmap_locks(vma))
+    if token == "rmap W":
+        return all(h.rwsem.get(s.serial) == "W" for s in rmap_locks(vma))
+    if token == "i_mmap W":
+        f = vma._f_vm_file
+        return f is None or h.rwsem.get(f.f_mapping.i_mmap_rwsem.serial) == "W"
+    if token == "anon_vma W":
+        av = old if old is not None else vma._f_anon_vma
+        return av is None or h.rwsem.get(av.rwsem.serial) == "W"
+    if token == "page_table_lock":
+        return mm.page_table_lock.serial in h.spin
+    if token == "detached":
+        return bool(vma.vm_lock.vm_refcnt == 0)
+    if token == "driver":
+        return True
+    if token == "RCU":
+        return h.rcu > 0
+    return False  # "never", "atomic": not through a field accessor
+
+
+def rmap_locks(vma: Any) -> list[Any]:
+    """The rwsems of the rmap trees *vma* is in (file i_mmap, anon_vma)."""
+    out = []
+    if vma._f_shared_rb and vma._f_vm_file is not None:
+        out.append(vma._f_vm_file.f_mapping.i_mmap_rwsem)
+    av = vma._f_anon_vma
+    if av is not None:
+        out.append(av.rwsem)
+    return out
+
+
+def _disabled() -> bool:
+    from mmrace.engine import current_execution
+
+    return bool(current_execution().locals.get("mm.rules_off"))
+
+
+def vma_access(vma: Any, field: str, write: bool, new: Any) -> None:
+    """One checked access to a visible VMA's field (a visible operation)."""
+    kobject_access(vma, WRITE if write else READ, ("write " if write else "read ") + field)
+    rule = RULES[field]
+    h = held()
+    if write:
+        old = getattr(vma, "_f_" + field.replace(".", "_"))
+        prior = old if field == "anon_vma" else None
+        for w in rule["write"]:
+            when = w["when"]
+            if when == "NULL -> non-NULL" and not (old is None and new is not None):
+                continue
+            if when == "non-NULL -> NULL" and not (old is not None and new is None):
+                continue
+            if all(_holds(t, vma, h, prior, new) for t in w["locks"]):
+                return
+        if field == "anon_vma" and old is new:
+            return
+        text = _write_text(rule["write"])
+    else:
+        for alt in rule["read"]:
+            if all(_holds(t, vma, h, None, None) for t in alt):
+                return
+        text = _alt_text(rule["read"])
+    if _disabled():
+        return
+    verb = "write" if write else "read"
+    raise ViolationError(
+        "locking-rule",
+        f"locking rule: {verb} of {vma.name}.{field} without the required locks",
+        f"{verb} of {field} of {vma!r} needs {text}; held: {h.describe()}",
+    )

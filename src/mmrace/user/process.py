@@ -1,0 +1,193 @@
+"""Processes and their syscalls, as a scenario sees them.
+
+A :class:`Process` syscall runs the kernel model directly: from set-up code
+its operations run at once, from a scenario thread each visible operation
+is a scheduling point. Failures raise ``OSError`` with the kernel's errno,
+like Python's ``os`` module.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from mmrace.fixes import KernelConfig
+from mmrace.mm.madvise import do_madvise
+from mmrace.mm.mlock import sys_mlock, sys_munlock
+from mmrace.mm.mm_types import (
+    PAGE_SHIFT,
+    VM_EXEC,
+    VM_GROWSDOWN,
+    VM_MAYSHARE,
+    VM_READ,
+    VM_WRITE,
+    File,
+    MmStruct,
+    VmAreaStruct,
+    VmOperations,
+)
+from mmrace.mm.mmap import ksys_mmap_pgoff, sys_brk, vm_munmap
+from mmrace.mm.mprotect import do_mprotect_pkey
+
+
+@dataclass(frozen=True)
+class MapEntry:
+    """One line of ``/proc/PID/maps``."""
+
+    start: int
+    end: int
+    perms: str
+    pgoff: int
+    name: str = ""
+    inode: int = 0
+
+    def __str__(self) -> str:
+        dev = "00:00"
+        line = f"{self.start:08x}-{self.end:08x} {self.perms} {self.pgoff:08x} {dev} {self.inode}"
+        if self.name:
+            line = line.ljust(72) + " " + self.name
+        return line
+
+
+def for_each_vma(mm: MmStruct) -> Iterator[VmAreaStruct]:
+    """drgn's ``for_each_vma(mm)``: the VMAs in address order, read like a
+    debugger reads them (no locks, no visible operations)."""
+    for _, _, vma in mm.mm_mt.entries():
+        yield vma
+
+
+def vma_find(mm: MmStruct, addr: int) -> VmAreaStruct | None:
+    """drgn's ``vma_find(mm, addr)``: the VMA containing *addr*, or None
+    (debugger view)."""
+    for start, end, vma in mm.mm_mt.entries():
+        if start <= addr < end:
+            return vma  # type: ignore[no-any-return]
+    return None
+
+
+class System:
+    """A machine and its kernel: ``System(cpus=N, without=())``. Build it inside
+    a scenario (shared objects belong to one execution)."""
+
+    def __init__(self, cpus: int = 2, without: Iterable[str] = (),
+                 release: str | None = None) -> None:
+        self.cpus = cpus
+        self.kernel = KernelConfig(release=release, without=without)
+        self.processes: list[Process] = []
+        self.files: dict[str, File] = {}
+
+    def has(self, slug: str) -> bool:
+        """Whether fix *slug* is applied."""
+        return bool(self.kernel.has(slug))
+
+    def process(self) -> Process:
+        """A new process with an empty address space."""
+        proc = Process(self, len(self.processes) + 1)
+        self.processes.append(proc)
+        return proc
+
+    def create_file(self, path: str, size: int = 1 << 20,
+                    vm_ops: VmOperations | None = None, special: int = 0) -> File:
+        """A file that processes can ``open`` and map; *vm_ops* and *special*
+        (VM_* flags) are what the file's ->mmap would install."""
+        f = File(path, size, vm_ops)
+        f.special = special
+        self.files[path] = f
+        return f
+
+
+class Process:
+    """A process: an mm, a file table, and the memory syscalls."""
+
+    def __init__(self, system: System, pid: int) -> None:
+        self.system = system
+        self.pid = pid
+        self.mm = MmStruct(f"mm{pid}")
+        self.fds: dict[int, File] = {}
+
+    # -- files ---------------------------------------------------------------
+
+    def open(self, path: str) -> int:
+        """Open a file created with ``System.create_file``; returns an fd."""
+        f = self.system.files.get(path)
+        if f is None:
+            raise OSError(_errno.ENOENT, "No such file or directory", path)
+        fd = 3 + len(self.fds)
+        self.fds[fd] = f
+        return fd
+
+    def _file(self, fd: int) -> File | None:
+        if fd == -1:
+            return None
+        f = self.fds.get(fd)
+        if f is None:
+            raise OSError(_errno.EBADF, "Bad file descriptor")
+        return f
+
+    # -- syscalls --------------------------------------------------------------
+
+    def mmap(self, addr: int, length: int, prot: int, flags: int, fd: int = -1,
+             offset: int = 0) -> int:
+        """``mmap(2)``: returns the address; addr 0 lets the kernel choose."""
+        from mmrace.mm.mman import MAP_ANONYMOUS
+
+        file = None if flags & MAP_ANONYMOUS else self._file(fd)
+        return ksys_mmap_pgoff(self.mm, addr, length, prot, flags, file, offset)
+
+    def munmap(self, addr: int, length: int) -> None:
+        """``munmap(2)``."""
+        vm_munmap(self.mm, addr, length)
+
+    def mprotect(self, addr: int, length: int, prot: int) -> None:
+        """``mprotect(2)``."""
+        do_mprotect_pkey(self.mm, addr, length, prot)
+
+    def madvise(self, addr: int, length: int, advice: int) -> None:
+        """``madvise(2)``."""
+        do_madvise(self.mm, addr, length, advice)
+
+    def mlock(self, addr: int, length: int) -> None:
+        """``mlock(2)``."""
+        sys_mlock(self.mm, addr, length)
+
+    def munlock(self, addr: int, length: int) -> None:
+        """``munlock(2)``."""
+        sys_munlock(self.mm, addr, length)
+
+    def brk(self, addr: int) -> int:
+        """The raw ``brk`` syscall: returns the new break (the old one when the
+        request fails; ``brk(0)`` queries it)."""
+        return sys_brk(self.mm, addr)
+
+    # -- state -----------------------------------------------------------------
+
+    def maps(self) -> list[MapEntry]:
+        """``/proc/PID/maps`` (debugger view of the model state)."""
+        out = []
+        mm = self.mm
+        for vma in for_each_vma(mm):
+            flags = vma.raw("vm_flags")
+            perms = ("r" if flags & VM_READ else "-") + ("w" if flags & VM_WRITE else "-")
+            perms += ("x" if flags & VM_EXEC else "-") + ("s" if flags & VM_MAYSHARE else "p")
+            f = vma.raw("vm_file")
+            start, end = vma.raw("vm_start"), vma.raw("vm_end")
+            name = ""
+            pgoff = 0
+            if f is not None:
+                name = f.path
+                pgoff = vma.raw("vm_pgoff") << PAGE_SHIFT
+            elif start <= mm.brk and end >= mm.start_brk and mm.brk > mm.start_brk:
+                name = "[heap]"
+            elif flags & VM_GROWSDOWN:
+                name = "[stack]"
+            elif vma.raw("anon_name") is not None:
+                name = f"[anon:{vma.raw('anon_name').name}]"
+            out.append(MapEntry(start, end, perms, pgoff, name))
+        return out
+
+    def maps_text(self) -> str:
+        """``/proc/PID/maps`` as text."""
+        return "".join(f"{e}\n" for e in self.maps())
+
+

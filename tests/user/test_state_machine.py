@@ -1,0 +1,220 @@
+"""Random mmap/munmap/mprotect/mlock sequences against a page-granular
+reference model of the address space.
+
+With no faults (so no anon_vmas), the kernel's merge rules make adjacent
+compatible VMAs always merge: the VMA layout must be exactly the maximal runs
+of pages with equal flags and continuous pgoff.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import greenlet
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from mmrace.engine import explore
+from mmrace.mm.mm_types import (
+    VM_ACCESS_FLAGS,
+    VM_ACCOUNT,
+    VM_DONTCOPY,
+    VM_LOCKED,
+    VM_MAYEXEC,
+    VM_MAYREAD,
+    VM_MAYWRITE,
+    VM_SOFTDIRTY,
+    VM_WRITE,
+)
+from mmrace.user import (
+    MADV_DOFORK,
+    MADV_DONTFORK,
+    MAP_ANONYMOUS,
+    MAP_FIXED,
+    MAP_PRIVATE,
+    PAGE_SIZE,
+    PROT_EXEC,
+    PROT_READ,
+    PROT_WRITE,
+    System,
+    for_each_vma,
+)
+
+BASE = 0x10000000
+WINDOW = 24  # pages
+
+
+class Session:
+    """Keeps one execution's set-up code alive across Hypothesis steps: the
+    program runs in its own greenlet and executes the callables it is sent."""
+
+    def __init__(self) -> None:
+        self.main = greenlet.getcurrent()
+        self.glet = greenlet.greenlet(self._explore)
+        self.glet.switch()
+
+    def _explore(self) -> None:
+        explore(self._program, max_executions=1, shrink=False)
+
+    def _program(self) -> None:
+        msg = self.main.switch(None)
+        while msg is not None:
+            try:
+                res: tuple[str, Any] = ("ok", msg())
+            except BaseException as exc:  # returned to the test
+                res = ("err", exc)
+            msg = self.main.switch(res)
+
+    def call(self, fn: Any) -> Any:
+        kind, value = self.glet.switch(fn)
+        if kind == "err":
+            raise value
+        return value
+
+    def close(self) -> None:
+        if not self.glet.dead:
+            self.glet.switch(None)
+
+
+def _errno(fn: Any) -> int:
+    try:
+        fn()
+    except OSError as e:
+        return int(e.errno or -1)
+    return 0
+
+
+class AddressSpace(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.s = Session()
+        self.proc = self.s.call(lambda: System().process())
+        self.pages: dict[int, tuple[int, int]] = {}  # page number -> (vm_flags, pgoff)
+
+    def teardown(self) -> None:
+        self.s.close()
+
+    # -- reference semantics ---------------------------------------------------
+
+    def _ref_map(self, addr: int, npages: int, prot: int) -> None:
+        flags = (prot & 7) | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC
+        if flags & VM_WRITE:
+            flags |= VM_ACCOUNT
+        first = addr // PAGE_SIZE
+        for i in range(npages):
+            self.pages[first + i] = (flags, first + i)
+
+    def _ref_range(self, start: int, npages: int, change: Any) -> int:
+        """Apply *change* page by page until a hole: ENOMEM at a hole."""
+        first = start // PAGE_SIZE
+        for p in range(first, first + npages):
+            if p not in self.pages:
+                return 12
+            flags, pgoff = self.pages[p]
+            self.pages[p] = (change(flags), pgoff)
+        return 0
+
+    # -- rules -------------------------------------------------------------------
+
+    pages_st = st.integers(0, WINDOW - 1)
+    len_st = st.integers(1, 8)
+    prot_st = st.sampled_from([PROT_READ, PROT_READ | PROT_WRITE, PROT_READ | PROT_EXEC, 0])
+
+    @rule(page=pages_st, npages=len_st, prot=prot_st)
+    def mmap_fixed(self, page: int, npages: int, prot: int) -> None:
+        addr = BASE + page * PAGE_SIZE
+        got = self.s.call(lambda: self.proc.mmap(
+            addr, npages * PAGE_SIZE, prot, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED))
+        assert got == addr
+        self._ref_map(addr, npages, prot)
+
+    @rule(npages=len_st, prot=prot_st)
+    def mmap_anywhere(self, npages: int, prot: int) -> None:
+        got = self.s.call(lambda: self.proc.mmap(
+            0, npages * PAGE_SIZE, prot, MAP_PRIVATE | MAP_ANONYMOUS))
+        first = got // PAGE_SIZE
+        assert all(first + i not in self.pages for i in range(npages))
+        self._ref_map(got, npages, prot)
+
+    @rule(page=pages_st, npages=len_st)
+    def munmap(self, page: int, npages: int) -> None:
+        addr = BASE + page * PAGE_SIZE
+        self.s.call(lambda: self.proc.munmap(addr, npages * PAGE_SIZE))
+        for p in range(addr // PAGE_SIZE, addr // PAGE_SIZE + npages):
+            self.pages.pop(p, None)
+
+    @rule(page=pages_st, npages=len_st, prot=prot_st)
+    def mprotect(self, page: int, npages: int, prot: int) -> None:
+        addr = BASE + page * PAGE_SIZE
+        err = self.s.call(lambda: _errno(
+            lambda: self.proc.mprotect(addr, npages * PAGE_SIZE, prot)))
+
+        def change(old: int) -> int:
+            new = (prot & 7) | (old & ~VM_ACCESS_FLAGS)
+            if new == old:
+                return old
+            if new & VM_WRITE:
+                if not old & (VM_ACCOUNT | VM_WRITE):
+                    new |= VM_ACCOUNT
+            elif old & VM_ACCOUNT:
+                new &= ~VM_ACCOUNT  # anonymous, no anon_vma yet
+            return new
+
+        assert err == self._ref_range(addr, npages, change)
+
+    @rule(page=pages_st, npages=len_st, lock=st.booleans())
+    def mlock(self, page: int, npages: int, lock: bool) -> None:
+        addr = BASE + page * PAGE_SIZE
+        call = self.proc.mlock if lock else self.proc.munlock
+        err = self.s.call(lambda: _errno(lambda: call(addr, npages * PAGE_SIZE)))
+        expected = self._ref_range(
+            addr, npages, (lambda f: f | VM_LOCKED) if lock else (lambda f: f & ~VM_LOCKED))
+        assert err == expected
+
+    @rule(page=pages_st, npages=len_st, dontfork=st.booleans())
+    def madvise_fork(self, page: int, npages: int, dontfork: bool) -> None:
+        addr = BASE + page * PAGE_SIZE
+        advice = MADV_DONTFORK if dontfork else MADV_DOFORK
+        err = self.s.call(lambda: _errno(
+            lambda: self.proc.madvise(addr, npages * PAGE_SIZE, advice)))
+        # madvise goes on past holes and reports ENOMEM at the end
+        expected = 0
+        for p in range(addr // PAGE_SIZE, addr // PAGE_SIZE + npages):
+            if p not in self.pages:
+                expected = 12
+                continue
+            flags, pgoff = self.pages[p]
+            flags = flags | VM_DONTCOPY if dontfork else flags & ~VM_DONTCOPY
+            self.pages[p] = (flags, pgoff)
+        assert err == expected
+
+    # -- the check -------------------------------------------------------------------
+
+    def _expected(self) -> list[tuple[int, int, int, int]]:
+        out: list[list[int]] = []
+        for p in sorted(self.pages):
+            flags, pgoff = self.pages[p]
+            if out:
+                last = out[-1]
+                if (last[1] == p * PAGE_SIZE
+                        and (last[2] ^ flags) & ~VM_SOFTDIRTY == 0
+                        and last[3] + (last[1] - last[0]) // PAGE_SIZE == pgoff):
+                    last[1] += PAGE_SIZE
+                    continue
+            out.append([p * PAGE_SIZE, (p + 1) * PAGE_SIZE, flags, pgoff])
+        return [(a, b, c, d) for a, b, c, d in out]
+
+    @invariant()
+    def layout_matches(self) -> None:
+        mm = self.proc.mm
+        got = [(v.raw("vm_start"), v.raw("vm_end"), v.raw("vm_flags"), v.raw("vm_pgoff"))
+               for v in for_each_vma(mm)]
+        assert got == self._expected()
+        assert mm.map_count == len(got)
+        for start, end, vma in mm.mm_mt.entries():
+            assert (start, end) == (vma.raw("vm_start"), vma.raw("vm_end"))
+
+
+TestAddressSpace = AddressSpace.TestCase
+TestAddressSpace.settings = settings(max_examples=150, stateful_step_count=25, deadline=None)
