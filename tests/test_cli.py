@@ -75,6 +75,8 @@ def test_replay_token_roundtrip(capsys: pytest.CaptureFixture[str]) -> None:
         ["explore", f"{EXAMPLE}:program", "--strategy", "replay"],
         ["explore", f"{EXAMPLE}:program", "--bogus-option"],
         ["frobnicate"],
+        ["rules", "no_such_field"],
+        ["doc", "-o", "/nonexistent-dir/x.md"],
     ],
 )
 def test_bad_input_is_one_line_exit_2(argv: list[str]) -> None:
@@ -90,3 +92,24 @@ def test_broken_program_file(tmp_path: Path) -> None:
     bad.write_text("def program(:\n")
     code, _, err = run("explore", f"{bad}:program")
     assert code == 2 and "SyntaxError" in err and len(err.strip().splitlines()) == 1
+
+
+def test_rules_json_lists_every_field(capsys: pytest.CaptureFixture[str]) -> None:
+    from mmrace.mm.rules import rules_table
+
+    assert main(["rules", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows == rules_table()
+    assert {"field", "read", "write", "note"} <= set(rows[0])
+    assert main(["rules", "vm_start", "--json"]) == 0
+    one = json.loads(capsys.readouterr().out)
+    assert [r["field"] for r in one] == ["vm_start"]
+
+
+def test_rules_text_and_doc_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["rules", "vm_flags"]) == 0
+    assert "vm_flags" in capsys.readouterr().out
+    out = tmp_path / "locking.md"
+    assert main(["doc", "-o", str(out)]) == 0
+    text = out.read_text()
+    assert "vm_start" in text and "|" in text

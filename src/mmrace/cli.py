@@ -91,7 +91,42 @@ def _build_parser() -> _Parser:
     ex.add_argument("--json", action="store_true", help="print one JSON object")
     ex.add_argument("--all-ops", action="store_true", help="show every operation")
     ex.add_argument("--no-shrink", action="store_true", help="report the violation as found")
+    rules = sub.add_parser("rules", help="print the locking rule table")
+    rules.add_argument("field", nargs="?", default=None, help="one field, e.g. vm_start")
+    rules.add_argument("--json", action="store_true", help="print a JSON list")
+
+    doc = sub.add_parser("doc", help="render the locking documentation as Markdown")
+    doc.add_argument("-o", "--output", default=None, help="write to FILE instead of stdout")
     return parser
+
+
+def _cmd_rules(args: argparse.Namespace) -> int:
+    from mmrace.mm.rules import render_rules, rules_table
+
+    table = rules_table()
+    fields = [row["field"] for row in table]
+    if args.field is not None and args.field not in fields:
+        raise UsageError(f"no rule for field {args.field!r} (known: {', '.join(fields)})")
+    if args.json:
+        rows = [row for row in table if args.field is None or row["field"] == args.field]
+        print(json.dumps(rows, indent=1))
+    else:
+        print(render_rules(args.field))
+    return 0
+
+
+def _cmd_doc(args: argparse.Namespace) -> int:
+    from mmrace.mm.rules_doc import render_markdown
+
+    text = render_markdown()
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        Path(args.output).write_text(text)
+    except OSError as exc:
+        raise UsageError(f"cannot write {args.output}: {exc.strerror}") from None
+    return 0
 
 
 def _progress_printer(enabled: bool) -> Callable[[int, float], None] | None:
@@ -160,6 +195,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         if args.command == "explore":
             return _cmd_explore(args)
+        if args.command == "rules":
+            return _cmd_rules(args)
+        if args.command == "doc":
+            return _cmd_doc(args)
         raise UsageError(f"unknown command {args.command!r}")
     except UsageError as exc:
         print(f"mmrace: error: {exc}", file=sys.stderr)
