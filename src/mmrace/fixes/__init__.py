@@ -213,3 +213,6 @@ class KernelConfig:
 
     def describe(self) -> str:
         return f"as of {self.release}" if self.release else "current kernel"
+
+
+from mmrace.fixes import catalog as _catalog  # noqa: E402,F401  (registers the known fixes)

@@ -91,3 +91,15 @@ def errno_error(err: int, what: str = "") -> OSError:
     import os
 
     return OSError(err, os.strerror(err) + (f": {what}" if what else ""))
+
+
+def kernel_config(mm: Any) -> Any:
+    """The ``KernelConfig`` (``mmrace.fixes``) of the system *mm* belongs to:
+    which fixes are applied and which policy values hold. An mm created
+    outside a ``System`` gets the current kernel."""
+    k = mm.kernel
+    if k is None:
+        from mmrace.fixes import KernelConfig
+
+        k = mm.kernel = KernelConfig()
+    return k

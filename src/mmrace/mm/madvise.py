@@ -110,6 +110,38 @@ def _new_flags(vma: VmAreaStruct, behavior: int) -> int:
 
 
 @kfunc
+def madvise_dontneed(mm: MmStruct, start: int, end: int) -> int:
+    """``madvise_dontneed_free`` -> ``zap_page_range_single`` for each VMA in
+    the range, under the mmap read lock (zapping needs only a stable VMA).
+    VM_LOCKED and VM_PFNMAP VMAs give EINVAL. Left out: the per-VMA-lock
+    variant of recent kernels."""
+    from mmrace.mm.memory import zap_page_range_single
+    from mmrace.mm.mm_types import VM_LOCKED, VM_PFNMAP
+    from mmrace.mm.mmap_lock import mmap_read_lock, mmap_read_unlock
+
+    mmap_read_lock(mm)
+    addr = start
+    unmapped = False
+    while addr < end:
+        vma = find_vma(mm, addr)
+        if vma is None or vma.vm_start >= end:
+            unmapped = True
+            break
+        if vma.vm_start > addr:
+            unmapped = True
+        if vma.vm_flags & (VM_LOCKED | VM_PFNMAP):
+            mmap_read_unlock(mm)
+            raise errno_error(EINVAL)
+        s, e = max(addr, vma.vm_start), min(end, vma.vm_end)
+        zap_page_range_single(vma, s, e - s)
+        addr = e
+    mmap_read_unlock(mm)
+    if unmapped:
+        raise errno_error(ENOMEM)
+    return 0
+
+
+@kfunc
 def do_madvise(mm: MmStruct, start: int, len_in: int, behavior: int) -> int:
     """``do_madvise``: as the kernel, advice is applied to every VMA in the
     range and a hole anywhere in it gives ENOMEM at the end."""
@@ -125,6 +157,8 @@ def do_madvise(mm: MmStruct, start: int, len_in: int, behavior: int) -> int:
         raise errno_error(EINVAL)
     if end == start:
         return 0
+    if behavior in (MADV_DONTNEED, MADV_DONTNEED_LOCKED):
+        return madvise_dontneed(mm, start, end)
     if behavior not in _FLAG_ONLY:
         return 0
     mmap_write_lock(mm)

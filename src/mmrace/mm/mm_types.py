@@ -7,7 +7,7 @@ VMA tree) is a visible operation on the VMA and is checked against the rule
 table of ``mm/rules.py``. Before the VMA is visible (while it is being built)
 fields are written freely, as in the kernel.
 
-Left out: the page-table root (arch issue), the rss counters, the mmu
+Left out: per-type rss counters, the mmu
 notifier list, the exe file, and the layout of the real structs.
 """
 
@@ -123,6 +123,8 @@ class AddressSpace(SharedObject):
         super().__init__(name)
         self.i_mmap_rwsem = RwSemaphore(f"{name}.i_mmap_rwsem")
         self.i_mmap: dict[int, Any] = {}
+        self.i_pages: dict[int, Any] = {}  # the page cache: index -> folio (mm/filemap.py)
+        self.host: Any = None  # the File
 
 
 class File(SharedObject):
@@ -133,16 +135,37 @@ class File(SharedObject):
         self.path = path
         self.size = size
         self.f_mapping = AddressSpace(f"{path}.mapping")
+        self.f_mapping.host = self
         self.vm_ops = vm_ops
         self.special = 0  # VM_* flags the file's ->mmap adds (VM_IO, VM_PFNMAP, ...)
 
 
 class AnonVma(KObject):
-    """``struct anon_vma`` (only identity and its rwsem here; rmap issue)."""
+    """``struct anon_vma``: ``root`` (whose rwsem every anon_vma of a fork
+    tree shares, as ``anon_vma->root->rwsem``), ``parent``, ``refcount``,
+    ``num_children``, ``num_active_vmas`` and ``rb_root`` (the interval tree
+    of anon_vma_chains, modelled as a dict keyed by VMA serial)."""
 
-    def __init__(self, name: str = "") -> None:
+    def __init__(self, name: str = "", root: AnonVma | None = None) -> None:
         super().__init__(name)
-        self.rwsem = RwSemaphore(f"{self.name}.rwsem")
+        self.root: AnonVma = root if root is not None else self
+        self.parent: AnonVma = self
+        self.rwsem: RwSemaphore = (
+            root.rwsem if root is not None else RwSemaphore(f"{self.name}.rwsem"))
+        self.refcount = 1
+        self.num_children = 0
+        self.num_active_vmas = 0
+        self.rb_root: dict[int, Any] = {}
+
+
+class AnonVmaChain:
+    """``struct anon_vma_chain``: links a VMA and an anon_vma."""
+
+    __slots__ = ("vma", "anon_vma")
+
+    def __init__(self, vma: Any, anon_vma: AnonVma) -> None:
+        self.vma = vma
+        self.anon_vma = anon_vma
 
 
 class AnonVmaName:
@@ -206,6 +229,9 @@ class MmStruct(SharedObject):
         self.locked_vm = 0
         self.def_flags = 0
         self.vma_serial = 0  # names VMAs vma1, vma2, ... per mm, deterministically
+        self.pgd: Any = None  # the top-level page table (mm/pgtable.py, allocated lazily)
+        self.kernel: Any = None  # the KernelConfig of the system the mm belongs to
+        self.rss = 0  # pages mapped (MM_ANONPAGES + MM_FILEPAGES), debugger view
 
 
 # --- vm_area_struct -----------------------------------------------------------

@@ -458,3 +458,41 @@ __all__ = [
     "vm_munmap",
     "vma_pages",
 ]
+
+
+@kfunc
+def exit_mmap(mm: MmStruct) -> None:
+    """``exit_mmap``: zap everything under the mmap read lock (fullmm
+    batch), then under the write lock free the page tables and the VMAs."""
+    from mmrace.mm.memory import unmap_vmas
+    from mmrace.mm.mmap_lock import vma_mark_detached
+    from mmrace.mm.mmu_gather import tlb_finish_mmu, tlb_gather_mmu
+    from mmrace.mm.vma import VmaIterator, for_each_vma, free_pgtables, remove_vma
+
+    mmap_read_lock(mm)
+    vmas = list(for_each_vma(VmaIterator(mm, 0)))
+    tlb = tlb_gather_mmu(mm, fullmm=True)
+    unmap_vmas(tlb, vmas, 0, mm.task_size)
+    mmap_read_unlock(mm)
+    mmap_write_lock(mm)
+    for v in vmas:
+        vma_start_write(v)
+    if vmas:
+        mm.mm_mt.mas_store_range(0, mm.task_size, None)
+    for v in vmas:
+        vma_mark_detached(v)
+    free_pgtables(mm, vmas, tlb, 0, 0)
+    tlb_finish_mmu(tlb)
+    for v in vmas:
+        remove_vma(v)
+    mm.map_count = 0
+    mmap_write_unlock(mm)
+
+
+def _populate(mm: MmStruct, start: int, length: int) -> None:
+    from mmrace.mm.gup import __mm_populate
+
+    __mm_populate(mm, start, length)
+
+
+mm_populate_hook = _populate

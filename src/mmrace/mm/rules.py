@@ -101,6 +101,39 @@ RULES: dict[str, dict[str, Any]] = {
 }
 
 TOKENS["RCU"] = "inside rcu_read_lock() (lookups only; the VMA found is not stable)"
+TOKENS["pte ptl"] = "the split lock of the PTE table holding the entry (pte_offset_map_lock)"
+TOKENS["pmd ptl"] = "the split lock of the PMD table holding the entry (pmd_lock)"
+TOKENS["unreachable"] = ("the VMA is detached and unlinked from every rmap tree "
+                         "(free_pgtables unlinks it first)")
+
+# Page-table entries (mm/pgtable.py enforces these on every entry write; reads
+# are READ_ONCE and need only a stable VMA or RCU, revalidated under the lock).
+RULES["pte"] = _rule(
+    [["mmap R"], ["VMA R"], ["rmap R"], ["RCU"]],
+    [{"locks": ["pte ptl", "mmap R"], "when": "none -> present (install)"},
+     {"locks": ["pte ptl", "VMA R"], "when": "none -> present (install)"},
+     {"locks": ["pte ptl"], "when": "change or zap of a present entry"}],
+    "a PTE; filling an empty entry needs the mmap or VMA lock (rmap locks alone are not "
+    "enough: free_pgtables would free it unzapped); zapping needs only a stable VMA")
+RULES["pmd"] = _rule(
+    [["mmap R"], ["VMA R"], ["rmap R"], ["RCU"]],
+    [{"locks": ["pmd ptl", "mmap R"], "when": "none -> PTE table (pmd_install)"},
+     {"locks": ["pmd ptl", "VMA R"], "when": "none -> PTE table (pmd_install)"},
+     {"locks": ["pmd ptl", "pte ptl"], "when": "change of a PMD pointing to a PTE table"},
+     {"locks": ["unreachable"], "when": "free_pgtables"}],
+    "a PMD entry; pte_offset_map_lock rechecks it under the PTE lock, which is why "
+    "replacing a PTE table needs both locks")
+RULES["pud"] = _rule(
+    [["mmap R"], ["VMA R"], ["rmap R"], ["RCU"]],
+    [{"locks": ["page_table_lock"], "when": "install (__pud_alloc / __pmd_alloc)"},
+     {"locks": ["unreachable"], "when": "free_pgtables"}],
+    "PGD and PUD entries (P4D is folded), installed with check / allocate / lock / recheck")
+RULES["pgtables"] = _rule(
+    [[]],
+    [{"locks": ["mmap R", "unreachable"], "when": "free_pgtables"},
+     {"locks": ["mmap W", "VMA W", "rmap W"], "when": "moving tables (mremap)"}],
+    "freeing or moving page-table pages: a truncate can zap under i_mmap_rwsem alone, so "
+    "no VMA reachable through an rmap tree may lose its tables")
 
 LOCK_ORDER: list[str] = [
     "inode->i_rwsem",

@@ -43,10 +43,12 @@ from mmrace.mm.mmap_lock import (
     vma_start_write,
 )
 from mmrace.mm.rmap import (
+    anon_vma_clone,
     anon_vma_lock_write,
     anon_vma_unlock_write,
     i_mmap_lock_write,
     i_mmap_unlock_write,
+    unlink_anon_vmas,
 )
 
 sysctl_max_map_count = 65530
@@ -61,14 +63,16 @@ def vm_area_alloc(mm: MmStruct) -> VmAreaStruct:
     return VmAreaStruct(mm)
 
 
-def vm_area_dup(orig: VmAreaStruct) -> VmAreaStruct:
-    """``vm_area_dup``: copy every field (the copy is not yet visible)."""
-    new = VmAreaStruct(orig.raw("vm_mm"))
+def vm_area_dup(orig: VmAreaStruct, mm: MmStruct | None = None) -> VmAreaStruct:
+    """``vm_area_dup``: copy every field (the copy is not yet visible) except
+    the anon_vma chain, which ``anon_vma_clone``/``anon_vma_fork`` build.
+    *mm* names the copy in another mm's numbering (fork)."""
+    new = VmAreaStruct(mm if mm is not None else orig.raw("vm_mm"))
     for field in ("vm_start", "vm_end", "vm_pgoff", "vm_page_prot", "vm_flags", "vm_file",
                   "vm_ops", "vm_private_data", "anon_name", "vm_policy",
                   "vm_userfaultfd_ctx", "anon_vma"):
         setattr(new, "_f_" + field, orig.raw(field))
-    new._f_anon_vma_chain = list(orig.raw("anon_vma_chain"))
+    new._f_anon_vma_chain = []
     return new
 
 
@@ -304,6 +308,8 @@ def __split_vma(mm: MmStruct, vma: VmAreaStruct, addr: int, new_below: bool) -> 
         if err:
             raise errno_error(-err, "may_split")
     new = vm_area_dup(vma)
+    if vma.anon_vma is not None:
+        anon_vma_clone(new, vma)
     if new_below:
         new._f_vm_end = addr
     else:
@@ -459,6 +465,7 @@ def _rearrange(mm: MmStruct, changes: list[tuple[VmAreaStruct, int, int, int]],
     vma_complete(vp, [c[0] for c in changes])
     for vma in remove:
         mm.map_count -= 1
+        unlink_anon_vmas(vma)  # anon_vma_merge
         vm_area_free(vma)
 
 
@@ -468,9 +475,7 @@ def dup_anon_vma(dst: VmAreaStruct, src: VmAreaStruct) -> None:
     if av is not None and dst.anon_vma is None:
         vma_start_write(dst)
         dst.anon_vma = av
-        anon_vma_lock_write(av)
-        dst.anon_vma_chain = list(src.anon_vma_chain)
-        anon_vma_unlock_write(av)
+        anon_vma_clone(dst, src)
 
 
 @kfunc
@@ -611,15 +616,47 @@ def remove_vma(vma: VmAreaStruct) -> None:
 
 
 @kfunc
-def free_pgtables(mm: MmStruct, vmas: list[VmAreaStruct]) -> None:
-    """``free_pgtables`` (VMA part): unlink the detached VMAs from the file
-    rmap. The page-table part lands with the page-table issue."""
+def unlink_file_vma(vma: VmAreaStruct) -> None:
+    """``unlink_file_vma``: take *vma* out of its file's i_mmap tree."""
+    f = vma.raw("vm_file")
+    if f is not None:
+        i_mmap_lock_write(f.f_mapping)
+        _unlink_file(vma)
+        i_mmap_unlock_write(f.f_mapping)
+
+
+@kfunc
+def free_pgtables(mm: MmStruct, vmas: list[VmAreaStruct], tlb: Any = None,
+                  floor: int = 0, ceiling: int = 0) -> None:
+    """``free_pgtables``: unlink each (detached, already zapped) VMA from the
+    anon_vma and file rmap trees, then free the page tables that only it
+    covered (``free_pgd_range`` between *floor* and *ceiling*, the ends of
+    the neighbouring VMAs; 0 for *ceiling* is the top of the address space).
+    Once unlinked the VMA is unreachable, so upper entries are cleared
+    without page-table locks, as the kernel does."""
+    from mmrace.mm.pgtable import free_pgd_range
+
     for vma in vmas:
-        f = vma.raw("vm_file")
-        if f is not None:
-            i_mmap_lock_write(f.f_mapping)
-            _unlink_file(vma)
-            i_mmap_unlock_write(f.f_mapping)
+        unlink_anon_vmas(vma)
+        unlink_file_vma(vma)
+    for i, vma in enumerate(vmas):
+        lo = floor if i == 0 else vmas[i - 1].raw("vm_end")
+        hi = ceiling if i == len(vmas) - 1 else vmas[i + 1].raw("vm_start")
+        free_pgd_range(tlb, vma, vma.raw("vm_start"), vma.raw("vm_end"), lo, hi)
+
+
+def _neighbours(mm: MmStruct, start: int, end: int) -> tuple[int, int]:
+    """The end of the VMA below *start* and the start of the VMA above *end*
+    (0 when none): ``free_pgtables``' floor and ceiling. Read under the mmap
+    write lock, which excludes every tree writer."""
+    floor = 0
+    ceiling = 0
+    for s, e, _v in mm.mm_mt.entries():
+        if e <= start:
+            floor = e
+        elif s >= end and not ceiling:
+            ceiling = s
+    return floor, ceiling
 
 
 @kfunc
@@ -629,8 +666,7 @@ def do_vmi_align_munmap(mm: MmStruct, start: int, end: int, unlock: bool) -> int
     *unlock*) downgrade and tear down under the read lock, as the kernel does.
     Returns 0; with *unlock* the mmap lock is released on return.
 
-    Left out: zapping and freeing page tables (page-table issue), the
-    mmu_gather, userfaultfd unmap events, locked_vm accounting."""
+    Left out: userfaultfd unmap events, locked_vm accounting."""
     from mmrace.mm.mmap_lock import mmap_read_unlock, mmap_write_downgrade
 
     mmap_assert_write_locked(mm)
@@ -655,9 +691,18 @@ def do_vmi_align_munmap(mm: MmStruct, start: int, end: int, unlock: bool) -> int
             vma_mark_detached(v)
             mm.map_count -= 1
             mm.total_vm -= vma_pages(v)
+    floor, ceiling = _neighbours(mm, start, end)
     if unlock:
         mmap_write_downgrade(mm)
-    free_pgtables(mm, detach)
+    if detach:
+        # vms_clear_ptes: zap, then free the tables, in one mmu_gather batch.
+        from mmrace.mm.memory import unmap_vmas
+        from mmrace.mm.mmu_gather import tlb_finish_mmu, tlb_gather_mmu
+
+        tlb = tlb_gather_mmu(mm)
+        unmap_vmas(tlb, detach, start, end)
+        free_pgtables(mm, detach, tlb, floor, ceiling)
+        tlb_finish_mmu(tlb)
     for v in detach:
         remove_vma(v)
     if unlock:

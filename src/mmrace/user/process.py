@@ -11,12 +11,14 @@ from __future__ import annotations
 import errno as _errno
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from mmrace.fixes import KernelConfig
 from mmrace.mm.madvise import do_madvise
-from mmrace.mm.mlock import sys_mlock, sys_munlock
+from mmrace.mm.mlock import sys_mlock, sys_mlock2, sys_munlock
 from mmrace.mm.mm_types import (
     PAGE_SHIFT,
+    PAGE_SIZE,
     VM_EXEC,
     VM_GROWSDOWN,
     VM_MAYSHARE,
@@ -71,9 +73,12 @@ class System:
     a scenario (shared objects belong to one execution)."""
 
     def __init__(self, cpus: int = 2, without: Iterable[str] = (),
-                 release: str | None = None) -> None:
+                 kernel: str | None = None, with_: Iterable[str] = (),
+                 release: str | None = None,
+                 policies: dict[str, str] | None = None) -> None:
         self.cpus = cpus
-        self.kernel = KernelConfig(release=release, without=without)
+        self.kernel = KernelConfig(release=kernel if kernel is not None else release,
+                                   without=without, with_=with_, policies=policies)
         self.processes: list[Process] = []
         self.files: dict[str, File] = {}
 
@@ -86,6 +91,15 @@ class System:
         proc = Process(self, len(self.processes) + 1)
         self.processes.append(proc)
         return proc
+
+    def open_file(self, name: str, size: int = 1 << 20) -> int:
+        """Create a regular file of *size* bytes (backed by the model's page
+        cache) and open it in a new fd of the first process (creating one
+        if needed). Returns the fd; other processes ``open(name)`` it."""
+        if name not in self.files:
+            self.create_file(name, size)
+        proc = self.processes[0] if self.processes else self.process()
+        return proc.open(name)
 
     def create_file(self, path: str, size: int = 1 << 20,
                     vm_ops: VmOperations | None = None, special: int = 0) -> File:
@@ -104,6 +118,7 @@ class Process:
         self.system = system
         self.pid = pid
         self.mm = MmStruct(f"mm{pid}")
+        self.mm.kernel = system.kernel
         self.fds: dict[int, File] = {}
 
     # -- files ---------------------------------------------------------------
@@ -151,6 +166,11 @@ class Process:
         """``mlock(2)``."""
         sys_mlock(self.mm, addr, length)
 
+    def mlock2(self, addr: int, length: int, flags: int = 0) -> None:
+        """``mlock2(2)``: with ``MLOCK_ONFAULT`` the range is locked as it is
+        faulted in, not populated now."""
+        sys_mlock2(self.mm, addr, length, flags)
+
     def munlock(self, addr: int, length: int) -> None:
         """``munlock(2)``."""
         sys_munlock(self.mm, addr, length)
@@ -159,6 +179,88 @@ class Process:
         """The raw ``brk`` syscall: returns the new break (the old one when the
         request fails; ``brk(0)`` queries it)."""
         return sys_brk(self.mm, addr)
+
+    def fork(self) -> Process:
+        """``fork(2)``: a child process with a copy of this address space
+        (``dup_mmap``); the file table is shared by copy."""
+        from mmrace.mm.fork import dup_mmap
+
+        child = Process(self.system, len(self.system.processes) + 1)
+        self.system.processes.append(child)
+        child.fds = dict(self.fds)
+        dup_mmap(child.mm, self.mm)
+        return child
+
+    def exit(self) -> None:
+        """Process exit: ``exit_mmap`` tears the address space down."""
+        from mmrace.mm.mmap import exit_mmap
+
+        exit_mmap(self.mm)
+
+    def ftruncate(self, fd: int, length: int) -> None:
+        """``ftruncate(2)``: truncate the file, zapping its mappings under
+        ``i_mmap_rwsem`` alone."""
+        from mmrace.mm.truncate import truncate_pagecache
+
+        f = self._file(fd)
+        assert f is not None
+        truncate_pagecache(f, length)
+
+    # -- memory ----------------------------------------------------------------
+
+    def _word(self, addr: int) -> tuple[int, int]:
+        from mmrace.mm.page_alloc import WORDS_PER_PAGE
+
+        stride = PAGE_SIZE // WORDS_PER_PAGE
+        if addr % stride:
+            raise ValueError(f"address {addr:#x} is not aligned to a {stride}-byte word")
+        return addr & ~(PAGE_SIZE - 1), (addr % PAGE_SIZE) // stride
+
+    def _access(self, addr: int, write: bool) -> tuple[Any, int]:
+        """Walk the page tables like the MMU (no locks: the program is single
+        threaded here); fault and retry until the access is allowed. Returns
+        (folio, page index)."""
+        from mmrace.mm.memory import do_user_addr_fault
+        from mmrace.mm.page_alloc import pfn_to_obj
+        from mmrace.mm.pgtable import peek_pte, pte_pfn, pte_present, pte_write
+
+        for _ in range(8):
+            pte = peek_pte(self.mm, addr)
+            if pte_present(pte) and pte & 0x4 and (pte_write(pte) or not write):
+                folio = pfn_to_obj(pte_pfn(pte))
+                return folio, pte_pfn(pte) - folio.pfn
+            do_user_addr_fault(self.mm, addr, write)
+        raise RuntimeError(f"fault at {addr:#x} does not resolve")
+
+    def poke(self, addr: int, value: int) -> None:
+        """Store *value* in the word at *addr*, faulting as a program would."""
+        from mmrace.mm.page_alloc import folio_write_word
+
+        _page, word = self._word(addr)
+        folio, idx = self._access(addr, True)
+        folio_write_word(folio, idx, word, value)
+
+    def peek(self, addr: int) -> int:
+        """Load the word at *addr*, faulting as a program would."""
+        from mmrace.mm.page_alloc import folio_read_word
+
+        _page, word = self._word(addr)
+        folio, idx = self._access(addr, False)
+        return folio_read_word(folio, idx, word)
+
+    def pin(self, addr: int, npages: int = 1, write: bool = False) -> list[Any]:
+        """``pin_user_pages_unlocked`` (e.g. an O_DIRECT or RDMA buffer): the
+        pinned folios (release with :meth:`unpin`)."""
+        from mmrace.mm.gup import FOLL_WRITE, pin_user_pages_unlocked
+
+        return pin_user_pages_unlocked(self.mm, addr, npages, FOLL_WRITE if write else 0)
+
+    def unpin(self, folios: list[Any]) -> None:
+        """``unpin_user_pages``."""
+        from mmrace.mm.gup import unpin_user_page
+
+        for f in folios:
+            unpin_user_page(f)
 
     # -- state -----------------------------------------------------------------
 

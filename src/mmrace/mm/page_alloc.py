@@ -1,0 +1,401 @@
+"""Physical memory: folios, the memory map and the shared zero page
+(mm/page_alloc.c, mm/swap.c's ``folio_put``, include/linux/mm.h and
+include/linux/page_ref.h helpers).
+
+A :class:`Folio` is a kernel object with a lifetime. Its reference count,
+map count, flags and folio lock are fields of the folio, so every access
+to them is a visible operation on the folio (all of them conflict, as a
+cache line would). The data (a few words per page, enough for scenarios
+to check contents) is its own shared object, :class:`FolioContents`, so
+that loads and stores of data do not conflict with reference counting;
+freeing a folio writes both, so DPOR orders every data access against
+the free and an access after it is a use-after-free.
+
+Page frame numbers are handed out per execution, in allocation order
+(deterministic); ``pfn_to_folio`` looks them up in the execution's memory
+map, which keeps freed folios so that a stale pfn leads to a reported
+use-after-free rather than a Python error.
+
+Left out: zones, the buddy allocator and its per-CPU lists, LRU lists and
+their pagevecs, memcg charging, the swap cache, KSM, page poisoning by
+hardware, ``struct page`` vs ``struct folio`` layout (the model has one
+object per folio; per-page state is kept in lists on it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mmrace.engine import (
+    READ,
+    RMW,
+    WAIT,
+    WRITE,
+    SharedObject,
+    ViolationError,
+    execution_local,
+    visible,
+)
+from mmrace.mm.internal import kfunc
+from mmrace.mm.locks import KObject, kfree
+
+WORDS_PER_PAGE = 8
+"""Words of data the model keeps per page (``process.poke``/``peek`` address
+them at ``PAGE_SIZE // WORDS_PER_PAGE`` byte granularity)."""
+
+GUP_PIN_COUNTING_BIAS = 1024
+"""A ``FOLL_PIN`` on a small folio adds this to its refcount (include/linux/mm.h)."""
+
+HPAGE_PMD_ORDER = 9
+
+
+class FolioContents(SharedObject):
+    """The data words of a folio's pages."""
+
+    __slots__ = ("folio", "words")
+
+    def __init__(self, folio: Folio, nr_pages: int) -> None:
+        super().__init__(f"{folio.name}.data")
+        self.folio = folio
+        self.words: list[list[int]] = [[0] * WORDS_PER_PAGE for _ in range(nr_pages)]
+
+
+class Folio(KObject):
+    """``struct folio``: *order* 0 (a page) or 9 (a PMD-sized THP).
+
+    ``_refcount`` and ``_mapcount`` count references and page-table mappings
+    (``_mapcount`` here is the number of mappings, not the kernel's -1 based
+    field); ``_pincount`` is the large-folio pin count. ``mapping`` is the
+    anon_vma of an anonymous folio (``PageAnon``) or the file's
+    address_space; ``anon_exclusive`` holds ``PageAnonExclusive`` per page."""
+
+    def __init__(self, name: str, order: int, pfn: int) -> None:
+        super().__init__(name)
+        self.order = order
+        self.nr_pages = 1 << order
+        self.pfn = pfn
+        self._refcount = 1
+        self._mapcount = 0
+        self._pincount = 0
+        self.anon = False
+        self.anon_exclusive = [False] * self.nr_pages
+        self.locked = False
+        self.uptodate = False
+        self.dirty = False
+        self.mapping: Any = None
+        self.index = 0
+        self.is_zero = False
+        self.contents = FolioContents(self, self.nr_pages)
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class MemState:
+    """Per-execution physical memory: the memory map and the live folios."""
+
+    def __init__(self) -> None:
+        self.next_pfn = 0x1000
+        self.mem_map: dict[int, Any] = {}  # pfn -> folio or page table
+        self.live: dict[int, Folio] = {}  # folio serial -> folio (allocation order)
+        self.zero: Folio | None = None
+        self.allocated = 0
+        self.freed = 0
+
+
+def mem_state() -> MemState:
+    """The execution's physical memory."""
+    st: MemState = execution_local("mm.mem", MemState)
+    return st
+
+
+def alloc_pfns(obj: Any, nr: int) -> int:
+    """Reserve *nr* page frames for *obj* (a folio or a page-table page)."""
+    st = mem_state()
+    pfn = st.next_pfn
+    st.next_pfn += nr
+    for i in range(nr):
+        st.mem_map[pfn + i] = obj
+    return pfn
+
+
+def pfn_to_obj(pfn: int) -> Any:
+    """``pfn_to_page``: whatever occupies frame *pfn* (possibly freed)."""
+    return mem_state().mem_map[pfn]
+
+
+def pfn_folio(pfn: int) -> Folio:
+    """``pfn_folio``."""
+    obj = mem_state().mem_map[pfn]
+    assert isinstance(obj, Folio), f"pfn {pfn:#x} is not a folio"
+    return obj
+
+
+def folio_page_index(folio: Folio, pfn: int) -> int:
+    """Which page of *folio* frame *pfn* is."""
+    return pfn - folio.pfn
+
+
+# --- allocation and freeing -------------------------------------------------------
+
+
+@kfunc
+def folio_alloc(order: int = 0, name: str = "") -> Folio:
+    """``folio_alloc`` / ``vma_alloc_folio``: a new folio with refcount 1.
+    Nobody else can see it yet, so allocation is not a visible operation.
+    Pages come zeroed (``__GFP_ZERO``, as anonymous faults ask)."""
+    st = mem_state()
+    st.allocated += 1
+    pfn = st.next_pfn
+    folio = Folio(name or f"folio@{pfn:#x}", order, pfn)
+    alloc_pfns(folio, folio.nr_pages)
+    st.live[folio.serial] = folio
+    return folio
+
+
+def get_zero_folio() -> Folio:
+    """The shared zero page (``ZERO_PAGE(0)``): never freed, never written,
+    not refcounted by mappings (its PTEs are special)."""
+    st = mem_state()
+    if st.zero is None:
+        z = Folio("zero_page", 0, alloc_pfns(None, 1))
+        st.mem_map[z.pfn] = z
+        z.is_zero = True
+        z.uptodate = True
+        st.zero = z
+    return st.zero
+
+
+def my_zero_pfn() -> int:
+    """``my_zero_pfn``."""
+    return get_zero_folio().pfn
+
+
+def is_zero_pfn(pfn: int) -> bool:
+    """``is_zero_pfn``."""
+    z = mem_state().zero
+    return z is not None and pfn == z.pfn
+
+
+def _refcount_violation(folio: Folio, what: str) -> ViolationError:
+    return ViolationError(
+        "refcount",
+        f"{what} on {folio.name}",
+        f"VM_BUG_ON_FOLIO: {what} on {folio.name} (refcount {folio._refcount}, "
+        f"mapcount {folio._mapcount})",
+    )
+
+
+@kfunc
+def free_folio(folio: Folio) -> None:
+    """``__folio_put`` -> ``free_unref_folios``: return the folio to the
+    allocator. Its data are poisoned (a visible write of the contents) and
+    the folio itself is freed (``kfree``-like): any later access through any
+    path is a use-after-free."""
+    if folio._mapcount:
+        raise _refcount_violation(folio, "freeing a mapped folio")
+    visible_contents(folio, WRITE, "poison (free)")
+    kfree(folio)
+    st = mem_state()
+    st.live.pop(folio.serial, None)
+    st.freed += 1
+
+
+# --- reference counts ------------------------------------------------------------------
+
+
+def folio_ref_count(folio: Folio) -> int:
+    """``folio_ref_count``: one visible read."""
+    folio.access(READ, "folio_ref_count")
+    return folio._refcount
+
+
+def folio_get(folio: Folio) -> None:
+    """``folio_get``: one visible RMW; from zero it is a use-after-free."""
+    folio.access(RMW, "folio_get")
+    if folio._refcount <= 0:
+        raise _refcount_violation(folio, "folio_get on a zero refcount")
+    folio._refcount += 1
+
+
+def folio_ref_add(folio: Folio, nr: int) -> None:
+    """``folio_ref_add``."""
+    folio.access(RMW, f"folio_ref_add({nr})")
+    if folio._refcount <= 0:
+        raise _refcount_violation(folio, "folio_ref_add on a zero refcount")
+    folio._refcount += nr
+
+
+def folio_try_get(folio: Folio) -> bool:
+    """``folio_try_get``: increment unless zero (speculative lookups)."""
+    folio.access(RMW, "folio_try_get")
+    if folio._refcount == 0:
+        return False
+    folio._refcount += 1
+    return True
+
+
+@kfunc
+def folio_put_refs(folio: Folio, nr: int) -> None:
+    """``folio_put_refs``: drop *nr* references, freeing the folio on the last."""
+    if folio.is_zero:
+        return
+    folio.access(RMW, f"folio_put_refs({nr})" if nr != 1 else "folio_put")
+    folio._refcount -= nr
+    if folio._refcount < 0:
+        raise _refcount_violation(folio, "refcount underflow")
+    if folio._refcount == 0:
+        free_folio(folio)
+
+
+def folio_put(folio: Folio) -> None:
+    """``folio_put``."""
+    folio_put_refs(folio, 1)
+
+
+put_page = folio_put
+
+
+def folio_maybe_dma_pinned(folio: Folio) -> bool:
+    """``folio_maybe_dma_pinned``: a large folio's pin count, or a small
+    folio's refcount of at least ``GUP_PIN_COUNTING_BIAS`` (one visible read;
+    false positives are possible, as in the kernel)."""
+    folio.access(READ, "folio_maybe_dma_pinned")
+    if folio.order:
+        return folio._pincount > 0
+    return folio._refcount >= GUP_PIN_COUNTING_BIAS
+
+
+page_maybe_dma_pinned = folio_maybe_dma_pinned
+
+
+# --- map counts ----------------------------------------------------------------------------
+
+
+def folio_mapcount(folio: Folio) -> int:
+    """``folio_mapcount``: one visible read."""
+    folio.access(READ, "folio_mapcount")
+    return folio._mapcount
+
+
+def folio_mapped(folio: Folio) -> bool:
+    """``folio_mapped``."""
+    return folio_mapcount(folio) > 0
+
+
+def folio_inc_mapcount(folio: Folio, what: str) -> None:
+    """The ``atomic_inc(&page->_mapcount)`` of the rmap functions."""
+    folio.access(RMW, what)
+    folio._mapcount += 1
+
+
+def folio_dec_mapcount(folio: Folio, what: str) -> int:
+    """The ``atomic_add_negative(-1, &page->_mapcount)`` of the rmap
+    functions; returns the new count. Below zero is a violation."""
+    folio.access(RMW, what)
+    folio._mapcount -= 1
+    if folio._mapcount < 0:
+        raise _refcount_violation(folio, "mapcount underflow")
+    return folio._mapcount
+
+
+# --- flags and the folio lock --------------------------------------------------------
+
+
+def folio_test_anon(folio: Folio) -> bool:
+    """``folio_test_anon`` (``PageAnon``): one visible read of ``mapping``."""
+    folio.access(READ, "folio_test_anon")
+    return folio.anon
+
+
+def PageAnonExclusive(folio: Folio, idx: int = 0) -> bool:
+    """``PageAnonExclusive`` of page *idx* of *folio*."""
+    folio.access(READ, "PageAnonExclusive")
+    return folio.anon_exclusive[idx]
+
+
+def SetPageAnonExclusive(folio: Folio, idx: int = 0) -> None:
+    """``SetPageAnonExclusive``."""
+    folio.access(WRITE, "SetPageAnonExclusive")
+    folio.anon_exclusive[idx] = True
+
+
+def ClearPageAnonExclusive(folio: Folio, idx: int = 0) -> None:
+    """``ClearPageAnonExclusive``."""
+    folio.access(WRITE, "ClearPageAnonExclusive")
+    folio.anon_exclusive[idx] = False
+
+
+def folio_trylock(folio: Folio) -> bool:
+    """``folio_trylock``: one visible RMW."""
+    folio.access(RMW, "folio_trylock")
+    if folio.locked:
+        return False
+    folio.locked = True
+    return True
+
+
+@kfunc
+def folio_lock(folio: Folio) -> None:
+    """``folio_lock``: sleeps (a visible WAIT) until the lock is free."""
+    folio.access(RMW, "folio_lock")
+    if folio.locked:
+        visible(folio, WAIT, "folio_wait_locked", guard=lambda: not folio.locked)
+        folio.check_alive("folio_lock")
+    folio.locked = True
+
+
+def folio_unlock(folio: Folio) -> None:
+    """``folio_unlock``."""
+    folio.access(RMW, "folio_unlock")
+    folio.locked = False
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+def visible_contents(folio: Folio, kind: int, what: str) -> None:
+    """A visible access to *folio*'s data; a use-after-free once it is freed."""
+    visible(folio.contents, kind, what)
+    if folio.freed_at is not None and what != "poison (free)":
+        raise folio._uaf(what)
+
+
+def folio_read_word(folio: Folio, idx: int, word: int) -> int:
+    """A load of one word of page *idx* (one visible read of the data)."""
+    visible_contents(folio, READ, f"load word {word}")
+    return folio.contents.words[idx][word]
+
+
+def folio_write_word(folio: Folio, idx: int, word: int, value: int) -> None:
+    """A store to one word of page *idx* (one visible write of the data)."""
+    if folio.is_zero:
+        raise ViolationError("memory-corruption", "store to the shared zero page",
+                             "a store reached the shared zero page")
+    visible_contents(folio, WRITE, f"store word {word}")
+    folio.contents.words[idx][word] = value
+
+
+@kfunc
+def copy_user_highpage(dst: Folio, dst_idx: int, src: Folio, src_idx: int) -> None:
+    """``copy_user_highpage`` / ``__wp_page_copy_user``: read the source page
+    (one visible read), write the copy (one visible write)."""
+    visible_contents(src, READ, "copy_user_highpage (read)")
+    data = list(src.contents.words[src_idx])
+    visible_contents(dst, WRITE, "copy_user_highpage (write)")
+    dst.contents.words[dst_idx] = data
+
+
+__all__ = [
+    "GUP_PIN_COUNTING_BIAS",
+    "WORDS_PER_PAGE",
+    "Folio",
+    "folio_alloc",
+    "folio_get",
+    "folio_mapcount",
+    "folio_put",
+    "folio_ref_count",
+    "get_zero_folio",
+    "mem_state",
+    "pfn_folio",
+]

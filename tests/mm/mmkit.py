@@ -1,0 +1,55 @@
+"""Helpers for the page-table / fault tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from mmrace.engine import Result, explore
+from mmrace.mm.page_alloc import Folio, mem_state, pfn_to_obj
+from mmrace.mm.pgtable import all_tables, peek_pte, pte_pfn, pte_present, pte_special
+from mmrace.user import MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE, Process
+
+RW = PROT_READ | PROT_WRITE
+ANON = MAP_PRIVATE | MAP_ANONYMOUS
+
+
+def run1(program: Callable[[], None]) -> Result:
+    """One execution (set-up only); fails the test on any violation."""
+    r = explore(program, max_executions=1, shrink=False)
+    assert r.violation is None, r.violation.message if r.violation else ""
+    return r
+
+
+def folio_at(proc: Process, addr: int) -> Folio | None:
+    pte = peek_pte(proc.mm, addr)
+    if not pte_present(pte) or pte_special(pte):
+        return None
+    obj = pfn_to_obj(pte_pfn(pte))
+    assert isinstance(obj, Folio)
+    return obj
+
+
+def check_accounting(procs: list[Process]) -> None:
+    """Every live folio's refcount and mapcount equal the mappings (plus the
+    page cache's reference) that hold it."""
+    maps: dict[int, int] = {}
+    for p in procs:
+        for t in all_tables(p.mm):
+            if t.level != 1:
+                continue
+            for e in t.entries.values():
+                if pte_present(e) and not pte_special(e):
+                    f = pfn_to_obj(pte_pfn(e))
+                    maps[f.serial] = maps.get(f.serial, 0) + 1
+    for serial, f in mem_state().live.items():
+        n = maps.get(serial, 0)
+        cache = 1 if (not f.anon and f.mapping is not None
+                      and f.mapping.i_pages.get(f.index) is f) else 0
+        assert f._mapcount == n, f"{f.name}: mapcount {f._mapcount} != {n} mappings"
+        assert f._refcount == n + cache, f"{f.name}: refcount {f._refcount} != {n}+{cache}"
+    for serial in maps:
+        assert serial in mem_state().live, "a PTE maps a freed folio"
+
+
+__all__ = ["ANON", "RW", "Any", "check_accounting", "folio_at", "run1"]
