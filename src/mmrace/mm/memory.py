@@ -9,10 +9,11 @@ failing to trylock it). ``do_wp_page``'s reuse decision is the
 ``cow-reuse`` policy (``mmrace.fixes``).
 
 Left out: THP faults (huge PMDs are only walked past), swap and
-migration entries, userfaultfd, NUMA hinting, fault-around, ``page_mkwrite``
-and write-notify (shared file mappings are mapped writable at once), mmu
-notifiers, mlock accounting, the killable/interruptible retry details, PTE
-table reclaim during zap, device/PFN mappings.
+migration entries, userfaultfd minor faults and PTE markers, NUMA hinting,
+fault-around, ``page_mkwrite`` and write-notify (shared file mappings are
+mapped writable at once), mmu notifiers, mlock accounting, the
+killable/interruptible retry details, PTE table reclaim during zap,
+device/PFN mappings.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from mmrace.mm.mm_types import (
     VM_MAYSHARE,
     VM_READ,
     VM_SHARED,
+    VM_UFFD_MISSING,
+    VM_UFFD_WP,
     VM_WRITE,
     MmStruct,
     VmAreaStruct,
@@ -237,7 +240,11 @@ def do_anonymous_page(vmf: VmFault) -> int:
     """``do_anonymous_page``: a read maps the shared zero page (special,
     read-only); a write allocates a zeroed exclusive anon folio (after
     ``vmf_anon_prepare``) and maps it writable and dirty. If the PTE was
-    filled meanwhile, back off (the new folio is released)."""
+    filled meanwhile, back off (the new folio is released). A VMA registered
+    with ``UFFDIO_REGISTER_MODE_MISSING`` hands the fault to
+    ``handle_userfault`` instead (checked under the PTL)."""
+    from mmrace.mm.userfaultfd import handle_userfault, userfaultfd_missing
+
     vma = vmf.vma
     mm = vma.vm_mm
     if vma.vm_flags & VM_SHARED:
@@ -252,6 +259,9 @@ def do_anonymous_page(vmf: VmFault) -> int:
         if vmf_pte_changed(vmf, pm):
             pte_unmap_unlock(pm)
             return 0
+        if userfaultfd_missing(vma):  # deliver the fault to userland, checked under the PTL
+            pte_unmap_unlock(pm)
+            return handle_userfault(vmf, VM_UFFD_MISSING)
         set_pte_at(mm, vmf.address, pm.table, pm.index, entry)
         update_mmu_cache(vma, vmf.address, pm.table, pm.index)
         pte_unmap_unlock(pm)
@@ -272,6 +282,10 @@ def do_anonymous_page(vmf: VmFault) -> int:
         pte_unmap_unlock(pm)
         folio_put(folio)
         return 0
+    if userfaultfd_missing(vma):
+        pte_unmap_unlock(pm)
+        folio_put(folio)
+        return handle_userfault(vmf, VM_UFFD_MISSING)
     _map_count(mm, 1)
     folio_add_new_anon_rmap(folio, vma, vmf.address, True)
     set_pte_at(mm, vmf.address, pm.table, pm.index, entry)
@@ -545,8 +559,33 @@ def do_wp_page(vmf: VmFault) -> int:
     Shared mappings reuse the page (``wp_page_shared``); anonymous pages are
     reused when the ``cow-reuse`` policy says so; everything else (the zero
     page, page-cache pages of private mappings, shared anon pages) is copied
-    by ``wp_page_copy`` after dropping the PTL."""
+    by ``wp_page_copy`` after dropping the PTL.
+
+    First (not for unsharing): a uffd-wp PTE goes to ``handle_userfault``;
+    then, with the ``uffd-wp-flush-pending`` fix, a uffd-wp VMA with a
+    deferred flush pending (``mm_tlb_flush_pending``) has the address
+    flushed before the page may be copied (the ``wp-fault-flush-pending``
+    proposal does it for every VMA)."""
+    from mmrace.mm.mm_types import mm_tlb_flush_pending
+    from mmrace.mm.pgtable import flush_tlb_page
+    from mmrace.mm.userfaultfd import handle_userfault, userfaultfd_pte_wp, userfaultfd_wp
+
     vma = vmf.vma
+    mm = vma.vm_mm
+    if not vmf.flags & FAULT_FLAG_UNSHARE:
+        assert vmf.pte is not None
+        if userfaultfd_pte_wp(vma, ptep_get(vmf.pte.table, vmf.pte.index)):
+            pte_unmap_unlock(vmf.pte)
+            vmf.pte = None
+            return handle_userfault(vmf, VM_UFFD_WP)
+        cfg = kernel_config(mm)
+        if cfg.has("wp-fault-flush-pending"):
+            if mm_tlb_flush_pending(mm):
+                flush_tlb_page(vma, vmf.address)
+        elif (cfg.has("uffd-wp-flush-pending") and userfaultfd_wp(vma)
+                and mm_tlb_flush_pending(mm)):
+            # Userfaultfd write-protect can defer flushes: flush before copying.
+            flush_tlb_page(vma, vmf.address)
     folio = vm_normal_page(vma, vmf.address, vmf.orig_pte)
     vmf.page_folio = folio
     if folio is not None:

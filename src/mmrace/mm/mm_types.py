@@ -355,5 +355,34 @@ class VmaLock(SharedObject):
         return f"vm_refcnt: {state}{max(readers, 0)} reader(s)"
 
 
+# --- deferred TLB flushes (include/linux/mm_types.h) ---------------------------
 
+
+def inc_tlb_flush_pending(mm: MmStruct) -> None:
+    """``inc_tlb_flush_pending``: announce that PTEs of *mm* are about to be
+    changed with the TLB flush deferred (one visible RMW of
+    ``mm->tlb_flush_pending``). Call it before changing any PTE, so that a
+    fault that sees a changed PTE also sees the pending flush."""
+    mm.tlb_flush_pending.rmw(lambda n: n + 1)
+
+
+def dec_tlb_flush_pending(mm: MmStruct) -> None:
+    """``dec_tlb_flush_pending``: the deferred flush is done (call it after
+    the flush)."""
+    mm.tlb_flush_pending.rmw(lambda n: n - 1)
+
+
+def mm_tlb_flush_pending(mm: MmStruct) -> bool:
+    """``mm_tlb_flush_pending``: whether some thread changed PTEs of *mm*
+    and has not flushed yet (one visible read). The kernel requires the PTL
+    of the PTE in question to be held, so the read is ordered after the
+    change it is about."""
+    return mm.tlb_flush_pending.load() > 0
+
+
+def mm_tlb_flush_nested(mm: MmStruct) -> bool:
+    """``mm_tlb_flush_nested``: more than one deferred flush is pending, so
+    another thread may have changed PTEs this one's flush must cover
+    (``tlb_finish_mmu`` then forces a full flush)."""
+    return mm.tlb_flush_pending.load() > 1
 

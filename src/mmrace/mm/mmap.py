@@ -30,6 +30,7 @@ from mmrace.mm.mm_types import (
     VM_NORESERVE,
     VM_READ,
     VM_SHARED,
+    VM_SOFTDIRTY,
     VM_SYNC,
     VM_WRITE,
     File,
@@ -74,6 +75,7 @@ from mmrace.mm.vma import (
     find_vma_prev,
     sysctl_max_map_count,
     vm_area_alloc,
+    vm_flags_set,
     vma_find,
     vma_iter_store,
     vma_link,
@@ -198,6 +200,9 @@ def mmap_region(mm: MmStruct, file: File | None, addr: int, length: int, vm_flag
     mm.total_vm += length >> PAGE_SHIFT
     if vm_flags & VM_LOCKED:
         mm.locked_vm += length >> PAGE_SHIFT
+    # New (or expanded) VMAs always get soft-dirty status, so the soft-dirty
+    # tracker can tell a new mapping from the old contents of the range.
+    vm_flags_set(vma, VM_SOFTDIRTY)
     vma_set_page_prot(vma)
     return addr
 

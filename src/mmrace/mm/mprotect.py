@@ -1,22 +1,36 @@
-"""mprotect, the VMA part (mm/mprotect.c).
+"""mprotect and change_protection (mm/mprotect.c).
 
-Left out: ``change_protection`` on the page tables (the TLB issue adds it
-at :data:`change_protection_hook`), pkeys, PROT_GROWSDOWN/PROT_GROWSUP
-extension of the range, arch-specific VM_FLAGS_CLEAR bits, RLIMIT_AS.
+``change_protection`` rewrites the PTEs of a range under their PTLs with
+``ptep_modify_prot_start``/``ptep_modify_prot_commit`` and only records the
+range in the caller's ``mmu_gather``: the TLB flush comes once, at
+``tlb_finish_mmu``, after every PTE of the range was changed. Until then the
+mm's ``tlb_flush_pending`` (raised by ``tlb_gather_mmu``) says a flush is
+deferred — the window the seed-002 races live in. Before 6.0 the kernel did
+the same without an ``mmu_gather`` (``inc_tlb_flush_pending``,
+``flush_tlb_range``, ``dec_tlb_flush_pending`` in
+``change_protection_range``); the order of events is the same.
+
+Left out: pkeys, PROT_GROWSDOWN/PROT_GROWSUP extension of the range,
+arch-specific VM_FLAGS_CLEAR bits, RLIMIT_AS, NUMA hinting (MM_CP_PROT_NUMA),
+huge PMDs, swap/migration entries and uffd-wp PTE markers on empty entries,
+hugetlb, mmu notifiers, large folio batching.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-from mmrace.mm.internal import errno_error, kfunc
+from mmrace.mm.internal import errno_error, kernel_config, kfunc
 from mmrace.mm.mm_types import (
     PAGE_SHIFT,
+    PAGE_SIZE,
     VM_ACCESS_FLAGS,
     VM_ACCOUNT,
     VM_HUGETLB,
     VM_NORESERVE,
     VM_SHARED,
+    VM_SOFTDIRTY,
     VM_WRITE,
     MmStruct,
     VmAreaStruct,
@@ -24,6 +38,8 @@ from mmrace.mm.mm_types import (
 from mmrace.mm.mman import PROT_EXEC, PROT_GROWSDOWN, PROT_GROWSUP, PROT_READ, PROT_SEM, PROT_WRITE
 from mmrace.mm.mmap import PAGE_ALIGN, calc_vm_prot_bits, offset_in_page
 from mmrace.mm.mmap_lock import mmap_write_lock, mmap_write_unlock, vma_start_write
+from mmrace.mm.mmu_gather import MmuGather, tlb_finish_mmu, tlb_gather_mmu
+from mmrace.mm.pgtable import vm_prot_to_pte
 from mmrace.mm.vma import (
     find_vma,
     find_vma_prev,
@@ -34,8 +50,16 @@ from mmrace.mm.vma import (
 
 EINVAL, ENOMEM, EACCES = 22, 12, 13
 
-change_protection_hook: Callable[[VmAreaStruct, int, int, int], None] | None = None
-"""Set by the TLB issue: ``change_protection(vma, start, end, cp_flags)``."""
+# cp_flags (include/linux/mm.h)
+MM_CP_TRY_CHANGE_WRITABLE = 1 << 0
+MM_CP_PROT_NUMA = 1 << 1
+MM_CP_UFFD_WP = 1 << 2
+MM_CP_UFFD_WP_RESOLVE = 1 << 3
+MM_CP_UFFD_WP_ALL = MM_CP_UFFD_WP | MM_CP_UFFD_WP_RESOLVE
+
+change_protection_hook: Callable[[Any, VmAreaStruct, int, int, int], int] | None = None
+"""Test seam: when set, ``mprotect_fixup`` calls it instead of
+:func:`change_protection` (same arguments)."""
 
 
 def vma_is_anonymous(vma: VmAreaStruct) -> bool:
@@ -44,11 +68,13 @@ def vma_is_anonymous(vma: VmAreaStruct) -> bool:
 
 
 @kfunc
-def mprotect_fixup(mm: MmStruct, vma: VmAreaStruct, prev: VmAreaStruct | None, start: int,
-                   end: int, newflags: int) -> VmAreaStruct:
+def mprotect_fixup(tlb: MmuGather, mm: MmStruct, vma: VmAreaStruct, prev: VmAreaStruct | None,
+                   start: int, end: int, newflags: int) -> VmAreaStruct:
     """``mprotect_fixup``: give ``[start, end)`` of *vma* the flags *newflags*,
     merging or splitting as needed; returns the VMA that now covers the range
-    (the next ``prev``). Accounting follows the kernel: a private mapping
+    (the next ``prev``), and change the PTEs of the range
+    (:func:`change_protection`, flush deferred to the caller's
+    ``tlb_finish_mmu``). Accounting follows the kernel: a private mapping
     made writable is charged (VM_ACCOUNT), an unfaulted anonymous one made
     read-only is uncharged."""
     oldflags = vma.vm_flags
@@ -65,8 +91,11 @@ def mprotect_fixup(mm: MmStruct, vma: VmAreaStruct, prev: VmAreaStruct | None, s
     vma_start_write(vma)
     vm_flags_reset(vma, newflags)
     vma_set_page_prot(vma)
+    mm_cp_flags = MM_CP_TRY_CHANGE_WRITABLE if vma_wants_manual_pte_write_upgrade(vma) else 0
     if change_protection_hook is not None:
-        change_protection_hook(vma, start, end, 0)
+        change_protection_hook(tlb, vma, start, end, mm_cp_flags)
+    else:
+        change_protection(tlb, vma, start, end, mm_cp_flags)
     return vma
 
 
@@ -74,7 +103,8 @@ def mprotect_fixup(mm: MmStruct, vma: VmAreaStruct, prev: VmAreaStruct | None, s
 def do_mprotect_pkey(mm: MmStruct, start: int, length: int, prot: int) -> int:
     """``do_mprotect_pkey`` (pkey -1): returns 0 or raises OSError. As in the
     kernel, VMAs before a hole keep their new protection when ENOMEM is
-    returned for the hole."""
+    returned for the hole. The PTE changes of every VMA are flushed once,
+    by ``tlb_finish_mmu``, before the mmap write lock is dropped."""
     prot &= ~(PROT_GROWSDOWN | PROT_GROWSUP)
     if offset_in_page(start):
         raise errno_error(EINVAL)
@@ -87,6 +117,7 @@ def do_mprotect_pkey(mm: MmStruct, start: int, length: int, prot: int) -> int:
     if prot & ~(PROT_READ | PROT_WRITE | PROT_EXEC | PROT_SEM):
         raise errno_error(EINVAL)
     mmap_write_lock(mm)
+    tlb = tlb_gather_mmu(mm)
     try:
         vma = find_vma(mm, start)
         if vma is None or vma.vm_start >= end or vma.vm_start > start:
@@ -106,18 +137,191 @@ def do_mprotect_pkey(mm: MmStruct, start: int, length: int, prot: int) -> int:
             if (newflags & ~(newflags >> 4)) & VM_ACCESS_FLAGS:
                 raise errno_error(EACCES)
             tmp = min(vma.vm_end, end)
-            prev = mprotect_fixup(mm, vma, prev, nstart, tmp, newflags)
+            prev = mprotect_fixup(tlb, mm, vma, prev, nstart, tmp, newflags)
             nstart = prev.vm_end
             if nstart >= end:
                 break
         if nstart < end:
             raise errno_error(ENOMEM)
     except OSError:
+        tlb_finish_mmu(tlb)
         mmap_write_unlock(mm)
         raise
+    tlb_finish_mmu(tlb)
     mmap_write_unlock(mm)
     return 0
 
 
 def nr_pages(start: int, end: int) -> int:
     return (end - start) >> PAGE_SHIFT
+
+
+# --- change_protection ------------------------------------------------------------
+
+
+def vma_wants_manual_pte_write_upgrade(vma: VmAreaStruct) -> bool:
+    """``vma_wants_manual_pte_write_upgrade``: a writable VMA whose
+    ``vm_page_prot`` is write-protected (private, or write-notify) may have
+    PTEs made writable by hand (``MM_CP_TRY_CHANGE_WRITABLE``)."""
+    from mmrace.mm.vma import vma_wants_writenotify
+
+    flags = vma.vm_flags
+    if not flags & VM_WRITE:
+        return False
+    if flags & VM_SHARED:
+        return vma_wants_writenotify(vma, vma.vm_page_prot)
+    return True
+
+
+def can_change_pte_writable(vma: VmAreaStruct, addr: int, pte: int) -> bool:
+    """``can_change_pte_writable``: may *pte* be made writable without a
+    write fault? Not if soft-dirty tracking or uffd-wp needs the fault; in a
+    private mapping only for an exclusive anonymous page (as the write fault
+    would reuse it); in a shared one only if already dirty. Before the
+    ``mprotect-exclusive-anon-writable`` fix only the shared-dirty case
+    existed (``dirty_accountable``)."""
+    from mmrace.mm.memory import vm_normal_page
+    from mmrace.mm.page_alloc import PageAnonExclusive
+    from mmrace.mm.pgtable import pte_dirty, pte_soft_dirty, pte_uffd_wp
+    from mmrace.mm.userfaultfd import userfaultfd_wp
+
+    flags = vma.vm_flags
+    if not flags & VM_WRITE:
+        return False
+    if not flags & VM_SOFTDIRTY and not pte_soft_dirty(pte):
+        return False  # pte_needs_soft_dirty_wp
+    if userfaultfd_wp(vma) and pte_uffd_wp(pte):
+        return False
+    if not flags & VM_SHARED:
+        if not kernel_config(vma.vm_mm).has("mprotect-exclusive-anon-writable"):
+            return False
+        folio = vm_normal_page(vma, addr, pte)
+        return (folio is not None and folio.anon
+                and bool(PageAnonExclusive(folio, pte_pfn_idx(folio, pte))))
+    return pte_dirty(pte)
+
+
+def pte_pfn_idx(folio: Any, pte: int) -> int:
+    from mmrace.mm.pgtable import pte_pfn
+
+    return int(pte_pfn(pte) - folio.pfn)
+
+
+def tlb_flush_pte_range(tlb: MmuGather, addr: int, size: int) -> None:
+    """``tlb_flush_pte_range``: add ``[addr, addr + size)`` to the range the
+    gather will flush (the model's ``mmu_gather`` tracks it through
+    ``tlb_remove_tlb_entry``)."""
+    from mmrace.mm import mmu_gather
+
+    fn = getattr(mmu_gather, "tlb_flush_pte_range", None)
+    if fn is not None:
+        fn(tlb, addr, size)
+    else:
+        mmu_gather.tlb_remove_tlb_entry(tlb, addr)
+
+
+@kfunc
+def change_pte_range(tlb: MmuGather, vma: VmAreaStruct, pmd: Any, mi: int, addr: int, end: int,
+                     newprot: int, cp_flags: int) -> int:
+    """``change_pte_range``: under the PTE table's lock, for each present PTE
+    in ``[addr, end)``: ``ptep_modify_prot_start`` (atomic get-and-clear),
+    ``pte_modify`` to *newprot*, set (``MM_CP_UFFD_WP``, which also
+    write-protects) or clear (``MM_CP_UFFD_WP_RESOLVE``) the uffd-wp bit,
+    make it writable again if ``MM_CP_TRY_CHANGE_WRITABLE`` and
+    :func:`can_change_pte_writable` allow, ``ptep_modify_prot_commit``, and
+    add the page to the gather's flush range. No flush here. Returns the
+    number of PTEs changed.
+
+    Switches: ``uffd-wp-resolve-skip`` (proposal) leaves PTEs without the
+    uffd-wp bit alone on resolve; ``uffd-wp-resolve-preserve-write``
+    (proposal) keeps an RW bit that is already set on resolve."""
+    from mmrace.mm.pgtable import (
+        pte_clear_uffd_wp,
+        pte_mkuffd_wp,
+        pte_mkwrite,
+        pte_modify,
+        pte_offset_map_lock,
+        pte_present,
+        pte_uffd_wp,
+        pte_unmap_unlock,
+        pte_write,
+        ptep_get,
+        ptep_modify_prot_commit,
+        ptep_modify_prot_start,
+    )
+
+    mm = vma.vm_mm
+    cfg = kernel_config(mm)
+    uffd_wp = bool(cp_flags & MM_CP_UFFD_WP)
+    uffd_wp_resolve = bool(cp_flags & MM_CP_UFFD_WP_RESOLVE)
+    prot_numa = bool(cp_flags & MM_CP_PROT_NUMA)
+    pm = pte_offset_map_lock(mm, pmd, mi, addr)
+    if pm is None:
+        return 0
+    pages = 0
+    base = pm.index
+    for i in range((end - addr) >> PAGE_SHIFT):
+        idx = base + i
+        a = addr + (i << PAGE_SHIFT)
+        if idx not in pm.table.entries and idx not in pm.table.slots:
+            continue  # never touched: filling it needs the PTL we hold
+        oldpte = ptep_get(pm.table, idx)
+        if not pte_present(oldpte):
+            continue
+        if uffd_wp_resolve and not pte_uffd_wp(oldpte) and cfg.has("uffd-wp-resolve-skip"):
+            continue
+        preserve_write = prot_numa and pte_write(oldpte)
+        if uffd_wp_resolve and cfg.has("uffd-wp-resolve-preserve-write"):
+            preserve_write = pte_write(oldpte)
+        oldpte = ptep_modify_prot_start(vma, a, pm.table, idx)
+        ptent = pte_modify(oldpte, vm_prot_to_pte(newprot))
+        if preserve_write:
+            ptent = pte_mkwrite(ptent)
+        if uffd_wp:
+            ptent = pte_mkuffd_wp(ptent)
+        elif uffd_wp_resolve:
+            ptent = pte_clear_uffd_wp(ptent)
+        if (cp_flags & MM_CP_TRY_CHANGE_WRITABLE and not pte_write(ptent)
+                and can_change_pte_writable(vma, a, ptent)):
+            ptent = pte_mkwrite(ptent)
+        ptep_modify_prot_commit(vma, a, pm.table, idx, oldpte, ptent)
+        tlb_flush_pte_range(tlb, a, PAGE_SIZE)
+        pages += 1
+    pte_unmap_unlock(pm)
+    return pages
+
+
+@kfunc
+def change_protection_range(tlb: MmuGather, vma: VmAreaStruct, start: int, end: int,
+                            newprot: int, cp_flags: int) -> int:
+    """``change_protection_range`` / ``change_pmd_range``: walk the PMDs of
+    ``[start, end)`` (no allocation) and change each PTE table's part.
+    Huge PMDs are skipped (THP is not modelled)."""
+    from mmrace.mm.pgtable import PMD_SIZE, pmd_none, pmd_trans_huge, pmdp_get, walk_to_pmd
+
+    mm = vma.vm_mm
+    pages = 0
+    addr = start
+    while addr < end:
+        nxt = min((addr & ~(PMD_SIZE - 1)) + PMD_SIZE, end)
+        found = walk_to_pmd(mm, addr)
+        if found is not None:
+            pmd, mi = found
+            pmdval = pmdp_get(pmd, mi)
+            if not pmd_none(pmdval) and not pmd_trans_huge(pmdval):
+                pages += change_pte_range(tlb, vma, pmd, mi, addr, nxt, newprot, cp_flags)
+        addr = nxt
+    return pages
+
+
+@kfunc
+def change_protection(tlb: MmuGather, vma: VmAreaStruct, start: int, end: int,
+                      cp_flags: int) -> int:
+    """``change_protection``: give the PTEs of ``[start, end)`` in *vma* the
+    VMA's current ``vm_page_prot`` (plus the uffd-wp changes of *cp_flags*).
+    The caller holds the mmap lock (write for mprotect, read for
+    UFFDIO_WRITEPROTECT) and owns *tlb*: the flush happens at its
+    ``tlb_finish_mmu``, once for the whole range. Returns the number of PTEs
+    changed."""
+    assert (cp_flags & MM_CP_UFFD_WP_ALL) != MM_CP_UFFD_WP_ALL
+    return change_protection_range(tlb, vma, start, end, vma.vm_page_prot, cp_flags)

@@ -544,6 +544,39 @@ def ptep_set_wrprotect(mm: MmStruct, addr: int, table: PageTable, index: int) ->
         ev.detail = pte_str(new)
 
 
+def pte_modify(pte: int, newprot: int) -> int:
+    """``pte_modify``: keep the frame and the bits of ``_PAGE_CHG_MASK``
+    (accessed, dirty, soft-dirty, uffd-wp, special), take the protection
+    bits (RW, USER) from *newprot* (a ``vm_prot_to_pte`` value)."""
+    keep = pte & ~(_PAGE_RW | _PAGE_USER)
+    return keep | (newprot & (_PAGE_RW | _PAGE_USER)) | _PAGE_PRESENT
+
+
+def ptep_modify_prot_start(vma: Any, addr: int, table: PageTable, index: int) -> int:
+    """``ptep_modify_prot_start`` (x86: ``ptep_get_and_clear``): atomically
+    fetch and clear the entry, so a concurrent hardware A/D update cannot be
+    lost between the read and ``ptep_modify_prot_commit``. One visible RMW;
+    the entry is none until the commit (the PTL is held)."""
+    ev = _entry(table, index, RMW, "ptep_modify_prot_start")
+    old = table.entries.get(index, 0)
+    check_entry_write(table, index, old, 0)
+    _store(table, index, 0)
+    if ev is not None:
+        ev.detail = pte_str(old)
+    return old
+
+
+def ptep_modify_prot_commit(vma: Any, addr: int, table: PageTable, index: int, old: int,
+                            pte: int) -> None:
+    """``ptep_modify_prot_commit``: install the modified entry (``set_pte_at``)."""
+    ev = _entry(table, index, WRITE, "ptep_modify_prot_commit")
+    cur = table.entries.get(index, 0)
+    check_entry_write(table, index, cur, pte)
+    _store(table, index, pte)
+    if ev is not None:
+        ev.detail = pte_str(pte)
+
+
 def ptep_set_access_flags(vma: Any, addr: int, table: PageTable, index: int, entry: int,
                           dirty: bool) -> bool:
     """``ptep_set_access_flags``: under the PTL, install *entry* (same page,

@@ -28,8 +28,10 @@ from mmrace.mm.internal import held, kfunc
 from mmrace.mm.locks import kfree_rcu
 from mmrace.mm.mm_types import (
     PAGE_SHIFT,
+    VM_SHARED,
     VM_SOFTDIRTY,
     VM_SPECIAL,
+    VM_WRITE,
     MmStruct,
     VmAreaStruct,
     vm_get_page_prot,
@@ -124,10 +126,31 @@ def vm_flags_mod(vma: VmAreaStruct, set_: int, clear: int) -> None:
     vma.vm_flags_ = (vma.vm_flags | set_) & ~clear
 
 
+def vma_wants_writenotify(vma: VmAreaStruct, vm_page_prot: int) -> bool:
+    """``vma_wants_writenotify``: a shared writable mapping must take write
+    faults while soft-dirty tracking is on (``VM_SOFTDIRTY`` clear) or while
+    it is registered for userfaultfd write-protect. Left out: page_mkwrite,
+    pfn_mkwrite and dirty accounting of file systems."""
+    from mmrace.mm.mm_types import VM_UFFD_WP
+
+    flags = vma.vm_flags
+    if (flags & (VM_WRITE | VM_SHARED)) != (VM_WRITE | VM_SHARED):
+        return False
+    if flags & VM_UFFD_WP:
+        return True
+    return not flags & VM_SOFTDIRTY
+
+
 @kfunc
 def vma_set_page_prot(vma: VmAreaStruct) -> None:
-    """``vma_set_page_prot`` (without the dirty-tracking write-notify case)."""
-    vma.vm_page_prot = vm_get_page_prot(vma.vm_flags)
+    """``vma_set_page_prot``: the protection of *vma*'s flags; a mapping that
+    wants write notification (:func:`vma_wants_writenotify`) gets the
+    write-protected (private) protection, so writes fault."""
+    flags = vma.vm_flags
+    prot = vm_get_page_prot(flags)
+    if vma_wants_writenotify(vma, prot):
+        prot = vm_get_page_prot(flags & ~VM_SHARED)
+    vma.vm_page_prot = prot
 
 
 # --- lookups ------------------------------------------------------------------

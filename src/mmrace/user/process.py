@@ -262,6 +262,32 @@ class Process:
         for f in folios:
             unpin_user_page(f)
 
+    # -- userfaultfd, clear_refs, pagemap ------------------------------------------
+
+    def userfaultfd(self, features: int = 0) -> Userfaultfd:
+        """``userfaultfd(2)`` followed by the ``UFFDIO_API`` handshake: a
+        handle with ``register``, ``writeprotect`` and ``read``."""
+        from mmrace.mm.userfaultfd import new_userfaultfd, userfaultfd_api
+
+        self._nr_uffd = getattr(self, "_nr_uffd", 0) + 1
+        ctx = new_userfaultfd(self.mm, f"uffd{self.pid}.{self._nr_uffd}")
+        userfaultfd_api(ctx, features=features)
+        return Userfaultfd(ctx)
+
+    def clear_refs(self, value: int) -> None:
+        """A write of *value* to ``/proc/PID/clear_refs`` (4: clear
+        soft-dirty)."""
+        from mmrace.mm.task_mmu import clear_refs_write
+
+        clear_refs_write(self.mm, value)
+
+    def pagemap(self, addr: int) -> Any:
+        """The ``/proc/PID/pagemap`` entry of *addr*: ``.present``,
+        ``.soft_dirty``, ``.uffd_wp``, ``.pfn``."""
+        from mmrace.mm.task_mmu import pagemap_read
+
+        return pagemap_read(self.mm, addr)
+
     # -- state -----------------------------------------------------------------
 
     def maps(self) -> list[MapEntry]:
@@ -292,4 +318,38 @@ class Process:
         """``/proc/PID/maps`` as text."""
         return "".join(f"{e}\n" for e in self.maps())
 
+
+class Userfaultfd:
+    """A userfaultfd file descriptor (after ``UFFDIO_API``)."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+
+    def register(self, addr: int, length: int, mode: int) -> None:
+        """``UFFDIO_REGISTER`` with ``UFFDIO_REGISTER_MODE_MISSING`` and/or
+        ``UFFDIO_REGISTER_MODE_WP``."""
+        from mmrace.mm.userfaultfd import userfaultfd_register
+
+        userfaultfd_register(self.ctx, addr, length, mode)
+
+    def writeprotect(self, addr: int, length: int, protect: bool, wake: bool = True) -> None:
+        """``UFFDIO_WRITEPROTECT``: protect, or un-protect (waking the faults
+        waiting in the range unless *wake* is False: ``MODE_DONTWAKE``)."""
+        from mmrace.mm.userfaultfd import (
+            UFFDIO_WRITEPROTECT_MODE_DONTWAKE,
+            UFFDIO_WRITEPROTECT_MODE_WP,
+            userfaultfd_writeprotect,
+        )
+
+        mode = UFFDIO_WRITEPROTECT_MODE_WP if protect else 0
+        if not protect and not wake:
+            mode |= UFFDIO_WRITEPROTECT_MODE_DONTWAKE
+        userfaultfd_writeprotect(self.ctx, addr, length, mode)
+
+    def read(self) -> Any:
+        """Blocking ``read()``: the next fault message (``.address``,
+        ``.flags``)."""
+        from mmrace.mm.userfaultfd import userfaultfd_ctx_read
+
+        return userfaultfd_ctx_read(self.ctx)
 
