@@ -39,8 +39,11 @@ WRITE = 1
 RMW = 2
 """Atomic read-modify-write (also every lock state change)."""
 WAIT = 3
-"""Waits, blocked, until a guard holds; happens after the writes that enabled
-it but is never reversed against them (it could not run before them)."""
+"""Waits, blocked, until a guard holds; happens after the write that enabled
+it (the last write to the object before the guard turned true) and is never
+reversed against it (it could not run before it). It changes nothing and its
+guard is monotone, so it commutes with every later write: DPOR orders it
+after that one write only, and sleep sets treat it as independent."""
 
 INDEP = 0
 HB = 1
@@ -57,6 +60,8 @@ _REL: tuple[tuple[int, ...], ...] = (
 
 _kind_names: list[str] = ["read", "write", "rmw", "wait"]
 _kind_base: list[int] = [READ, WRITE, RMW, WAIT]
+# Per kind, DPOR's access class: 0 read, 1 write (WRITE, RMW), 2 wait.
+kind_class: list[int] = [0, 1, 1, 2]
 
 
 def register_kind(name: str, like: int) -> int:
@@ -69,6 +74,7 @@ def register_kind(name: str, like: int) -> int:
         raise ValueError(f"kind {name!r}: 'like' must be a base kind")
     _kind_names.append(name)
     _kind_base.append(like)
+    kind_class.append((0, 1, 1, 2)[like])
     return len(_kind_names) - 1
 
 
@@ -118,7 +124,7 @@ class SharedObject:
     """Anything visible operations act on. Identified by a creation serial
     that is deterministic for a given schedule (never ``id()``)."""
 
-    __slots__ = ("serial", "name", "_acc", "__weakref__")
+    __slots__ = ("serial", "name", "_acc", "_lastw", "__weakref__")
 
     def __init__(self, name: str = "") -> None:
         ex = _current
@@ -134,6 +140,7 @@ class SharedObject:
         # object per base kind. Lives on the object because objects are made
         # afresh in every execution.
         self._acc: dict[int, list[int]] | None = None
+        self._lastw = -1  # index of its latest write event
 
     def wait_info(self, thread: SimThread) -> str:
         """Why *thread* cannot proceed on this object (for deadlock reports)."""
@@ -146,18 +153,32 @@ class SharedObject:
 class Event:
     """One executed visible operation."""
 
-    __slots__ = ("tid", "obj", "kind", "label", "detail", "where", "vc")
+    __slots__ = ("tid", "obj", "kind", "also", "label", "detail", "where", "vc")
 
     def __init__(
-        self, tid: int, obj: SharedObject, kind: int, label: str, where: str | None
+        self,
+        tid: int,
+        obj: SharedObject,
+        kind: int,
+        label: str,
+        where: str | None,
+        also: Also | None = None,
     ) -> None:
         self.tid = tid
         self.obj = obj
         self.kind = kind
+        # Further (object, kind) accesses of the same atomic operation.
+        self.also = also
         self.label = label
         self.detail: Any = None
         self.where = where
         self.vc: list[int] | None = None
+
+    def accesses(self) -> tuple[tuple[SharedObject, int], ...]:
+        """Every (object, kind) this operation touches, the main one first."""
+        if self.also:
+            return ((self.obj, self.kind), *self.also)
+        return ((self.obj, self.kind),)
 
     def describe(self) -> str:
         text = self.label or kind_name(self.kind)
@@ -168,6 +189,7 @@ class Event:
 
 
 Guard = Callable[[], bool]
+Also = tuple[tuple["SharedObject", int], ...]
 
 
 class SimThread:
@@ -179,8 +201,10 @@ class SimThread:
         "glet",
         "op_obj",
         "op_kind",
+        "op_also",
         "op_label",
         "guard",
+        "wake",
         "finished",
         "prologue",
         "event",
@@ -196,8 +220,14 @@ class SimThread:
         self.glet: greenlet.greenlet | None = None
         self.op_obj: SharedObject | None = None
         self.op_kind = READ
+        self.op_also: Also | None = None
         self.op_label = ""
         self.guard: Guard | None = None
+        # How many events had run when the announced operation became
+        # enabled: at the announcement, or when its guard was last seen to
+        # turn true (-1 while the guard is false). A WAIT happens after the
+        # last write to its object before that point, and only after it.
+        self.wake = -1
         self.finished = False
         self.prologue = True
         self.event: Event | None = None
@@ -225,9 +255,10 @@ class Execution:
         self.max_steps = max_steps
         self.serial = 0
         self.threads: list[SimThread] = []
+        self.live: list[SimThread] = []  # unfinished threads, in tid order
+        self.on_event = strategy.on_event
         self.current: SimThread | None = None
         self.events: list[Event] = []
-        self.schedule: list[int] = []  # chosen tid at every scheduling point
         self.choices: list[int] = []  # every choose() result, in order
         self.decisions: list[int] = []  # option index wherever there was a choice
         self.preemptions = 0
@@ -239,6 +270,11 @@ class Execution:
         self.locals: dict[str, Any] = {}
         self.exploration_locals = exploration_locals
         self.main: greenlet.greenlet = greenlet.getcurrent()
+
+    @property
+    def schedule(self) -> list[int]:
+        """The thread chosen at every scheduling point (one per event)."""
+        return [e.tid for e in self.events]
 
     # -- running -----------------------------------------------------------
 
@@ -300,19 +336,28 @@ class Execution:
 
     def _decide(self) -> SimThread | None:
         """Pick the thread whose announced operation runs next, record it as an
-        event, and return it; None when the execution is over."""
+        event, and return it; None when the execution is over.
+
+        This runs once per visible operation: keep it lean."""
         if self.stop:
             return None
-        enabled = [
-            t.tid
-            for t in self.threads
-            if not t.finished and (t.guard is None or t.guard())
-        ]
+        enabled: list[int] = []
+        for t in self.live:
+            g = t.guard
+            if g is None:
+                enabled.append(t.tid)
+            elif g():
+                enabled.append(t.tid)
+                if t.wake < 0:
+                    t.wake = len(self.events)
+            else:
+                t.wake = -1
         if not enabled:
-            if any(not t.finished for t in self.threads):
+            if self.live:
                 self._fail(self._deadlock(), None)
             return None
-        if len(self.events) >= self.max_steps:
+        events = self.events
+        if len(events) >= self.max_steps:
             self._fail(
                 ViolationError(
                     "step-limit",
@@ -323,7 +368,15 @@ class Execution:
                 None,
             )
             return None
-        tid = self.strategy.schedule(self, enabled)
+        try:
+            tid = self.strategy.schedule(self, enabled)
+        except ViolationError as v:
+            # A replay that diverges or a program that is not deterministic.
+            # Fail here rather than in the caller: _decide also runs on the
+            # main greenlet (when a thread ends), where nothing would catch
+            # it and the error would escape explore()/replay().
+            self._fail(v, None)
+            return None
         if tid is None:
             self.sleep_blocked = True
             self.stop = True
@@ -333,15 +386,19 @@ class Execution:
             prev = self.prev_tid
             if prev != tid and prev in enabled:
                 self.preemptions += 1
-        self.schedule.append(tid)
         th = self.threads[tid]
-        where = th.where[-1] if th.where else None
-        obj = th.op_obj
-        assert obj is not None
-        ev = Event(tid, obj, th.op_kind, th.op_label, where)
-        self.events.append(ev)
+        where = th.where
+        ev = Event(
+            tid,
+            th.op_obj,  # type: ignore[arg-type]
+            th.op_kind,
+            th.op_label,
+            where[-1] if where else None,
+            th.op_also,
+        )
+        events.append(ev)
         th.event = ev
-        self.strategy.on_event(self, ev)
+        self.on_event(self, ev)
         self.prev_tid = tid
         return th
 
@@ -409,9 +466,19 @@ def in_execution() -> bool:
 
 
 def visible(
-    obj: SharedObject, kind: int, label: str = "", guard: Guard | None = None
+    obj: SharedObject,
+    kind: int,
+    label: str = "",
+    guard: Guard | None = None,
+    also: Also | None = None,
 ) -> Event | None:
     """Announce a visible operation on *obj* and wait to be scheduled.
+
+    *also* lists further ``(object, kind)`` accesses that the same atomic
+    operation makes (READ, WRITE or RMW; not WAIT): a user store through a
+    TLB entry, say, reads the entry and writes the page in one step. DPOR
+    treats the operation as dependent on anything that conflicts with any of
+    its accesses.
 
     Returns when this thread may perform it; the caller then performs the
     operation's effect (before its next call to :func:`visible`). With a
@@ -439,8 +506,10 @@ def visible(
         raise _Abort()
     th.op_obj = obj
     th.op_kind = kind
+    th.op_also = also
     th.op_label = label
     th.guard = guard
+    th.wake = len(ex.events)
     if th.prologue:
         # The spawner is waiting for us to announce our first operation.
         th.prologue = False
@@ -488,6 +557,7 @@ def spawn(fn: Callable[..., Any], *args: Any, name: str | None = None) -> SimThr
     tid = len(ex.threads)
     th = SimThread(tid, name or f"T{tid}", parent.tid if parent else None)
     ex.threads.append(th)
+    ex.live.append(th)
 
     def body() -> None:
         try:
@@ -499,6 +569,7 @@ def spawn(fn: Callable[..., Any], *args: Any, name: str | None = None) -> SimThr
         except Exception as exc:
             ex._fail(_crash(exc), th.tid)
         th.finished = True
+        ex.live.remove(th)
         th.prologue = False
         th.op_obj = None
         th.guard = None

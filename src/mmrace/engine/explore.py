@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,6 +93,40 @@ def make_strategy(
     )
 
 
+class _GcPause:
+    """Pauses the cyclic garbage collector while executions run.
+
+    An execution allocates a few long-lived objects per visible operation
+    (events, vector clocks, search nodes), none of them in cycles, and they
+    all die together when the execution is dropped. With the collector on,
+    it scanned them all while they were alive: ~10% of the time of a long
+    execution. Instead, collect only between executions, after the previous
+    one is gone (``between``), when as many objects are pending as would
+    have triggered the collector; garbage cycles the model makes are then
+    collected as usual. The oldest generation is left to the collector once
+    the exploration returns."""
+
+    def __init__(self) -> None:
+        self.on = False
+
+    def __enter__(self) -> _GcPause:
+        self.on = gc.isenabled()
+        if self.on:
+            gc.disable()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.on:
+            gc.enable()
+
+    def between(self) -> None:
+        if self.on:
+            t0, t1, _ = gc.get_threshold()
+            c0, c1, _ = gc.get_count()
+            if c0 > t0:
+                gc.collect(1 if c1 >= t1 else 0)
+
+
 def run_once(
     program: Program,
     strategy: Strategy,
@@ -150,24 +185,27 @@ def explore(
     steps = 0
     last_progress = start
     found: Execution | None = None
-    while strat.more():
-        if max_executions is not None and executions >= max_executions:
-            break
-        now = time.perf_counter()
-        if max_seconds is not None and now - start >= max_seconds:
-            break
-        ex = run_once(program, strat, max_steps, locals_)
-        steps += len(ex.events)
-        if ex.sleep_blocked:
-            blocked += 1
-        else:
-            executions += 1
-        if ex.violation is not None:
-            found = ex
-            break
-        if progress is not None and now - last_progress >= 0.5:
-            last_progress = now
-            progress(executions, now - start)
+    with _GcPause() as pause:
+        while strat.more():
+            if max_executions is not None and executions >= max_executions:
+                break
+            now = time.perf_counter()
+            if max_seconds is not None and now - start >= max_seconds:
+                break
+            ex = run_once(program, strat, max_steps, locals_)
+            steps += len(ex.events)
+            if ex.sleep_blocked:
+                blocked += 1
+            else:
+                executions += 1
+            if ex.violation is not None:
+                found = ex
+                break
+            del ex
+            pause.between()
+            if progress is not None and now - last_progress >= 0.5:
+                last_progress = now
+                progress(executions, now - start)
     complete = found is None and strat.complete_when_done and not strat.more()
     result = Result(
         strategy=strat.name,
@@ -182,7 +220,8 @@ def explore(
     if found is not None:
         if shrink and found.violation is not None and found.violation.kind != "step-limit":
             before = found.preemptions
-            found = shrink_execution(program, found, max_steps, locals_)
+            with _GcPause() as pause:
+                found = shrink_execution(program, found, max_steps, locals_, pause=pause)
             if found.preemptions < before:
                 result.shrunk_from = before
         result.violation = _violation(found)
@@ -207,7 +246,8 @@ def replay_decisions(
 ) -> Result:
     start = time.perf_counter()
     strat = DecisionReplay(decisions)
-    ex = run_once(program, strat, max_steps, {})
+    with _GcPause():
+        ex = run_once(program, strat, max_steps, {})
     if strat.error is not None:
         raise TokenError(strat.error)
     result = Result(
@@ -232,31 +272,26 @@ def shrink_execution(
     max_steps: int,
     exploration_locals: dict[str, Any],
     budget: int = 200,
+    pause: _GcPause | None = None,
 ) -> Execution:
     """Look for an execution with the same violation and fewer preemptions.
 
-    Each attempt takes one preemption (a switch away from a thread that could
-    have continued) and lets that thread run one more step there, then follows
-    the rest of the original order as closely as possible. Accept any attempt
-    that keeps the same violation with fewer preemptions; repeat until no
-    attempt helps or the budget of runs is spent."""
+    Each attempt takes one switch away from a thread *a* and lets *a* carry
+    on there: first with its whole next run of steps (which removes the
+    switch, and usually the one back), then, if no such attempt helps, with
+    just one more step. The rest follows the original order as closely as
+    the program allows. Accept any attempt that keeps the same violation
+    with fewer preemptions; repeat until no attempt helps or the budget of
+    runs is spent. (Moving single steps only, as this used to, rarely
+    removes a switch: a random schedule shrank from ~25 preemptions to ~9.)"""
     best = ex
     runs = 0
     improved = True
     while improved and runs < budget and best.preemptions > 0:
         improved = False
-        sched = best.schedule
-        for i in range(1, len(sched)):
+        for order in _shrink_candidates(best.schedule):
             if runs >= budget:
                 break
-            a, b = sched[i - 1], sched[i]
-            if a == b:
-                continue
-            try:
-                k = sched.index(a, i)
-            except ValueError:
-                continue
-            order = sched[:i] + [a] + sched[i:k] + sched[k + 1 :]
             runs += 1
             cand = run_once(
                 program, GuidedStrategy(order, best.choices), max_steps, exploration_locals
@@ -265,4 +300,28 @@ def shrink_execution(
                 best = cand
                 improved = True
                 break
+            del cand
+            if pause is not None:
+                pause.between()
     return best
+
+
+def _shrink_candidates(sched: list[int]) -> Iterator[list[int]]:
+    switches = [i for i in range(1, len(sched)) if sched[i - 1] != sched[i]]
+    nexts: list[tuple[int, int]] = []
+    for i in switches:
+        a = sched[i - 1]
+        try:
+            k = sched.index(a, i)
+        except ValueError:
+            continue
+        nexts.append((i, k))
+    for i, k in nexts:
+        a = sched[k]
+        e = k
+        while e < len(sched) and sched[e] == a:
+            e += 1
+        yield sched[:i] + sched[k:e] + sched[i:k] + sched[e:]
+    for i, k in nexts:
+        if k + 1 < len(sched) and sched[k + 1] == sched[k]:  # else tried above
+            yield sched[:i] + [sched[k]] + sched[i:k] + sched[k + 1 :]

@@ -12,26 +12,36 @@ import random
 from typing import TYPE_CHECKING
 
 from mmrace.engine.core import (
-    INDEP,
     RACE,
     ViolationError,
-    base_kind,
-    dependent,
+    kind_class,
+    relation,
 )
 
 if TYPE_CHECKING:
-    from mmrace.engine.core import Event, Execution, SimThread
+    from mmrace.engine.core import Event, Execution, SharedObject, SimThread
 
-Footprint = tuple[int, int]  # (object serial, kind)
+Footprint = tuple[int, ...]
+"""(serial, kind) of an operation's object, followed by (serial, kind) of each
+further object it touches (``visible(..., also=...)``)."""
 
-# Kind class for the per-object access index: reads, writes, waits.
-_CLASS_OF_BASE = (0, 1, 1, 2)
-# Relation between an earlier access of class a and a later access of class b.
-_CREL = (
-    (INDEP, RACE, INDEP),
-    (RACE, RACE, 1),  # 1 == HB
-    (INDEP, INDEP, INDEP),
-)
+
+def _footprint(th: SimThread) -> Footprint:
+    obj = th.op_obj
+    assert obj is not None
+    also = th.op_also
+    if not also:
+        return (obj.serial, th.op_kind)
+    fp = [obj.serial, th.op_kind]
+    for o, k in also:
+        fp.append(o.serial)
+        fp.append(k)
+    return tuple(fp)
+
+# Kind class for the per-object access index: reads (0), writes (1: WRITE
+# and RMW), waits (2). Reads race with writes, writes with both; a wait
+# happens after the write that enabled it. Indexed by kind.
+_CLASS_OF_KIND = kind_class  # the list itself, so registered kinds show up
 
 
 class Strategy:
@@ -71,7 +81,27 @@ def _nondeterminism(detail: str) -> ViolationError:
     )
 
 
+_EMPTY: dict[int, Footprint] = {}
+"""The empty sleep set, shared (sleep sets are never mutated once made)."""
+
+
+def _bits(mask: int) -> list[int]:
+    """The thread ids in a bit set, ascending."""
+    out = []
+    while mask:
+        low = mask & -mask
+        out.append(low.bit_length() - 1)
+        mask ^= low
+    return out
+
+
 class _Node:
+    """A decision point with more than one option: a scheduling point where
+    several threads are enabled, or a data choice (``data``). Points with a
+    single enabled thread get no node: nothing could be explored there.
+
+    Thread sets are bit sets (bit ``t`` for thread ``t``)."""
+
     __slots__ = (
         "data",
         "n",
@@ -80,30 +110,58 @@ class _Node:
         "backtrack",
         "done",
         "sleep",
-        "child_sleep",
         "ops",
         "ev_index",
         "prev",
         "pre",
     )
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        enabled: list[int],
+        chosen: int,
+        ev_index: int,
+        prev: int,
+        pre: int,
+        sleep: dict[int, Footprint],
+    ) -> None:
         self.data = False
         self.n = 0
-        self.enabled: list[int] = []
-        self.chosen = 0
-        self.backtrack: set[int] = set()
-        self.done: set[int] = set()
-        self.sleep: dict[int, Footprint] = {}
-        self.child_sleep: dict[int, Footprint] = {}
-        self.ops: dict[int, Footprint] = {}
-        self.ev_index = 0
-        self.prev = -1
-        self.pre = 0
+        self.enabled = enabled
+        self.chosen = chosen
+        self.backtrack = self.done = 1 << chosen
+        self.sleep = sleep  # the sleep set on entry
+        # footprints of the threads explored here, recorded when the search
+        # moves on to the next one (only needed for sleep sets)
+        self.ops: dict[int, Footprint] | None = None
+        self.ev_index = ev_index
+        self.prev = prev
+        self.pre = pre
 
 
 def _independent(a: Footprint, b: Footprint) -> bool:
-    return a[0] != b[0] or not dependent(a[1], b[1])
+    """Whether two operations, both enabled in one state, commute. Only
+    reversible races (RACE either way) fail to: a WAIT that is enabled stays
+    enabled (monotone guard) and changes nothing, so it commutes with
+    everything here. (Using the symmetric ``dependent`` woke sleeping waiters
+    on every write and let DPOR run equivalent executions twice.)"""
+    if len(a) == 2 and len(b) == 2:
+        return a[0] != b[0] or (
+            relation(a[1], b[1]) != RACE and relation(b[1], a[1]) != RACE
+        )
+    for i in range(0, len(a), 2):
+        for j in range(0, len(b), 2):
+            if a[i] == b[j] and (
+                relation(a[i + 1], b[j + 1]) == RACE or relation(b[j + 1], a[i + 1]) == RACE
+            ):
+                return False
+    return True
+
+
+def _wake_sleepers(sleep: dict[int, Footprint], op: Footprint) -> dict[int, Footprint]:
+    """The sleep set after an operation *op*: the entries independent of it."""
+    out = {r: sop for r, sop in sleep.items() if _independent(sop, op)}
+    return out if out else _EMPTY
 
 
 class DfsStrategy(Strategy):
@@ -123,6 +181,11 @@ class DfsStrategy(Strategy):
     reach the race with fewer preemptions are not lost; sleep sets are off
     under a bound, since a sleeping thread may have been explored with a
     different preemption budget.
+
+    Hot path: ``schedule`` and ``on_event`` run once per visible operation.
+    A point with one enabled thread makes no node; a fresh node allocates no
+    containers (thread sets are ints, the sleep set is shared); an object
+    touched by one thread only costs a dict lookup.
     """
 
     complete_when_done = True
@@ -134,8 +197,11 @@ class DfsStrategy(Strategy):
         self.name = ("bounded" if bound is not None else "dpor") if reduce else "naive"
         self.nodes: list[_Node] = []
         self.pos = 0
+        self.last = -1
         self.replay_events = 0
-        self.cur_sleep: dict[int, Footprint] = {}
+        self.cur_sleep: dict[int, Footprint] = _EMPTY
+        # per event: the index of its node, or ~(number of nodes before it)
+        # when it ran at a point with a single enabled thread
         self.ev_node: list[int] = []
         self.tvc: list[list[int]] = []
         self.races: list[tuple[int, int, tuple[int, ...]]] = []
@@ -145,79 +211,81 @@ class DfsStrategy(Strategy):
 
     def begin(self, ex: Execution) -> None:
         self.pos = 0
+        self.last = len(self.nodes) - 1
         self.ev_node = []
         self.tvc = []
         self.races = []
-        self.cur_sleep = {}
+        self.cur_sleep = _EMPTY
         self.replay_events = self.nodes[-1].ev_index if self.nodes else 0
 
     def on_spawn(self, ex: Execution, th: SimThread) -> None:
         if self.reduce:
             parent = th.parent
-            self.tvc.append(list(self.tvc[parent]) if parent is not None else [])
+            vc = list(self.tvc[parent]) if parent is not None else []
+            if len(vc) <= th.tid:
+                vc.extend([0] * (th.tid + 1 - len(vc)))
+            self.tvc.append(vc)
 
     def schedule(self, ex: Execution, enabled: list[int]) -> int | None:
         pos = self.pos
-        self.pos = pos + 1
+        if len(enabled) == 1:
+            tid = enabled[0]
+            sleep = self.cur_sleep
+            if sleep:
+                if tid in sleep:
+                    return None  # sleep-set blocked: equivalent runs exist
+                th = ex.threads[tid]
+                self.cur_sleep = _wake_sleepers(
+                    sleep, _footprint(th)
+                )
+            self.ev_node.append(~pos)
+            return tid
         nodes = self.nodes
-        if pos < len(nodes):
+        self.pos = pos + 1
+        if pos <= self.last:
             node = nodes[pos]
-            if node.data or node.chosen not in enabled:
+            tid = node.chosen
+            if node.data or tid not in enabled:
                 raise _nondeterminism(f"scheduling point {pos} differs")
-            if pos == len(nodes) - 1:
-                self.cur_sleep = node.child_sleep
+            if pos == self.last and self.use_sleep:
+                th = ex.threads[tid]
+                self.cur_sleep = self._child_sleep(
+                    node, tid, _footprint(th)
+                )
             self.ev_node.append(pos)
-            return node.chosen
-        node = _Node()
-        node.enabled = enabled
-        node.ev_index = len(ex.events)
-        node.prev = ex.prev_tid
-        node.pre = ex.preemptions
-        threads = ex.threads
-        if self.reduce:
-            ops = node.ops
-            for t in enabled:
-                th = threads[t]
-                assert th.op_obj is not None
-                ops[t] = (th.op_obj.serial, th.op_kind)
+            return tid
         sleep = self.cur_sleep
-        node.sleep = sleep
-        if self.reduce:
-            candidates = [t for t in enabled if t not in sleep] if sleep else enabled
-            if not candidates:
-                return None  # sleep-set blocked: equivalent runs exist
-        else:
-            candidates = enabled
+        cands = [t for t in enabled if t not in sleep] if sleep else enabled
+        if not cands:
+            return None  # sleep-set blocked: equivalent runs exist
         prev = ex.prev_tid
-        tid = prev if prev in candidates else candidates[0]
-        node.chosen = tid
-        node.done.add(tid)
-        if self.reduce:
-            node.backtrack.add(tid)
-        else:
-            node.backtrack.update(self._within_bound(node, enabled))
+        tid = prev if prev in cands else cands[0]
+        node = _Node(enabled, tid, len(ex.events), prev, ex.preemptions, sleep)
+        if not self.reduce:
+            node.backtrack = self._mask_within_bound(node, enabled)
         nodes.append(node)
         self.ev_node.append(pos)
-        if self.use_sleep:
-            self.cur_sleep = self._child_sleep(node, tid)
+        if sleep:
+            th = ex.threads[tid]
+            self.cur_sleep = _wake_sleepers(
+                sleep, _footprint(th)
+            )
         return tid
 
     def choose(self, ex: Execution, n: int) -> int:
         pos = self.pos
         self.pos = pos + 1
         nodes = self.nodes
-        if pos < len(nodes):
+        if pos <= self.last:
             node = nodes[pos]
             if not node.data or node.n != n:
                 raise _nondeterminism(f"choice point {pos} differs")
-            if pos == len(nodes) - 1:
-                self.cur_sleep = node.child_sleep
+            if pos == self.last:
+                self.cur_sleep = node.sleep
             return node.chosen
-        node = _Node()
+        node = _Node([], 0, len(ex.events), ex.prev_tid, ex.preemptions, self.cur_sleep)
         node.data = True
         node.n = n
-        node.ev_index = len(ex.events)
-        node.sleep = node.child_sleep = self.cur_sleep
         nodes.append(node)
         return 0
 
@@ -226,64 +294,79 @@ class DfsStrategy(Strategy):
             return
         t = ev.tid
         tvc = self.tvc
-        vc = list(tvc[t])
-        if len(vc) <= t:
-            vc.extend([0] * (t + 1 - len(vc)))
+        vc = tvc[t][:]
+        events = ex.events
+        idx = len(events) - 1
+        also = ev.also
         obj = ev.obj
+        cls = _CLASS_OF_KIND[ev.kind]
         acc = obj._acc
         if acc is None:
             acc = obj._acc = {}
-        cls = _CLASS_OF_BASE[base_kind(ev.kind)]
-        idx = len(ex.events) - 1
-        if acc:
-            cands = []
-            for u, slots in acc.items():
-                if u == t:
-                    continue
-                for c in (0, 1, 2):
-                    j = slots[c]
-                    if j >= 0 and _CREL[c][cls] != INDEP:
-                        cands.append(j)
-            if cands:
-                events = ex.events
-                record = idx >= self.replay_events
-                if len(cands) > 1:
-                    cands.sort(reverse=True)
-                for j in cands:
-                    e = events[j]
-                    evc = e.vc
-                    assert evc is not None
-                    u = e.tid
-                    if (
-                        record
-                        and _CREL[_CLASS_OF_BASE[base_kind(e.kind)]][cls] == RACE
-                        and (len(vc) <= u or vc[u] < evc[u])
-                    ):
+        cands: list[int] = []
+        if cls == 2:
+            # A WAIT happens after the write that enabled it (the last write
+            # to the object before its guard turned true) and after nothing
+            # else on the object. (It used to be ordered after every earlier
+            # write, which hid races between a write that came after the wake
+            # and the waiter's later events: DPOR then missed traces, e.g. a
+            # lock hand-off followed by a third thread taking the free lock.)
+            lim = ex.threads[t].wake
+            j = obj._lastw
+            if j >= lim:
+                j = -1
+                for k in range(lim - 1, -1, -1):
+                    if _writes(events[k], obj):
+                        j = k
+                        break
+            if j >= 0:
+                evc = events[j].vc
+                assert evc is not None
+                _join(vc, evc)
+        elif len(acc) > 1 or t not in acc:
+            _candidates(acc, t, cls, cands)
+        if also:
+            for o, k in also:
+                oacc = o._acc
+                if oacc is None:
+                    o._acc = {}
+                elif len(oacc) > 1 or t not in oacc:
+                    _candidates(oacc, t, _CLASS_OF_KIND[k], cands)
+        if cands:
+            # The latest first: an earlier candidate that happens before a
+            # later one is not an immediate race.
+            record = idx >= self.replay_events
+            if len(cands) > 1:
+                cands.sort(reverse=True)
+            for j in cands:
+                e = events[j]
+                evc = e.vc
+                assert evc is not None
+                u = e.tid
+                if len(vc) <= u or vc[u] < evc[u]:
+                    # not yet known to happen before: a race
+                    if record:
                         self.races.append((j, idx, tuple(vc)))
-                    if len(vc) < len(evc):
-                        vc.extend([0] * (len(evc) - len(vc)))
-                    for x, y in enumerate(evc):
-                        if y > vc[x]:
-                            vc[x] = y
+                    _join(vc, evc)
         vc[t] += 1
         ev.vc = vc
         tvc[t] = vc
-        mine = acc.get(t)
-        if mine is None:
-            mine = acc[t] = [-1, -1, -1]
-        mine[cls] = idx
+        _note(acc, obj, t, cls, idx)
+        if also:
+            for o, k in also:
+                _note(o._acc, o, t, _CLASS_OF_KIND[k], idx)  # type: ignore[arg-type]
 
     # -- between executions -------------------------------------------------
 
     def end(self, ex: Execution) -> None:
         if self.reduce:
             self._add_backtracks(ex)
-        self._advance()
+        self._advance(ex)
 
     def more(self) -> bool:
         return not self.finished
 
-    def _within_bound(self, node: _Node, tids: list[int] | set[int]) -> list[int]:
+    def _within_bound(self, node: _Node, tids: list[int]) -> list[int]:
         bound = self.bound
         if bound is None:
             return list(tids)
@@ -294,28 +377,46 @@ class DfsStrategy(Strategy):
                 out.append(q)
         return out
 
-    def _child_sleep(self, node: _Node, q: int) -> dict[int, Footprint]:
+    def _mask_within_bound(self, node: _Node, tids: list[int]) -> int:
+        mask = 0
+        for q in self._within_bound(node, tids):
+            mask |= 1 << q
+        return mask
+
+    def _child_sleep(self, node: _Node, q: int, qop: Footprint) -> dict[int, Footprint]:
+        """The sleep set below *node* when it runs *q* (whose operation is
+        *qop*): its own sleep set plus the threads already explored there,
+        less those whose operations do not commute with q's."""
         ops = node.ops
-        qop = ops[q]
         out = {r: op for r, op in node.sleep.items() if r != q and _independent(op, qop)}
-        for d in node.done:
+        for d in _bits(node.done):
             if d != q and d not in out:
+                assert ops is not None
                 op = ops[d]
                 if _independent(op, qop):
                     out[d] = op
-        return out
+        return out if out else _EMPTY
 
     def _add_backtracks(self, ex: Execution) -> None:
         events = ex.events
         nodes = self.nodes
         bounded = self.bound is not None
+        ev_node = self.ev_node
         for i, j, cvc in self.races:
+            node_i = ev_node[i]
+            if node_i < 0:
+                # Only e's thread was enabled before e: nothing can be
+                # reversed there. Bounded search still backtracks at the
+                # last context switch before e, with e's thread (what the
+                # conservative fallback below amounts to at such a point).
+                if bounded:
+                    self._coons_point(ex, i, [events[i].tid])
+                continue
             e = events[i]
             ep = events[j]
             u = e.tid
             assert e.vc is not None
             s = e.vc[u]
-            node_i = self.ev_node[i]
             node = nodes[node_i]
             backtrack = node.backtrack
             first_seq: dict[int, int] = {}
@@ -331,7 +432,7 @@ class DfsStrategy(Strategy):
                 if wt in first_seq:
                     continue
                 if all(len(wvc) <= x or wvc[x] < fs for x, fs in first_seq.items()):
-                    if wt in backtrack and not bounded:
+                    if backtrack >> wt & 1 and not bounded:
                         hit = True
                         break
                     initials.append(wt)
@@ -342,7 +443,7 @@ class DfsStrategy(Strategy):
             if et not in first_seq and all(
                 len(cvc) <= x or cvc[x] < fs for x, fs in first_seq.items()
             ):
-                if et in backtrack and not bounded:
+                if backtrack >> et & 1 and not bounded:
                     continue
                 initials.append(et)
             enabled = node.enabled
@@ -350,24 +451,27 @@ class DfsStrategy(Strategy):
             if not usable:
                 usable = list(enabled)  # conservative fallback
             if bounded:
-                backtrack.update(self._within_bound(node, usable))
-                self._coons_point(node_i, usable)
+                node.backtrack |= self._mask_within_bound(node, usable)
+                self._coons_point(ex, i, usable)
             else:
-                backtrack.add(et if et in usable else usable[0])
+                node.backtrack |= 1 << (et if et in usable else usable[0])
 
-    def _coons_point(self, node_i: int, threads: list[int]) -> None:
-        nodes = self.nodes
-        for k in range(node_i - 1, -1, -1):
-            nd = nodes[k]
-            if nd.data:
-                continue
-            if nd.prev != nd.chosen:
-                extra = [q for q in threads if q in nd.enabled]
-                nd.backtrack.update(self._within_bound(nd, extra))
+    def _coons_point(self, ex: Execution, i: int, threads: list[int]) -> None:
+        """Also backtrack at the last context switch before event *i*."""
+        events = ex.events
+        ev_node = self.ev_node
+        for k in range(i - 1, -1, -1):
+            if k == 0 or events[k - 1].tid != events[k].tid:
+                nk = ev_node[k]
+                if nk >= 0:
+                    nd = self.nodes[nk]
+                    extra = [q for q in threads if q in nd.enabled]
+                    nd.backtrack |= self._mask_within_bound(nd, extra)
                 return
 
-    def _advance(self) -> None:
+    def _advance(self, ex: Execution) -> None:
         nodes = self.nodes
+        events = ex.events
         while nodes:
             node = nodes[-1]
             if node.data:
@@ -376,20 +480,74 @@ class DfsStrategy(Strategy):
                     return
                 nodes.pop()
                 continue
-            cands = node.backtrack - node.done
+            cands = node.backtrack & ~node.done
             if cands and self.use_sleep and node.sleep:
-                cands = {q for q in cands if q not in node.sleep}
+                for r in node.sleep:
+                    cands &= ~(1 << r)
             if cands and self.bound is not None:
-                cands = set(self._within_bound(node, sorted(cands)))
+                cands = self._mask_within_bound(node, _bits(cands))
             if cands:
-                q = node.prev if node.prev in cands else min(cands)
-                node.done.add(q)
-                node.chosen = q
                 if self.use_sleep:
-                    node.child_sleep = self._child_sleep(node, q)
+                    # remember the footprint of the thread explored so far
+                    ev = events[node.ev_index]
+                    if node.ops is None:
+                        node.ops = {}
+                    node.ops[node.chosen] = _event_footprint(ev)
+                prev = node.prev
+                q = prev if prev >= 0 and cands >> prev & 1 else (cands & -cands).bit_length() - 1
+                node.done |= 1 << q
+                node.chosen = q
                 return
             nodes.pop()
         self.finished = True
+
+
+def _event_footprint(ev: Event) -> Footprint:
+    if not ev.also:
+        return (ev.obj.serial, ev.kind)
+    fp = [ev.obj.serial, ev.kind]
+    for o, k in ev.also:
+        fp.append(o.serial)
+        fp.append(k)
+    return tuple(fp)
+
+
+def _candidates(acc: dict[int, list[int]], t: int, cls: int, out: list[int]) -> None:
+    """The latest access of each other thread that races with an access of
+    class *cls* by thread *t*: a read races with writes, a write with both."""
+    for u, slots in acc.items():
+        if u != t:
+            if slots[1] >= 0:
+                out.append(slots[1])
+            if cls == 1 and slots[0] >= 0:
+                out.append(slots[0])
+
+
+def _note(acc: dict[int, list[int]], obj: SharedObject, t: int, cls: int, idx: int) -> None:
+    """Record event *idx* as thread *t*'s latest access of class *cls*."""
+    mine = acc.get(t)
+    if mine is None:
+        mine = acc[t] = [-1, -1, -1]
+    mine[cls] = idx
+    if cls == 1:
+        obj._lastw = idx
+
+
+def _writes(e: Event, obj: SharedObject) -> bool:
+    if e.obj is obj and _CLASS_OF_KIND[e.kind] == 1:
+        return True
+    return bool(e.also) and any(
+        o is obj and _CLASS_OF_KIND[k] == 1 for o, k in e.also  # type: ignore[union-attr]
+    )
+
+
+def _join(vc: list[int], other: list[int]) -> None:
+    """vc := max(vc, other), componentwise."""
+    if len(vc) < len(other):
+        vc.extend([0] * (len(other) - len(vc)))
+    for x, y in enumerate(other):
+        if y > vc[x]:
+            vc[x] = y
 
 
 class RandomStrategy(Strategy):
