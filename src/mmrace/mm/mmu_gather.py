@@ -1,15 +1,27 @@
-"""The mmu_gather batching interface (mm/mmu_gather.c, include/asm-generic/tlb.h).
+"""The mmu_gather batching interface (mm/mmu_gather.c, include/asm-generic/tlb.h,
+arch/x86/include/asm/tlb.h).
 
-Zapping collects the folios whose mappings it removed and the page-table
-pages it unlinked; ``tlb_finish_mmu`` flushes the TLB for the range and
-only then frees them, so no CPU can still reach a freed page through a
-stale translation. Until the model has TLBs (the TLB issue), the flush is
-:func:`tlb_flush_mmu_tlbonly` (a no-op) and the free is direct: swapping
-in real TLBs and shootdowns changes only this module.
+Zapping collects the range whose PTEs it cleared, the folios whose
+mappings it removed and the page-table pages it unlinked. ``tlb_flush_mmu``
+first flushes the TLBs for the gathered range (``tlb_flush`` ->
+``flush_tlb_mm_range``: an IPI per remote CPU in ``mm_cpumask``) and only
+then frees the pages (``tlb_flush_mmu_free``), so no CPU can reach a
+freed page through a stale translation. Page-table pages of every level
+are freed after an RCU grace period (``tlb_remove_table`` with
+``CONFIG_MMU_GATHER_RCU_TABLE_FREE``, as on x86), which also waits for
+hardware walks in progress.
+
+``tlb_gather_mmu`` raises ``mm->tlb_flush_pending`` and ``tlb_finish_mmu``
+drops it; if another batch is pending meanwhile (``mm_tlb_flush_nested``),
+``tlb_finish_mmu`` forces a flush of the whole mm, because the other
+thread may have cleared PTEs this batch skipped as already none while
+their flush has not happened yet.
 
 Left out: the per-CPU batch pages and their size limits (a batch never
-fills), ``tlb_change_page_size``, delayed rmap removal, fullmm teardown
-shortcuts.
+fills, so there is no intermediate ``tlb_flush_mmu`` from
+``__tlb_remove_page``), ``tlb_change_page_size`` and stride tracking,
+delayed rmap removal, ``need_flush_all``, the fullmm teardown shortcut
+(a fullmm gather still flushes: harmless), ``tlb_remove_table_sync_one``.
 """
 
 from __future__ import annotations
@@ -17,75 +29,127 @@ from __future__ import annotations
 from typing import Any
 
 from mmrace.mm.internal import kfunc
-from mmrace.mm.mm_types import MmStruct
+from mmrace.mm.mm_types import (
+    PAGE_SIZE,
+    MmStruct,
+    dec_tlb_flush_pending,
+    inc_tlb_flush_pending,
+    mm_tlb_flush_nested,
+)
+
+_NO_START = 1 << 64
 
 
 class MmuGather:
-    """``struct mmu_gather``."""
+    """``struct mmu_gather``: the mm, the range to flush (``start``/``end``),
+    what was gathered (folios with their reference counts, page-table
+    pages) and the flags that decide the flush."""
 
-    __slots__ = ("mm", "fullmm", "start", "end", "folios", "tables", "freed_tables")
+    __slots__ = ("mm", "fullmm", "start", "end", "folios", "tables", "freed_tables",
+                 "cleared_ptes", "flushes")
 
     def __init__(self, mm: MmStruct, fullmm: bool = False) -> None:
         self.mm = mm
         self.fullmm = fullmm
-        self.start = 1 << 64
+        self.start = _NO_START
         self.end = 0
         self.folios: list[tuple[Any, int]] = []  # (folio, nr_refs)
         self.tables: list[Any] = []
         self.freed_tables = False
+        self.cleared_ptes = False
+        self.flushes = 0  # TLB flushes this gather issued (for tests)
+
+
+def __tlb_reset_range(tlb: MmuGather) -> None:
+    """``__tlb_reset_range``."""
+    if tlb.fullmm:
+        tlb.start = tlb.end = ~0
+    else:
+        tlb.start = _NO_START
+        tlb.end = 0
+    tlb.freed_tables = False
+    tlb.cleared_ptes = False
+
+
+def __tlb_adjust_range(tlb: MmuGather, address: int, size: int) -> None:
+    """``__tlb_adjust_range``: widen the range to flush."""
+    tlb.start = min(tlb.start, address)
+    tlb.end = max(tlb.end, address + size)
 
 
 @kfunc
 def tlb_gather_mmu(mm: MmStruct, fullmm: bool = False) -> MmuGather:
     """``tlb_gather_mmu`` / ``tlb_gather_mmu_fullmm``: start a batch
-    (``inc_tlb_flush_pending``)."""
+    (``inc_tlb_flush_pending``: one visible RMW)."""
     tlb = MmuGather(mm, fullmm)
-    mm.tlb_flush_pending.rmw(lambda n: n + 1)
+    __tlb_reset_range(tlb)
+    inc_tlb_flush_pending(mm)
     return tlb
 
 
 def tlb_remove_tlb_entry(tlb: MmuGather, addr: int) -> None:
-    """``tlb_remove_tlb_entry``: widen the range to flush."""
-    tlb.start = min(tlb.start, addr)
-    tlb.end = max(tlb.end, addr + 4096)
+    """``tlb_remove_tlb_entry``: a PTE of *addr* was cleared; flush it."""
+    __tlb_adjust_range(tlb, addr, PAGE_SIZE)
+    tlb.cleared_ptes = True
+
+
+def tlb_flush_pte_range(tlb: MmuGather, addr: int, size: int) -> None:
+    """``tlb_flush_pte_range``: PTEs of ``[addr, addr + size)`` changed."""
+    __tlb_adjust_range(tlb, addr, size)
+    tlb.cleared_ptes = True
 
 
 def tlb_remove_folio(tlb: MmuGather, folio: Any, nr_refs: int = 1) -> None:
     """``tlb_remove_folio`` / ``__tlb_remove_folio_pages``: drop the
-    mapping's references to *folio* after the flush."""
+    mapping's *nr_refs* references to *folio* after the flush."""
     tlb.folios.append((folio, nr_refs))
+
+
+tlb_remove_page = tlb_remove_folio
 
 
 def pte_free_tlb(tlb: MmuGather, table: Any, addr: int) -> None:
     """``pte_free_tlb`` / ``pmd_free_tlb`` / ``pud_free_tlb``: free a
-    page-table page after the flush (and, for PTE tables, a grace period)."""
+    page-table page after the flush and a grace period."""
     tlb.freed_tables = True
+    __tlb_adjust_range(tlb, addr, PAGE_SIZE)
     tlb.tables.append(table)
 
 
 @kfunc
+def tlb_flush(tlb: MmuGather) -> None:
+    """x86 ``tlb_flush``: the gathered range, or the whole mm for a fullmm
+    gather."""
+    from mmrace.arch import TLB_FLUSH_ALL, flush_tlb_mm_range
+
+    tlb.flushes += 1
+    if tlb.fullmm:
+        flush_tlb_mm_range(tlb.mm, 0, TLB_FLUSH_ALL, 12, tlb.freed_tables)
+    else:
+        flush_tlb_mm_range(tlb.mm, tlb.start, tlb.end, 12, tlb.freed_tables)
+
+
+@kfunc
 def tlb_flush_mmu_tlbonly(tlb: MmuGather) -> None:
-    """``tlb_flush_mmu_tlbonly``: flush the gathered range (a no-op until
-    the model has TLBs)."""
-    tlb.start = 1 << 64
-    tlb.end = 0
+    """``tlb_flush_mmu_tlbonly``: flush the gathered range (nothing if no
+    PTE was cleared and no table freed), then reset it."""
+    if not (tlb.freed_tables or tlb.cleared_ptes):
+        return
+    tlb_flush(tlb)
+    __tlb_reset_range(tlb)
 
 
 @kfunc
 def tlb_flush_mmu_free(tlb: MmuGather) -> None:
-    """``tlb_flush_mmu_free``: free the gathered tables and release the
-    gathered folio references."""
+    """``tlb_flush_mmu_free``: free the gathered tables (``tlb_table_flush``:
+    after a grace period) and release the gathered folio references
+    (``tlb_batch_pages_flush``). Called only after the flush."""
     from mmrace.mm.page_alloc import folio_put_refs
-    from mmrace.mm.pgtable import LEVEL_PTE, pte_free_defer
+    from mmrace.mm.pgtable import pte_free_defer
 
     tables, tlb.tables = tlb.tables, []
     for t in tables:
-        if t.level == LEVEL_PTE:
-            pte_free_defer(tlb.mm, t)
-        else:
-            from mmrace.mm.pgtable import pte_free
-
-            pte_free(tlb.mm, t)
+        pte_free_defer(tlb.mm, t)
     folios, tlb.folios = tlb.folios, []
     for folio, nr in folios:
         folio_put_refs(folio, nr)
@@ -100,6 +164,13 @@ def tlb_flush_mmu(tlb: MmuGather) -> None:
 
 @kfunc
 def tlb_finish_mmu(tlb: MmuGather) -> None:
-    """``tlb_finish_mmu``: flush and free what was gathered, end the batch."""
+    """``tlb_finish_mmu``: if batches are nested (``mm_tlb_flush_nested``:
+    another thread is between its own gather and finish), flush the whole
+    mm (``fullmm`` with ``freed_tables``); flush and free what was
+    gathered; end the batch (``dec_tlb_flush_pending``)."""
+    if mm_tlb_flush_nested(tlb.mm):
+        tlb.fullmm = True
+        __tlb_reset_range(tlb)
+        tlb.freed_tables = True
     tlb_flush_mmu(tlb)
-    tlb.mm.tlb_flush_pending.rmw(lambda n: n - 1)
+    dec_tlb_flush_pending(tlb.mm)

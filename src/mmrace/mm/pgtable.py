@@ -32,6 +32,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from mmrace.arch import FAULT_NOT_PRESENT, FAULT_PROT, TLB_FLUSH_ALL, TlbEntry, set_page_walker
+from mmrace.arch import emit as emit
+from mmrace.arch import flush_tlb_mm_range as flush_tlb_mm_range
+from mmrace.arch import footprint as tlb_footprint
+from mmrace.arch.hooks import has_hooks
 from mmrace.engine import READ, RMW, WRITE, SharedObject, ViolationError, visible
 from mmrace.mm.internal import held, kfunc
 from mmrace.mm.locks import (
@@ -606,22 +611,29 @@ def ptep_test_and_clear_young(vma: Any, addr: int, table: PageTable, index: int)
     return True
 
 
-# --- TLB seams (the TLB issue makes these real) ------------------------------------------
+# --- TLB flushes (arch/x86/include/asm/tlbflush.h) --------------------------------------
 
 
 @kfunc
 def flush_tlb_page(vma: Any, addr: int) -> None:
-    """``flush_tlb_page``: a no-op until the model has TLBs."""
+    """``flush_tlb_page``: ``flush_tlb_mm_range(vma->vm_mm, addr, addr +
+    PAGE_SIZE, PAGE_SHIFT, false)`` -- the local CPU inline, one IPI (a
+    visible operation) per other CPU in ``mm_cpumask``; returns after all."""
+    a = addr & ~((1 << PAGE_SHIFT) - 1)
+    flush_tlb_mm_range(vma.raw("vm_mm"), a, a + (1 << PAGE_SHIFT), PAGE_SHIFT, False)
 
 
 @kfunc
 def flush_tlb_range(vma: Any, start: int, end: int) -> None:
-    """``flush_tlb_range``: a no-op until the model has TLBs."""
+    """``flush_tlb_range``: ``flush_tlb_mm_range`` of ``[start, end)`` (a full
+    flush beyond ``tlb_single_page_flush_ceiling`` pages)."""
+    flush_tlb_mm_range(vma.raw("vm_mm"), start, end, PAGE_SHIFT, False)
 
 
 @kfunc
 def flush_tlb_mm(mm: MmStruct) -> None:
-    """``flush_tlb_mm``: a no-op until the model has TLBs."""
+    """``flush_tlb_mm``: ``flush_tlb_mm_range(mm, 0, TLB_FLUSH_ALL, 0UL, true)``."""
+    flush_tlb_mm_range(mm, 0, TLB_FLUSH_ALL, 0, True)
 
 
 @kfunc
@@ -636,13 +648,123 @@ def update_mmu_cache(vma: Any, addr: int, table: PageTable, index: int) -> None:
 
 @kfunc
 def ptep_clear_flush(vma: Any, addr: int, table: PageTable, index: int) -> int:
-    """``ptep_clear_flush``: clear the entry and flush the TLB entry for
-    *addr* (the flush is a no-op until the TLB issue)."""
+    """``ptep_clear_flush``: clear the entry (``ptep_get_and_clear``) and, if
+    it was present, flush *addr* from every CPU's TLB before returning.
+    Callers that replace the page (``wp_page_copy``) rely on the flush: once
+    it returns, no CPU can still write the old page through this address."""
     mm = vma.raw("vm_mm")
     pte = ptep_get_and_clear(mm, addr, table, index)
     if pte_present(pte):
+        if has_hooks("pte-clear-flush"):
+            emit("pte-clear-flush", mm, addr, pte, frame_of_pte(pte))
         flush_tlb_page(vma, addr)
     return pte
+
+
+# --- the hardware walker (arch/x86: the MMU's side of the page tables) ------------------
+
+
+class FolioFrame:
+    """A page of a folio, as the MMU sees it (``mmrace.arch.walker.Frame``)."""
+
+    __slots__ = ("folio", "idx", "pfn")
+
+    def __init__(self, folio: Any, idx: int) -> None:
+        self.folio = folio
+        self.idx = idx
+        self.pfn = folio.pfn + idx
+
+    @property
+    def data(self) -> SharedObject:
+        return self.folio.contents  # type: ignore[no-any-return]
+
+    def read(self, word: int) -> int:
+        if self.folio.freed_at is not None:
+            raise self.folio._uaf(f"user load word {word}")
+        return self.folio.contents.words[self.idx][word]  # type: ignore[no-any-return]
+
+    def write(self, word: int, value: int) -> None:
+        if self.folio.freed_at is not None:
+            raise self.folio._uaf(f"user store word {word}")
+        if self.folio.is_zero:
+            raise ViolationError("memory-corruption", "store to the shared zero page",
+                                 "a user store reached the shared zero page")
+        self.folio.contents.words[self.idx][word] = value
+
+    def describe(self) -> str:
+        name = self.folio.name
+        return name if self.folio.nr_pages == 1 else f"{name}[{self.idx}]"
+
+
+def frame_of_pte(pte: int) -> FolioFrame | None:
+    """The frame a present leaf PTE maps (None if it is not a folio's)."""
+    obj = pfn_to_obj(pte_pfn(pte))
+    if isinstance(obj, PageTable) or obj is None:
+        return None
+    return FolioFrame(obj, pte_pfn(pte) - obj.pfn)
+
+
+class X86PageWalker:
+    """The hardware page walker (``mmrace.arch.walker.PageWalker``): reads
+    PGD, PUD and PMD entries (one visible read each, inside an RCU read
+    section -- see the walker contract), then accesses the PTE in one event
+    that also fills the TLB entry, setting the accessed bit (and the dirty
+    bit for a write) with an atomic RMW when they are not set yet. It does
+    not touch the soft-dirty bit (software's, set by the fault handler).
+    Huge PMDs are not walked (the model has no huge TLB entries)."""
+
+    def walk(self, cpu: Any, mm: Any, addr: int, write: bool, entry: TlbEntry) -> int:
+        rcu_read_lock()
+        code = self._walk(mm, addr, write, entry)  # (no finally: an aborted thread unwinds)
+        rcu_read_unlock()
+        return code
+
+    def _walk(self, mm: Any, addr: int, write: bool, entry: TlbEntry) -> int:
+        t = mm_pgd(mm)
+        for idxf in (pgd_index, pud_index, pmd_index):
+            i = idxf(addr)
+            ev = _entry(t, i, READ, f"hw walk: {LEVEL_NAMES[t.level]}")
+            e = t.entries.get(i, 0)
+            if ev is not None:
+                ev.detail = pte_str(e)
+            if not pte_present(e) or (t.level == LEVEL_PMD and pmd_trans_huge(e)):
+                return FAULT_NOT_PRESENT
+            t = table_of(e)
+        i = pte_index(addr)
+        slot = t.slot(i)
+        want = _PAGE_ACCESSED | (_PAGE_DIRTY if write else 0)
+        while True:
+            peek = t.entries.get(i, 0)
+            needs_update = pte_present(peek) and (peek & want) != want
+            kind = RMW if needs_update else READ
+            # One event: the PTE access (an atomic A/D update when needed)
+            # and the fill of this CPU's entry, which a shootdown must order
+            # against (the IPI cannot split an instruction's walk and fill).
+            ev = tlb_footprint(slot, kind, "hw walk: pte", also=((entry, WRITE),))
+            if t.freed_at is not None:
+                raise t._uaf(f"hardware walk [{i}]")
+            pte = t.entries.get(i, 0)
+            if ev is not None:
+                ev.detail = pte_str(pte)
+            if not pte_present(pte):
+                return FAULT_NOT_PRESENT
+            if not pte & _PAGE_USER or (write and not pte_write(pte)):
+                return FAULT_PROT
+            new = pte | want
+            if new != pte:
+                if kind != RMW:
+                    continue  # the PTE changed since the announcement: redo as an RMW
+                t.entries[i] = new
+                if ev is not None:
+                    ev.detail = pte_str(new)
+            frame = frame_of_pte(new)
+            if frame is None:
+                return FAULT_PROT
+            entry.fill(frame, pte_write(new), True, pte_dirty(new), new, slot, ev)
+            return 0
+
+
+set_page_walker(X86PageWalker())
 
 
 # --- walking and allocating ----------------------------------------------------------

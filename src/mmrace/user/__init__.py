@@ -16,6 +16,7 @@ from mmrace.user.process import (
     for_each_vma,
     vma_find,
 )
+from mmrace.user.thread import SegmentationFault, Thread
 
 __all__ = [
     "CLEAR_REFS_SOFT_DIRTY",
@@ -23,7 +24,9 @@ __all__ = [
     "UFFDIO_REGISTER_MODE_WP",
     "MapEntry",
     "Process",
+    "SegmentationFault",
     "System",
+    "Thread",
     "Userfaultfd",
     "for_each_vma",
     "vma_find",

@@ -75,8 +75,9 @@ class System:
     def __init__(self, cpus: int = 2, without: Iterable[str] = (),
                  kernel: str | None = None, with_: Iterable[str] = (),
                  release: str | None = None,
-                 policies: dict[str, str] | None = None) -> None:
+                 policies: dict[str, str] | None = None, tlb_evictions: int = 0) -> None:
         self.cpus = cpus
+        self.tlb_evictions = tlb_evictions  # TLB evictions the chooser may make per execution
         self.kernel = KernelConfig(release=kernel if kernel is not None else release,
                                    without=without, with_=with_, policies=policies)
         self.processes: list[Process] = []
@@ -120,6 +121,15 @@ class Process:
         self.mm = MmStruct(f"mm{pid}")
         self.mm.kernel = system.kernel
         self.fds: dict[int, File] = {}
+
+    # -- threads -------------------------------------------------------------
+
+    def thread(self, fn: Any, cpu: int = 0, name: str | None = None) -> Any:
+        """Spawn a thread of this process on CPU *cpu* running ``fn(t)``
+        (see :mod:`mmrace.user.thread`); returns its handle."""
+        from mmrace.user.thread import start_thread
+
+        return start_thread(self, fn, cpu, name)
 
     # -- files ---------------------------------------------------------------
 

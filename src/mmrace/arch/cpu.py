@@ -1,0 +1,183 @@
+"""CPUs and user memory accesses through the TLB.
+
+Each scenario thread runs on a CPU (:func:`bind_cpu`). A user load, store
+or atomic add (:func:`user_access`) first looks in the CPU's TLB:
+
+* a **hit** (a valid entry allowing the access) is exactly one visible
+  operation, whose footprint is the TLB entry (read) and the page's data
+  (read, write or RMW): it orders against a remote invalidation of that
+  entry and against the kernel copying or freeing the page. It never
+  looks at the page tables -- a store through a stale writable entry lands
+  in whatever page the entry still points to;
+* a **miss** runs the hardware walker (:mod:`mmrace.arch.walker`), which
+  fills the entry, then retries as a hit;
+* a walk that faults raises :class:`PageFault`; the caller enters the
+  kernel's fault handler and retries (``mmrace.user.thread``).
+
+An entry that is cached but too weak (read-only for a store, or not dirty
+for a store) is dropped and re-walked, as x86 does (it re-walks to set the
+dirty bit, and a permission fault invalidates the entry).
+
+Evictions: a real TLB may drop an entry at any time. Before each access
+whose entry is valid, if the execution still has eviction budget
+(``setup_machine(max_evictions=...)``, default 0), the chooser decides
+whether to evict it. Evicting just before an access is as general as
+evicting at any earlier point (an eviction is local, and a remote
+invalidation of the same entry commutes with it).
+
+Left out: instruction fetches, large pages, speculative fills, the
+paging-structure caches, SMT siblings sharing a TLB, more than one thread
+per CPU (rejected).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from mmrace.arch.hooks import emit
+from mmrace.arch.tlb import PAGE_SHIFT, Tlb, TlbEntry, footprint
+from mmrace.arch.walker import FAULT_NOT_PRESENT, page_walker
+from mmrace.engine import (
+    READ,
+    RMW,
+    WRITE,
+    SharedObject,
+    SimThread,
+    choose,
+    current_thread,
+    execution_local,
+)
+
+if TYPE_CHECKING:
+    from mmrace.arch.walker import Frame
+
+
+class PageFault(Exception):
+    """A #PF: the walk of *addr* failed (``FAULT_NOT_PRESENT`` or ``FAULT_PROT``)."""
+
+    def __init__(self, addr: int, write: bool, code: int) -> None:
+        what = "not present" if code == FAULT_NOT_PRESENT else "protection"
+        super().__init__(f"page fault ({what}, {'write' if write else 'read'}) at {addr:#x}")
+        self.addr = addr
+        self.write = write
+        self.code = code
+
+
+class Cpu:
+    """One CPU: an id, a TLB and the object its IPIs are addressed to."""
+
+    def __init__(self, machine: Machine, cpu_id: int) -> None:
+        self.machine = machine
+        self.id = cpu_id
+        self.tlb = Tlb(self)
+        self.ipi = SharedObject(f"cpu{cpu_id}.ipi")
+        self.thread: SimThread | None = None
+
+    def entry(self, mm: Any, vpn: int) -> TlbEntry:
+        return self.tlb.entry(mm, vpn)
+
+    def __repr__(self) -> str:
+        return f"cpu{self.id}"
+
+
+class Machine:
+    """The CPUs of one execution and its eviction budget."""
+
+    def __init__(self, ncpus: int, max_evictions: int = 0) -> None:
+        self.cpus = [Cpu(self, i) for i in range(ncpus)]
+        self.evictions_left = max_evictions
+        self.evictions = 0
+
+
+def setup_machine(ncpus: int, max_evictions: int = 0) -> Machine:
+    """Create this execution's machine (once; later calls return it,
+    growing it to *ncpus* CPUs and raising the eviction budget if asked)."""
+    m: Machine | None = execution_local("arch.machine", lambda: None)
+    from mmrace.engine import current_execution
+
+    if m is None:
+        m = Machine(ncpus, max_evictions)
+        current_execution().locals["arch.machine"] = m
+        return m
+    while len(m.cpus) < ncpus:
+        m.cpus.append(Cpu(m, len(m.cpus)))
+    m.evictions_left = max(m.evictions_left, max_evictions)
+    return m
+
+
+def machine() -> Machine:
+    """This execution's machine (two CPUs unless set up otherwise)."""
+    m: Machine | None = execution_local("arch.machine", lambda: None)
+    if m is None:
+        m = setup_machine(2)
+    return m
+
+
+def bind_cpu(thread: SimThread, cpu_id: int) -> Cpu:
+    """Run *thread* on CPU *cpu_id* (set before it runs anything)."""
+    m = machine()
+    if not 0 <= cpu_id < len(m.cpus):
+        raise ValueError(f"cpu {cpu_id} does not exist (the system has {len(m.cpus)} CPUs)")
+    cpu = m.cpus[cpu_id]
+    if cpu.thread is not None and not cpu.thread.finished:
+        raise ValueError(f"cpu {cpu_id} already runs thread {cpu.thread.name}")
+    cpu.thread = thread
+    thread.locals["arch.cpu"] = cpu
+    return cpu
+
+
+def this_cpu() -> Cpu | None:
+    """The CPU the running thread is bound to (None for set-up code and
+    threads not bound to a CPU, such as kernel threads)."""
+    th = current_thread()
+    if th is None:
+        return None
+    cpu: Cpu | None = th.locals.get("arch.cpu")
+    return cpu
+
+
+_DATA_KIND = {"load": READ, "store": WRITE, "add": RMW}
+
+
+def _allows(e: TlbEntry, write: bool) -> bool:
+    return e.valid and e.user and (not write or (e.writable and e.dirty))
+
+
+def user_access(cpu: Cpu, mm: Any, addr: int, op: str, word: int, arg: int = 0) -> int:
+    """A user ``load`` / ``store`` / ``add`` (``atomic_fetch_add``) of one
+    word at *addr* on *cpu*; returns the loaded (or previous) value. Raises
+    :class:`PageFault` when the walk faults."""
+    write = op != "load"
+    kind = _DATA_KIND[op]
+    entry = cpu.entry(mm, addr >> PAGE_SHIFT)
+    m = cpu.machine
+    if entry.valid and m.evictions_left > 0 and choose(2, "tlb evict"):
+        m.evictions_left -= 1
+        m.evictions += 1
+        entry.invalidate("evicted (chooser)")
+    for _ in range(16):
+        if _allows(entry, write):
+            frame: Frame | None = entry.frame
+            assert frame is not None
+            ev = footprint(entry, READ, f"user {op} {addr:#x}", also=((frame.data, kind),))
+            if _allows(entry, write) and entry.frame is frame:
+                emit("user-access", cpu, entry, write, word, arg)
+                if op == "load":
+                    v = frame.read(word)
+                    if ev is not None:
+                        ev.detail = f"{v} from {frame.describe()}"
+                    return v
+                old = frame.read(word) if op == "add" else 0
+                new = old + arg if op == "add" else arg
+                frame.write(word, new)
+                if ev is not None:
+                    ev.detail = f"{new} to {frame.describe()}"
+                return old
+            # A remote invalidation ran while this access waited: it was a
+            # lookup that missed. Walk.
+        elif entry.valid:
+            entry.invalidate("dropped (too weak for the access)")
+        code = page_walker().walk(cpu, mm, addr, write, entry)
+        if code:
+            raise PageFault(addr, write, code)
+    raise RuntimeError(f"user access at {addr:#x} on cpu{cpu.id} does not settle")

@@ -1,0 +1,13 @@
+"""The checks that turn an execution into violations.
+
+Importing this package subscribes the memory oracles
+(:mod:`mmrace.oracles.memory`: lost write, use-after-free through a stale
+TLB entry) to the machine's hooks; *wrong data* is a scenario's final
+check failing (:func:`wrong_data`).
+"""
+
+from mmrace.oracles.memory import MemoryOracle, install, memory_oracle, wrong_data
+
+install()
+
+__all__ = ["MemoryOracle", "install", "memory_oracle", "wrong_data"]
