@@ -1,0 +1,3 @@
+"""Every test runs with the memory oracles subscribed, as `mmrace` does."""
+
+import mmrace.oracles  # noqa: F401
