@@ -4,11 +4,12 @@ Each scenario thread runs on a CPU (:func:`bind_cpu`). A user load, store
 or atomic add (:func:`user_access`) first looks in the CPU's TLB:
 
 * a **hit** (a valid entry allowing the access) is exactly one visible
-  operation, whose footprint is the TLB entry (read) and the page's data
-  (read, write or RMW): it orders against a remote invalidation of that
-  entry and against the kernel copying or freeing the page. It never
-  looks at the page tables -- a store through a stale writable entry lands
-  in whatever page the entry still points to;
+  operation, whose footprint is the TLB entry (read) and the accessed
+  word of the page's data (read, write or RMW; ``Frame.word_footprint``):
+  it orders against a remote invalidation of that entry and against the
+  kernel copying or freeing the page. It never looks at the page tables --
+  a store through a stale writable entry lands in whatever page the entry
+  still points to;
 * a **miss** runs the hardware walker (:mod:`mmrace.arch.walker`), which
   fills the entry, then retries as a hit;
 * a walk that faults raises :class:`PageFault`; the caller enters the
@@ -159,7 +160,10 @@ def user_access(cpu: Cpu, mm: Any, addr: int, op: str, word: int, arg: int = 0) 
         if _allows(entry, write):
             frame: Frame | None = entry.frame
             assert frame is not None
-            ev = footprint(entry, READ, f"user {op} {addr:#x}", also=((frame.data, kind),))
+            # The data part of the footprint is the word, not the page:
+            # stores to different words commute (Frame.word_footprint).
+            ev = footprint(entry, READ, f"user {op} {addr:#x}",
+                           also=frame.word_footprint(word, kind))
             if _allows(entry, write) and entry.frame is frame:
                 emit("user-access", cpu, entry, write, word, arg)
                 if op == "load":

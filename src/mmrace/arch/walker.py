@@ -17,7 +17,7 @@ with :func:`set_page_walker`. Its contract:
 * never take locks, never check the locking rules (the MMU does not).
 
 A :class:`Frame` is what a filled entry points at: the page's data object
-(the footprint of loads and stores) and its words.
+(whole-page accesses), the footprint of a one-word access, and its words.
 """
 
 from __future__ import annotations
@@ -43,7 +43,14 @@ class Frame(Protocol):
 
     @property
     def data(self) -> SharedObject:
-        """The shared object of the page's contents (footprint of accesses)."""
+        """The shared object of the page's contents (whole-page accesses)."""
+        ...
+
+    def word_footprint(self, word: int, kind: int) -> tuple[tuple[SharedObject, int], ...]:
+        """The (object, kind) accesses of a user load (READ), store (WRITE)
+        or add (RMW) of *word*: accesses to different words of a page must
+        commute, each must conflict with a same-word access that writes and
+        with any whole-page write, and a store with a whole-page read."""
         ...
 
     def read(self, word: int) -> int: ...

@@ -94,6 +94,7 @@ from mmrace.mm.pgtable import (
     ptep_clear_flush,
     ptep_get,
     ptep_get_and_clear,
+    ptep_get_stable_bits,
     ptep_set_access_flags,
     ptl_lock,
     set_pte_at,
@@ -574,7 +575,9 @@ def do_wp_page(vmf: VmFault) -> int:
     mm = vma.vm_mm
     if not vmf.flags & FAULT_FLAG_UNSHARE:
         assert vmf.pte is not None
-        if userfaultfd_pte_wp(vma, ptep_get(vmf.pte.table, vmf.pte.index)):
+        # Only the uffd-wp bit of this re-read is used, under the PTL that
+        # handle_pte_fault took and rechecked: see ptep_get_stable_bits.
+        if userfaultfd_pte_wp(vma, ptep_get_stable_bits(vmf.pte.table, vmf.pte.index)):
             pte_unmap_unlock(vmf.pte)
             vmf.pte = None
             return handle_userfault(vmf, VM_UFFD_WP)

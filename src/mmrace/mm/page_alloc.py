@@ -16,6 +16,11 @@ Page frame numbers are handed out per execution, in allocation order
 map, which keeps freed folios so that a stale pfn leads to a reported
 use-after-free rather than a Python error.
 
+Data footprints are per word (see :class:`FolioContents`): two CPUs
+storing to different words of one page commute, so DPOR does not reverse
+them (they were half of all its backtracking on ``deferred_flush_cow``);
+a page copy still orders against every store, a free against every access.
+
 Left out: zones, the buddy allocator and its per-CPU lists, LRU lists and
 their pagevecs, memcg charging, the swap cache, KSM, page poisoning by
 hardware, ``struct page`` vs ``struct folio`` layout (the model has one
@@ -34,6 +39,7 @@ from mmrace.engine import (
     SharedObject,
     ViolationError,
     execution_local,
+    register_kind,
     visible,
 )
 from mmrace.mm.internal import kfunc
@@ -49,15 +55,66 @@ GUP_PIN_COUNTING_BIAS = 1024
 HPAGE_PMD_ORDER = 9
 
 
-class FolioContents(SharedObject):
-    """The data words of a folio's pages."""
+Accesses = tuple[tuple[SharedObject, int], ...]
 
-    __slots__ = ("folio", "words")
+PAGE_READ = register_kind("read page", WRITE)
+"""A whole-page read (``copy_user_highpage``'s source) of a folio's store
+summary: it depends like a write so that it orders against every word
+store (which reads the summary), but it changes nothing."""
+
+
+class FolioContents(SharedObject):
+    """The data words of a folio's pages, with per-word footprints.
+
+    This object is the folio's *store summary*; ``loads`` is its *load
+    summary*; ``cell(idx, word)`` is one word's own object (made on first
+    use). Accesses touch:
+
+    =====================  ==========================  ====================
+    access                 word cell                   summaries
+    =====================  ==========================  ====================
+    store / add of a word  WRITE / RMW                 store summary READ
+    load of a word         READ                        load summary READ
+    page read (copy src)   --                          store summary PAGE_READ
+    page write (copy dst,  --                          both WRITE
+    poison on free)
+    =====================  ==========================  ====================
+
+    So the same word conflicts as before; different words commute (the
+    summaries are only read); a page read conflicts with every store and
+    no load; a page write with everything. Dependence is a superset of
+    "touch the same data and one writes", so no race is lost. Cells can be
+    made lazily: no whole-page access touches them, and an object made
+    after a decision point gets a serial that no footprint recorded at
+    that point can name."""
+
+    __slots__ = ("folio", "words", "loads", "cells")
 
     def __init__(self, folio: Folio, nr_pages: int) -> None:
         super().__init__(f"{folio.name}.data")
         self.folio = folio
         self.words: list[list[int]] = [[0] * WORDS_PER_PAGE for _ in range(nr_pages)]
+        self.loads = SharedObject(f"{folio.name}.data(loads)")
+        self.cells: dict[int, SharedObject] = {}
+
+    def cell(self, idx: int, word: int) -> SharedObject:
+        key = idx * WORDS_PER_PAGE + word
+        c = self.cells.get(key)
+        if c is None:
+            name = f"{self.name}.w{word}" if len(self.words) == 1 else f"{self.name}[{idx}].w{word}"
+            c = self.cells[key] = SharedObject(name)
+        return c
+
+    def word_footprint(self, idx: int, word: int, kind: int) -> Accesses:
+        """The (object, kind) accesses of a load (READ), store (WRITE) or
+        add (RMW) of one word."""
+        return ((self.cell(idx, word), kind), (self.loads if kind == READ else self, READ))
+
+    def page_footprint(self, kind: int) -> tuple[SharedObject, int, Accesses | None]:
+        """(main object, kind, also) of a whole-page read (READ) or write."""
+        if kind == READ:
+            return self, PAGE_READ, None
+        return self, WRITE, ((self.loads, WRITE),)
 
 
 class Folio(KObject):
@@ -355,24 +412,33 @@ def folio_unlock(folio: Folio) -> None:
 
 
 def visible_contents(folio: Folio, kind: int, what: str) -> None:
-    """A visible access to *folio*'s data; a use-after-free once it is freed."""
-    visible(folio.contents, kind, what)
+    """A visible whole-page access (READ or WRITE) to *folio*'s data; a
+    use-after-free once it is freed."""
+    obj, k, also = folio.contents.page_footprint(kind)
+    visible(obj, k, what, also=also)
     if folio.freed_at is not None and what != "poison (free)":
         raise folio._uaf(what)
 
 
+def _visible_word(folio: Folio, idx: int, word: int, kind: int, what: str) -> None:
+    (cell, k), summary = folio.contents.word_footprint(idx, word, kind)
+    visible(cell, k, what, also=(summary,))
+    if folio.freed_at is not None:
+        raise folio._uaf(what)
+
+
 def folio_read_word(folio: Folio, idx: int, word: int) -> int:
-    """A load of one word of page *idx* (one visible read of the data)."""
-    visible_contents(folio, READ, f"load word {word}")
+    """A load of one word of page *idx* (one visible read of that word)."""
+    _visible_word(folio, idx, word, READ, f"load word {word}")
     return folio.contents.words[idx][word]
 
 
 def folio_write_word(folio: Folio, idx: int, word: int, value: int) -> None:
-    """A store to one word of page *idx* (one visible write of the data)."""
+    """A store to one word of page *idx* (one visible write of that word)."""
     if folio.is_zero:
         raise ViolationError("memory-corruption", "store to the shared zero page",
                              "a store reached the shared zero page")
-    visible_contents(folio, WRITE, f"store word {word}")
+    _visible_word(folio, idx, word, WRITE, f"store word {word}")
     folio.contents.words[idx][word] = value
 
 

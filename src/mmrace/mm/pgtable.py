@@ -491,6 +491,26 @@ def ptep_get(table: PageTable, index: int) -> int:
     return v
 
 
+def ptep_get_stable_bits(table: PageTable, index: int) -> int:
+    """A re-read of a PTE whose PTL this thread holds, for bits that only
+    software changes (the uffd-wp, soft-dirty, present and pfn bits; not
+    accessed/dirty): not a visible operation. Every software write of a PTE
+    needs its PTL (the rule table; ``_breach`` reports one that does not;
+    with the checker off this is a plain ``ptep_get``), and the hardware
+    walker's atomic updates touch only the accessed and dirty bits, so no
+    other thread can change the bits the caller uses while it holds the
+    lock: the read races with nothing and needs no scheduling point.
+    Callers must not use the A/D bits of the result (those can change under
+    the PTL: use ``ptep_get``)."""
+    ptl = table.ptl
+    assert ptl is not None and ptl.serial in held().spin, "PTL not held"
+    if _rules_off():
+        return ptep_get(table, index)
+    if table.freed_at is not None:
+        raise table._uaf(f"pte re-read [{index}]")
+    return table.entries.get(index, 0)
+
+
 ptep_get_lockless = ptep_get
 pmdp_get = ptep_get
 pmdp_get_lockless = ptep_get
@@ -677,6 +697,9 @@ class FolioFrame:
     @property
     def data(self) -> SharedObject:
         return self.folio.contents  # type: ignore[no-any-return]
+
+    def word_footprint(self, word: int, kind: int) -> tuple[tuple[SharedObject, int], ...]:
+        return self.folio.contents.word_footprint(self.idx, word, kind)  # type: ignore[no-any-return]
 
     def read(self, word: int) -> int:
         if self.folio.freed_at is not None:
