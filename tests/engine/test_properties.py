@@ -117,7 +117,7 @@ def test_dpor_matches_naive_with_locks(spec: Spec) -> None:
 
 
 @pytest.mark.slow
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(specs(max_events=10))
 def test_dpor_matches_naive_larger(spec: Spec) -> None:
     check_spec(spec, bounds=(0, 1, 2, 3))

@@ -26,7 +26,16 @@ from mmrace.mm.memory import (
     is_cow_mapping,
     vm_normal_page,
 )
-from mmrace.mm.mm_types import PAGE_SHIFT, VM_MAYWRITE, VM_READ, VM_WRITE, MmStruct, VmAreaStruct
+from mmrace.mm.mm_types import (
+    PAGE_SHIFT,
+    VM_LOCKONFAULT,
+    VM_MAYWRITE,
+    VM_READ,
+    VM_SHARED,
+    VM_WRITE,
+    MmStruct,
+    VmAreaStruct,
+)
 from mmrace.mm.mmap_lock import mmap_assert_locked, mmap_read_lock, mmap_read_unlock
 from mmrace.mm.page_alloc import (
     GUP_PIN_COUNTING_BIAS,
@@ -233,9 +242,13 @@ def populate_vma_page_range(vma: VmAreaStruct, start: int, end: int) -> int:
     """``populate_vma_page_range``: fault in (and touch) every page, as
     ``__mm_populate`` does for mlock/MAP_POPULATE: write-fault private
     writable mappings (``FOLL_WRITE``), read others; references are
-    dropped at once — but while held they raise ``page_count``."""
+    dropped at once — but while held they raise ``page_count``. A
+    ``VM_LOCKONFAULT`` VMA (``mlock2(MLOCK_ONFAULT)``) is left to fault
+    on first access, as in the kernel."""
+    if vma.vm_flags & VM_LOCKONFAULT:
+        return (end - start) >> PAGE_SHIFT
     gup_flags = FOLL_GET
-    if (vma.vm_flags & (VM_WRITE | 0x8)) == VM_WRITE:  # private writable: break COW now
+    if (vma.vm_flags & (VM_WRITE | VM_SHARED)) == VM_WRITE:  # private writable: break COW now
         gup_flags |= FOLL_WRITE
     mm = vma.vm_mm
     n = (end - start) >> PAGE_SHIFT

@@ -137,6 +137,9 @@ class Folio(KObject):
         self.anon = False
         self.anon_exclusive = [False] * self.nr_pages
         self.locked = False
+        # Tasks queued in folio_lock, first come first served; folio_unlock
+        # hands the lock to the head (see folio_lock).
+        self.lock_waiters: list[list[bool]] = []
         self.uptodate = False
         self.dirty = False
         self.mapping: Any = None
@@ -394,18 +397,33 @@ def folio_trylock(folio: Folio) -> bool:
 
 @kfunc
 def folio_lock(folio: Folio) -> None:
-    """``folio_lock``: sleeps (a visible WAIT) until the lock is free."""
+    """``folio_lock``: take PG_locked, or queue and sleep until
+    ``folio_unlock`` hands it over.
+
+    The kernel's ``folio_wait_bit_common`` lets the unlocker hand PG_locked
+    straight to the first exclusive waiter. The model always hands off
+    (FIFO), which also keeps the WAIT's guard monotone: "the lock was given
+    to me" cannot turn false again, while "the lock is free" could, before
+    this task runs -- the engine's DPOR relies on monotone guards. Left out:
+    lock stealing by a task arriving between the unlock and the wake-up,
+    killable and async waits."""
     folio.access(RMW, "folio_lock")
-    if folio.locked:
-        visible(folio, WAIT, "folio_wait_locked", guard=lambda: not folio.locked)
-        folio.check_alive("folio_lock")
-    folio.locked = True
+    if not folio.locked:
+        folio.locked = True
+        return
+    granted = [False]
+    folio.lock_waiters.append(granted)
+    visible(folio, WAIT, "folio_wait_locked", guard=lambda: granted[0])
+    folio.check_alive("folio_lock")
 
 
 def folio_unlock(folio: Folio) -> None:
-    """``folio_unlock``."""
+    """``folio_unlock``: clear PG_locked, or hand it to the first waiter."""
     folio.access(RMW, "folio_unlock")
-    folio.locked = False
+    if folio.lock_waiters:
+        folio.lock_waiters.pop(0)[0] = True  # stays locked, now by the waiter
+    else:
+        folio.locked = False
 
 
 # --- data ------------------------------------------------------------------------------------
