@@ -35,6 +35,33 @@ def test_hit_is_one_visible_operation() -> None:
     assert counts["hits"] == 2
 
 
+def test_touch_in_set_up_leaves_a_cached_writable_entry() -> None:
+    counts: dict[str, Any] = {}
+
+    def program() -> Any:
+        from mmrace.engine import current_execution
+
+        p = System(cpus=2).process()
+        a = p.mmap(0, PAGE, RW, ANON)
+        p.poke(a, 7)
+        p.touch(a, cpu=1, write=True)
+        counts["cpumask"] = set(p.mm.mm_cpumask.value)
+
+        def body(t: Any) -> None:
+            n = len(current_execution().events)
+            t.store(a, 8)  # a hit: no walk, no fault
+            counts["ops"] = len(current_execution().events) - n
+            with pytest.raises(RuntimeError, match="set-up"):
+                p.touch(a, cpu=1)
+
+        p.thread(body, cpu=1)
+        return lambda: require(p.peek(a) == 8, "value")
+
+    r = explore(program, max_executions=3)
+    assert r.violation is None
+    assert counts == {"cpumask": {1}, "ops": 1}
+
+
 def test_segfault_ends_the_thread_not_a_violation() -> None:
     seen: dict[str, Any] = {}
 

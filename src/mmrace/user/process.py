@@ -258,6 +258,33 @@ class Process:
         folio, idx = self._access(addr, False)
         return folio_read_word(folio, idx, word)
 
+    def touch(self, addr: int, cpu: int, write: bool = False) -> None:
+        """Set-up only: access *addr* from CPU *cpu* the way a thread of this
+        process that ran there earlier did, so that CPU's TLB caches the
+        translation (writable and dirty when *write*) -- the "[PTE cached in
+        TLB]" starting point of the race diagrams, without spending a thread
+        step and a preemption on it. A write adds 0: the word keeps its
+        value. The CPU joins ``mm_cpumask`` (as ``switch_mm`` made it)."""
+        from mmrace.arch import PageFault, setup_machine, user_access
+        from mmrace.engine import current_thread
+        from mmrace.mm.memory import do_user_addr_fault
+
+        if current_thread() is not None:
+            raise RuntimeError("touch() is for set-up code; a thread uses t.load/t.store")
+        m = setup_machine(self.system.cpus, getattr(self.system, "tlb_evictions", 0))
+        if not 0 <= cpu < len(m.cpus):
+            raise ValueError(f"cpu {cpu} does not exist (System(cpus={self.system.cpus}))")
+        if cpu not in self.mm.mm_cpumask.value:
+            self.mm.mm_cpumask.rmw(lambda s: s | {cpu})
+        word = self._word(addr)[1]
+        for _ in range(8):
+            try:
+                user_access(m.cpus[cpu], self.mm, addr, "add" if write else "load", word, 0)
+                return
+            except PageFault as pf:
+                do_user_addr_fault(self.mm, addr, pf.write)
+        raise RuntimeError(f"fault at {addr:#x} does not resolve")
+
     def pin(self, addr: int, npages: int = 1, write: bool = False) -> list[Any]:
         """``pin_user_pages_unlocked`` (e.g. an O_DIRECT or RDMA buffer): the
         pinned folios (release with :meth:`unpin`)."""
