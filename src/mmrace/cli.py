@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import sys
@@ -13,7 +14,11 @@ from typing import Any, NoReturn
 import mmrace.oracles  # noqa: F401 - subscribes the memory oracles to the machine's hooks
 from mmrace import __version__
 from mmrace.engine import STRATEGIES, Result, TokenError, explore, replay
+from mmrace.fixes import FIXES, FixError, all_fixes, all_policies
+from mmrace.report.explain import render_explained, trace_json
 from mmrace.report.text import render_result
+from mmrace.scenarios import Explore, Kernel, Scenario, ScenarioError, all_scenarios, get
+from mmrace.scenarios.run import VariantRun, replay_token, run_all
 
 
 class UsageError(Exception):
@@ -25,8 +30,9 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _load_program(spec: str) -> Callable[[], Any]:
-    """Load ``FILE.py:FUNC`` as a program (a no-argument function)."""
+def _load_program(spec: str) -> Any:
+    """Load ``FILE.py:FUNC``: a program (a no-argument function), a scenario
+    function ``FUNC(kernel)``, or a :class:`Scenario`."""
     path_text, sep, func = spec.rpartition(":")
     if not sep or not path_text or not func:
         raise UsageError(f"expected FILE.py:FUNC, got {spec!r}")
@@ -41,14 +47,16 @@ def _load_program(spec: str) -> Callable[[], Any]:
     sys.modules[name] = module
     try:
         module_spec.loader.exec_module(module)
+    except ScenarioError as exc:
+        raise UsageError(f"{path_text}: {exc}") from None
     except Exception as exc:
         raise UsageError(f"cannot load {path_text}: {type(exc).__name__}: {exc}") from None
     fn = getattr(module, func, None)
     if fn is None:
         raise UsageError(f"{path_text} has no function {func!r}")
-    if not callable(fn):
+    if not isinstance(fn, Scenario) and not callable(fn):
         raise UsageError(f"{path_text}:{func} is not callable")
-    return fn  # type: ignore[no-any-return]
+    return fn
 
 
 def _nonneg(text: str) -> int:
@@ -59,6 +67,22 @@ def _nonneg(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0: {text}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    value = _nonneg(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return value
+
+
+def _kernel_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kernel", default=None, metavar="RELEASE",
+                   help="behave as RELEASE did (e.g. 5.10)")
+    p.add_argument("--without", action="append", default=[], metavar="SLUG",
+                   help="remove a fix")
+    p.add_argument("--with", dest="with_", action="append", default=[], metavar="SLUG",
+                   help="apply a fix or a proposal")
 
 
 def _positive_float(text: str) -> float:
@@ -92,9 +116,30 @@ def _build_parser() -> _Parser:
     ex.add_argument("--json", action="store_true", help="print one JSON object")
     ex.add_argument("--all-ops", action="store_true", help="show every operation")
     ex.add_argument("--no-shrink", action="store_true", help="report the violation as found")
+    _kernel_args(ex)
     rules = sub.add_parser("rules", help="print the locking rule table")
     rules.add_argument("field", nargs="?", default=None, help="one field, e.g. vm_start")
     rules.add_argument("--json", action="store_true", help="print a JSON list")
+
+    ck = sub.add_parser("check", help="run every variant of catalog scenarios")
+    ck.add_argument("names", nargs="*", metavar="NAME", help="scenarios (default: all)")
+    ck.add_argument("--json", action="store_true", help="print a JSON list")
+    ck.add_argument("--jobs", type=_positive_int, default=1, help="worker processes")
+    ck.add_argument("--kernel", default=None, metavar="RELEASE",
+                    help="run each scenario once as RELEASE behaved")
+    ck.add_argument("--variant", action="append", default=[], metavar="VARIANT",
+                    help="run only these variants")
+
+    ls = sub.add_parser("list", help="list catalog scenarios and their variants")
+    ls.add_argument("--json", action="store_true", help="print a JSON list")
+
+    fx = sub.add_parser("fixes", help="list the behaviour switches")
+    fx.add_argument("--json", action="store_true", help="print a JSON list")
+
+    rp = sub.add_parser("replay", help="re-run the execution a scenario token records")
+    rp.add_argument("token")
+    rp.add_argument("--format", choices=("text", "json"), default="text")
+    rp.add_argument("--all-ops", action="store_true", help="show every operation")
 
     doc = sub.add_parser("doc", help="render the locking documentation as Markdown")
     doc.add_argument("-o", "--output", default=None, help="write to FILE instead of stdout")
@@ -148,8 +193,56 @@ def _progress_printer(enabled: bool) -> Callable[[int, float], None] | None:
     return show
 
 
+def _kernel_from(args: argparse.Namespace, base: Kernel | None = None) -> Kernel:
+    k = (base or Kernel()).plus(release=args.kernel, without=args.without, with_=args.with_)
+    try:
+        k.config()
+    except FixError as exc:
+        raise UsageError(str(exc)) from None
+    return k
+
+
+def _check_supported(sc: Scenario, k: Kernel) -> None:
+    for slug in (*k.without, *k.with_):
+        if slug not in sc.switches and slug in FIXES:
+            raise UsageError(f"scenario {sc.name!r} does not exercise switch {slug!r} "
+                             f"(it exercises: {', '.join(sc.switches) or 'none'})")
+
+
+def _as_scenario(obj: Any, spec: str) -> Scenario | None:
+    """A Scenario for a scenario object or a one-argument function; None for
+    a plain no-argument program."""
+    import inspect
+
+    if isinstance(obj, Scenario):
+        return obj
+    try:
+        params = [p for p in inspect.signature(obj).parameters.values()
+                  if p.default is inspect.Parameter.empty]
+    except (TypeError, ValueError):
+        return None
+    if len(params) == 1:
+        name = spec.rpartition(":")[2]
+        return Scenario(name=name, summary=name, fn=obj, explore=Explore(strategy="dpor",
+                                                                          preemption_bound=None))
+    if len(params) > 1:
+        raise UsageError(f"{spec}: a program takes no argument, a scenario one (the Kernel)")
+    return None
+
+
 def _cmd_explore(args: argparse.Namespace) -> int:
-    program = _load_program(args.program)
+    obj = _load_program(args.program)
+    sc = _as_scenario(obj, args.program)
+    if sc is None:
+        if args.kernel or args.without or args.with_:
+            raise UsageError(f"{args.program} takes no Kernel argument, so --kernel, "
+                             "--without and --with do not apply (define FUNC(kernel))")
+        program = obj
+    else:
+        kernel = _kernel_from(args)
+        if isinstance(obj, Scenario):
+            _check_supported(sc, kernel)
+        return _explore_scenario(sc, kernel, args)
     strategy = args.strategy or ("replay" if args.token else "dpor")
     kwargs: dict[str, Any] = {}
     if args.max_steps is not None:
@@ -180,6 +273,212 @@ def _cmd_explore(args: argparse.Namespace) -> int:
     return 1 if result.violation is not None else 0
 
 
+def _explore_scenario(sc: Scenario, kernel: Kernel, args: argparse.Namespace) -> int:
+    from mmrace.scenarios.patch import patched
+    from mmrace.scenarios.run import token_context
+
+    variant = sc.with_kernel(kernel)
+    st = sc.explore
+    strategy = args.strategy or ("replay" if args.token else st.strategy)
+    kwargs: dict[str, Any] = {}
+    if args.max_steps is not None:
+        kwargs["max_steps"] = args.max_steps
+    ctx = patched(dict(sc.patches)) if sc.patches else contextlib.nullcontext()
+    with ctx:
+        if strategy == "replay":
+            if not args.token:
+                raise UsageError("--strategy replay needs --token")
+            try:
+                result = replay(sc.program(kernel), args.token, **kwargs)
+            except TokenError as exc:
+                raise UsageError(str(exc)) from None
+        else:
+            if args.token:
+                raise UsageError("--token goes with --strategy replay")
+            same = strategy == st.strategy
+            result = explore(
+                sc.program(kernel),
+                strategy=strategy,
+                max_executions=args.executions if args.executions is not None
+                else (st.max_executions if same else None),
+                preemption_bound=args.preemptions if args.preemptions is not None
+                else (st.preemption_bound if same else None),
+                seed=args.seed if args.seed is not None else st.seed,
+                max_seconds=args.seconds if args.seconds is not None else st.max_seconds,
+                depth=args.depth,
+                shrink=not args.no_shrink,
+                progress=_progress_printer(not args.json and sys.stderr.isatty()),
+                token_context=token_context(sc, variant),
+                **kwargs,
+            )
+    if args.json:
+        print(json.dumps(result.as_dict()))
+    else:
+        header = f"{sc.name}: {kernel.describe()}"
+        if result.violation is not None:
+            print(render_explained(result, all_ops=args.all_ops, header=header))
+        print(render_result(result).splitlines()[-1])
+    return 1 if result.violation is not None else 0
+
+
+def _select(names: Sequence[str]) -> list[Scenario]:
+    try:
+        return [get(n) for n in names] if names else all_scenarios()
+    except ScenarioError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    scenarios = _select(args.names)
+    jobs: list[tuple[Scenario, Any]] = []
+    if args.kernel is not None:
+        if args.variant:
+            raise UsageError("--variant does not go with --kernel")
+        kernel = _kernel_from(argparse.Namespace(kernel=args.kernel, without=[], with_=[]))
+        jobs = [(sc, sc.with_kernel(kernel)) for sc in scenarios]
+    else:
+        for sc in scenarios:
+            vs = sc.variants()
+            if args.variant:
+                vs = [v for v in vs if v.name in args.variant]
+            jobs.extend((sc, v) for v in vs)
+        if args.variant:
+            known = {v.name for sc in scenarios for v in sc.variants()}
+            for name in args.variant:
+                if name not in known:
+                    raise UsageError(f"no selected scenario has a variant {name!r}")
+    runs = _run_with_progress(jobs, args.jobs, show=not args.json and sys.stderr.isatty())
+    if args.json:
+        print(json.dumps([r.as_dict() for r in runs], indent=1))
+    else:
+        print(render_check_table(runs))
+        if args.kernel is not None:
+            bad = [r.scenario for r in runs if r.result.violation is not None]
+            print(f"\nvulnerable on {args.kernel}: {', '.join(bad) if bad else 'none'}")
+        else:
+            failed = sum(1 for r in runs if not r.ok)
+            print(f"\n{len(runs) - failed} of {len(runs)} variants as expected")
+    return 0 if all(r.ok for r in runs) else 1
+
+
+def _run_with_progress(jobs: list[tuple[Scenario, Any]], workers: int,
+                       show: bool) -> list[VariantRun]:
+    if not show:
+        return run_all(jobs, workers=workers)
+    from rich.progress import Progress
+
+    with Progress(transient=True, console=_stderr_console()) as progress:
+        task = progress.add_task("mmrace check", total=len(jobs))
+
+        def done(r: VariantRun) -> None:
+            progress.update(task, advance=1, description=f"{r.scenario} {r.variant}")
+
+        return run_all(jobs, workers=workers, on_done=done)
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+CHECK_COLUMNS = ("scenario", "variant", "expected", "outcome", "executions", "complete",
+                 "seconds")
+
+
+def render_check_table(runs: Sequence[VariantRun]) -> str:
+    rows = [CHECK_COLUMNS]
+    for r in runs:
+        mark = "" if r.ok else "  <-- unexpected"
+        rows.append((r.scenario, r.variant, r.expected or "-", r.outcome + mark,
+                     str(r.result.executions), "yes" if r.result.complete else "no",
+                     f"{r.result.seconds:.1f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(CHECK_COLUMNS) - 1)]
+    lines = []
+    for row in rows:
+        cells = [row[i].ljust(widths[i]) for i in range(len(widths))]
+        lines.append("  ".join([*cells, row[-1]]).rstrip())
+        if row is rows[0]:
+            lines.append("  ".join("-" * w for w in [*widths, 7]))
+    return "\n".join(lines)
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    data: list[dict[str, Any]] = []
+    for sc in all_scenarios():
+        data.append({
+            "name": sc.name,
+            "summary": sc.summary,
+            "references": list(sc.references),
+            "switches": list(sc.switches),
+            "explore": sc.explore.describe(),
+            "variants": [{"name": v.name, "kernel": v.kernel.describe(),
+                          "expected": v.expected, "note": v.note or None}
+                         for v in sc.variants()],
+        })
+    if args.json:
+        print(json.dumps(data, indent=1))
+        return 0
+    for entry in data:
+        print(f"{entry['name']}: {entry['summary']}")
+        print(f"  explore: {entry['explore']}")
+        for v in entry["variants"]:
+            print(f"  {v['name']:40s} {v['expected']:12s} {v['kernel']}")
+        print()
+    return 0
+
+
+def _cmd_fixes(args: argparse.Namespace) -> int:
+    users: dict[str, list[str]] = {}
+    for sc in all_scenarios():
+        for slug in sc.switches:
+            users.setdefault(slug, []).append(sc.name)
+    data: list[dict[str, Any]] = []
+    for f in all_fixes():
+        data.append({"slug": f.slug, "kind": "fix", "title": f.title, "release": f.release,
+                     "status": "merged" if f.merged else "proposed", "commit": f.commit,
+                     "summary": f.summary, "scenarios": users.get(f.slug, [])})
+    for p in all_policies():
+        data.append({"slug": p.slug, "kind": "policy", "title": p.eras[-1].title,
+                     "release": p.eras[-1].since, "status": "policy", "commit": None,
+                     "summary": p.summary,
+                     "values": [{"value": e.value, "since": e.since, "title": e.title}
+                                for e in p.eras],
+                     "scenarios": users.get(p.slug, [])})
+    if args.json:
+        print(json.dumps(data, indent=1))
+        return 0
+    for d in data:
+        rel = d["release"] or "-"
+        print(f"{d['slug']:34s} {d['status']:9s} {rel:5s} {d['title']}")
+        if d["kind"] == "policy":
+            for e in d["values"]:
+                print(f"{'':34s}   {e['value']}: since {e['since']}, {e['title']}")
+    return 0
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    try:
+        sc, variant, result = replay_token(args.token, get)
+    except (TokenError, ScenarioError) as exc:
+        raise UsageError(str(exc)) from None
+    if args.format == "json":
+        data = result.as_dict()
+        data["scenario"] = sc.name
+        data["variant"] = variant.name
+        data["kernel"] = variant.kernel.describe()
+        data["trace"] = (trace_json(result.violation, all_ops=args.all_ops)
+                         if result.violation else [])
+        print(json.dumps(data, indent=1))
+    else:
+        header = f"{sc.name} / {variant.name} ({variant.kernel.describe()})"
+        if result.violation is None:
+            print(f"{header}\nno violation in this execution")
+        else:
+            print(render_explained(result, all_ops=args.all_ops, header=header))
+    return 1 if result.violation is not None else 0
+
+
 def _print_result(result: Result, *, as_json: bool, all_ops: bool) -> None:
     if as_json:
         print(json.dumps(result.as_dict()))
@@ -200,6 +499,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_rules(args)
         if args.command == "doc":
             return _cmd_doc(args)
+        if args.command == "check":
+            return _cmd_check(args)
+        if args.command == "list":
+            return _cmd_list(args)
+        if args.command == "fixes":
+            return _cmd_fixes(args)
+        if args.command == "replay":
+            return _cmd_replay(args)
         raise UsageError(f"unknown command {args.command!r}")
     except UsageError as exc:
         print(f"mmrace: error: {exc}", file=sys.stderr)
