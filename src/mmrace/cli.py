@@ -369,11 +369,23 @@ def _run_with_progress(jobs: list[tuple[Scenario, Any]], workers: int,
 
     with Progress(transient=True, console=_stderr_console()) as progress:
         task = progress.add_task("mmrace check", total=len(jobs))
+        running: dict[tuple[str, str], str] = {}
+
+        def describe() -> None:
+            now = "; ".join(running.values()) or "mmrace check"
+            progress.update(task, description=now)
 
         def done(r: VariantRun) -> None:
-            progress.update(task, advance=1, description=f"{r.scenario} {r.variant}")
+            running.pop((r.scenario, r.variant), None)
+            progress.update(task, advance=1)
+            describe()
 
-        return run_all(jobs, workers=workers, on_done=done)
+        def going(name: str, variant: str, executions: int, seconds: float) -> None:
+            running[(name, variant)] = (f"{name} {variant}: {executions:,} executions, "
+                                        f"{seconds:.0f}s")
+            describe()
+
+        return run_all(jobs, workers=workers, on_done=done, on_progress=going)
 
 
 def _stderr_console() -> Any:

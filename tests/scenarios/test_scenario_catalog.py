@@ -124,3 +124,21 @@ def test_bad_scenarios_are_rejected() -> None:
         scenario(name="x", summary="x", expect={})(lambda: None)  # type: ignore[arg-type]
     with pytest.raises(ScenarioError, match="unknown scenario"):
         get("nope")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_running_variants_report_progress(workers: int) -> None:
+    from mmrace.scenarios.run import run_all
+
+    sc = get("uffd-wp-unprotect-cow")
+    jobs = [(sc, sc.variant("current")), (sc, sc.variant("base"))][:workers]
+    heard: list[tuple[str, str, int, float]] = []
+    done: list[str] = []
+    runs = run_all(jobs, workers=workers, on_progress=lambda *a: heard.append(a),
+                   on_done=lambda r: done.append(r.variant))
+    assert [r.outcome for r in runs] == ["clean", "lost-write"][:workers]
+    assert sorted(done) == sorted(v.name for _, v in jobs)
+    # current takes seconds: it reports while it runs, counting up
+    counts = [n for name, variant, n, _ in heard if variant == "current"]
+    assert counts and counts == sorted(counts) and counts[-1] > 0
+    assert all(name == sc.name for name, *_ in heard)

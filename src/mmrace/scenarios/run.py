@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from mmrace.engine import Result, TokenError, explore, replay
@@ -151,34 +152,68 @@ def replay_token(token: str, lookup: Callable[[str], Scenario]) -> tuple[Scenari
     return sc, variant, result
 
 
+# How a running variant reports progress: (scenario, variant, executions, seconds).
+Running = Callable[[str, str, int, float], None]
+
+# Worker processes put progress here; forked workers inherit it.
+_progress_queue: Any = None
+
+
 def run_all(jobs: Iterable[tuple[Scenario, Variant]], *, workers: int = 1,
             settings: Explore | None = None,
-            on_done: Callable[[VariantRun], None] | None = None) -> list[VariantRun]:
-    """Run variants, in *workers* processes when > 1; results in input order."""
+            on_done: Callable[[VariantRun], None] | None = None,
+            on_progress: Running | None = None) -> list[VariantRun]:
+    """Run variants, in *workers* processes when > 1; results in input order.
+    *on_progress* hears about running variants about twice a second (from
+    the workers too, relayed through a queue)."""
     todo = list(jobs)
     out: list[VariantRun | None] = [None] * len(todo)
     if workers <= 1 or len(todo) <= 1:
         for i, (sc, v) in enumerate(todo):
-            r = run_variant(sc, v, settings=settings)
+            report = None if on_progress is None else partial(on_progress, sc.name, v.name)
+            r = run_variant(sc, v, settings=settings, progress=report)
             out[i] = r
             if on_done is not None:
                 on_done(r)
         return [r for r in out if r is not None]
     import multiprocessing
+    import queue
+    import threading
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
+    global _progress_queue
     ctx = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = {
-            pool.submit(_run_in_worker, sc.name, v.name, _kernel_key(v), settings): i
-            for i, (sc, v) in enumerate(todo)
-        }
-        for fut in as_completed(futures):
-            i = futures[fut]
-            r = fut.result()
-            out[i] = r
-            if on_done is not None:
-                on_done(r)
+    _progress_queue = ctx.Queue() if on_progress is not None else None
+    stop = threading.Event()
+
+    def relay() -> None:
+        assert on_progress is not None
+        while not stop.is_set():
+            try:
+                on_progress(*_progress_queue.get(timeout=0.2))
+            except queue.Empty:
+                continue
+
+    relay_thread = threading.Thread(target=relay, daemon=True) if on_progress else None
+    if relay_thread is not None:
+        relay_thread.start()
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            futures = {
+                pool.submit(_run_in_worker, sc.name, v.name, _kernel_key(v), settings): i
+                for i, (sc, v) in enumerate(todo)
+            }
+            for fut in as_completed(futures):
+                i = futures[fut]
+                r = fut.result()
+                out[i] = r
+                if on_done is not None:
+                    on_done(r)
+    finally:
+        stop.set()
+        if relay_thread is not None:
+            relay_thread.join()
+        _progress_queue = None
     return [r for r in out if r is not None]
 
 
@@ -192,7 +227,14 @@ def _run_in_worker(name: str, vname: str, kernel: Kernel | None,
 
     sc = get(name)
     variant = sc.with_kernel(kernel) if kernel is not None else sc.variant(vname)
-    r = run_variant(sc, variant, settings=settings)
+    q = _progress_queue
+    report = None
+    if q is not None:
+
+        def report(n: int, secs: float) -> None:
+            q.put((name, vname, n, secs))
+
+    r = run_variant(sc, variant, settings=settings, progress=report)
     # The trace holds the worker's model objects, which do not cross
     # processes; the token re-renders it (mmrace replay).
     if r.result.violation is not None:
