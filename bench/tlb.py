@@ -39,7 +39,9 @@ def main() -> None:
         r = explore(deferred_flush_cow(False), strategy=strategy, max_executions=BUDGET,
                     shrink=False, **kw)  # type: ignore[arg-type]
         dt = time.perf_counter() - t
-        found = r.violation.kind if r.violation else f"not found in {BUDGET}"
+        found = (r.violation.kind if r.violation
+                 else "not found, exploration complete" if r.complete
+                 else f"not found in {BUDGET}")
         name = strategy + (f" K={kw['preemption_bound']}" if "preemption_bound" in kw else "")
         print(f"{name:11s}: {found} after {r.executions} executions ({dt:.1f}s)")
 
