@@ -151,8 +151,9 @@ def uffd_wp_unprotect_cow(kernel: Kernel) -> Any:
     ci=("current",),
 )
 def uffd_wp_protect_unprotect(kernel: Kernel) -> Any:
-    """cpu3 caches the writable PTE; cpu0 write-protects (deferred flush),
-    cpu1 write-unprotects (deferred flush), cpu2's write fault copies."""
+    """cpu3 has the writable PTE cached (set-up); cpu0 write-protects
+    (deferred flush), cpu1 write-unprotects (deferred flush), cpu2's write
+    fault copies the page, cpu3 writes through its stale entry."""
     s = kernel.system(cpus=4)
     p = s.process()
     a = p.mmap(0, PAGE_SIZE, RW, ANON)
