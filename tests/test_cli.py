@@ -277,3 +277,15 @@ def test_scenario_file_bad_input(scenario_file: str, tmp_path: Path) -> None:
         code, out, err = run(*argv)
         assert code == 2, (argv, out, err)
         assert len(err.strip().splitlines()) == 1 and message in err, (argv, err)
+
+
+def test_closed_pipe_is_not_a_traceback() -> None:
+    # mmrace list | head -1: the reader leaves early.
+    proc = subprocess.Popen([sys.executable, "-m", "mmrace", "list"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=60)
+    assert "Traceback" not in err, err

@@ -526,6 +526,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mmrace: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (mmrace list | head): stop quietly, and keep
+        # the interpreter's final flush from raising again.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":
