@@ -34,6 +34,14 @@ WORD = PAGE_SIZE // 8  # the model's pages hold 8 words
 THREAD = "[RFC PATCH v2 0/2] mm: fix races due to deferred TLB flushes (linux-mm, 2020-12-25)"
 BASE = Kernel(release="5.10")  # "Both of the races ... were produced on v5.10."
 K3 = Explore(strategy="bounded", preemption_bound=3)
+# The uffd-wp fix that landed, and the alternatives argued in the thread.
+UFFD_WP_FIXES = ("uffd-wp-flush-pending",)
+UFFD_WP_PROPOSALS = (
+    "uffd-wp-mmap-write-lock",
+    "uffd-wp-resolve-preserve-write",
+    "uffd-wp-resolve-skip",
+    "wp-fault-flush-pending",
+)
 
 
 @scenario(
@@ -48,13 +56,8 @@ K3 = Explore(strategy="bounded", preemption_bound=3)
         "09854ba94c6a mm: do_wp_page() simplification (5.9: COW on page_count > 1)",
     ),
     base=BASE,
-    fixes=("uffd-wp-flush-pending",),
-    proposals=(
-        "uffd-wp-mmap-write-lock",
-        "uffd-wp-resolve-preserve-write",
-        "uffd-wp-resolve-skip",
-        "wp-fault-flush-pending",
-    ),
+    fixes=UFFD_WP_FIXES,
+    proposals=UFFD_WP_PROPOSALS,
     expect={
         "current": "clean",
         "base": "lost-write",
@@ -119,13 +122,8 @@ def uffd_wp_unprotect_cow(kernel: Kernel) -> Any:
         "6ce64428d620 mm/userfaultfd: fix memory corruption due to writeprotect (5.12)",
     ),
     base=BASE,
-    fixes=("uffd-wp-flush-pending",),
-    proposals=(
-        "uffd-wp-mmap-write-lock",
-        "uffd-wp-resolve-preserve-write",
-        "uffd-wp-resolve-skip",
-        "wp-fault-flush-pending",
-    ),
+    fixes=UFFD_WP_FIXES,
+    proposals=UFFD_WP_PROPOSALS,
     expect={
         "current": "clean",
         "base": "lost-write",
