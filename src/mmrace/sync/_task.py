@@ -232,3 +232,30 @@ class Waiter:
 
     def is_granted(self) -> bool:
         return self.granted
+
+
+class OwnedLock(SharedObject):
+    """An exclusive lock with an owner and a FIFO queue of waiters, which
+    the unlocker hands the lock to (mutex, spinlock). *name* names the
+    instance; *key* is the lockdep class (defaults to *name*)."""
+
+    __slots__ = ("key", "owner", "queue")
+    waiting = "queue"  # what the queue is called in reports
+
+    def __init__(self, name: str, key: str | None = None) -> None:
+        super().__init__(name)
+        self.key = key or name
+        self.owner: TaskState | None = None
+        self.queue: list[Waiter] = []
+
+    def wait_info(self, thread: SimThread) -> str:
+        return self.state_text()
+
+    def state_text(self) -> str:
+        """Owner and queue, for reports."""
+        if self.owner is None:
+            return "not locked"
+        text = f"owned by {self.owner.name}"
+        if self.queue:
+            text += f"; {self.waiting}: " + ", ".join(w.ts.name for w in self.queue)
+        return text

@@ -11,10 +11,10 @@ waiter runs (the model always hands off), ww_mutex, and the
 
 from __future__ import annotations
 
-from mmrace.engine import READ, RMW, WAIT, SharedObject, SimThread, visible
+from mmrace.engine import READ, RMW, WAIT, visible
 from mmrace.sync import lockdep
 from mmrace.sync._task import (
-    TaskState,
+    OwnedLock,
     Waiter,
     might_sleep,
     misuse,
@@ -25,29 +25,11 @@ from mmrace.sync._task import (
 from mmrace.sync.signal import EINTR, pending
 
 
-class Mutex(SharedObject):
+class Mutex(OwnedLock):
     """``struct mutex``. *name* names the instance; *key* is the lockdep
     class (defaults to *name*)."""
 
-    __slots__ = ("key", "owner", "queue")
-
-    def __init__(self, name: str, key: str | None = None) -> None:
-        super().__init__(name)
-        self.key = key or name
-        self.owner: TaskState | None = None
-        self.queue: list[Waiter] = []
-
-    def wait_info(self, thread: SimThread) -> str:
-        return self.state_text()
-
-    def state_text(self) -> str:
-        """Owner and queue, for reports."""
-        if self.owner is None:
-            return "not locked"
-        text = f"owned by {self.owner.name}"
-        if self.queue:
-            text += "; queue: " + ", ".join(w.ts.name for w in self.queue)
-        return text
+    __slots__ = ()
 
 
 def mutex_init(name: str, key: str | None = None) -> Mutex:

@@ -13,34 +13,17 @@ checks), ``raw_spinlock_t`` vs ``spinlock_t`` on PREEMPT_RT, and rwlock_t.
 
 from __future__ import annotations
 
-from mmrace.engine import READ, RMW, WAIT, SharedObject, SimThread, visible
+from mmrace.engine import READ, RMW, WAIT, visible
 from mmrace.sync import lockdep
-from mmrace.sync._task import TaskState, Waiter, misuse, pop_held, push_held, task
+from mmrace.sync._task import OwnedLock, TaskState, Waiter, misuse, pop_held, push_held, task
 
 
-class Spinlock(SharedObject):
+class Spinlock(OwnedLock):
     """``spinlock_t``. *name* names the instance; *key* is the lockdep class
     (defaults to *name*), e.g. ``"ptlock"``."""
 
-    __slots__ = ("key", "owner", "queue")
-
-    def __init__(self, name: str, key: str | None = None) -> None:
-        super().__init__(name)
-        self.key = key or name
-        self.owner: TaskState | None = None
-        self.queue: list[Waiter] = []
-
-    def wait_info(self, thread: SimThread) -> str:
-        return self.state_text()
-
-    def state_text(self) -> str:
-        """Owner and queue, for reports."""
-        if self.owner is None:
-            return "not locked"
-        text = f"owned by {self.owner.name}"
-        if self.queue:
-            text += "; spinning: " + ", ".join(w.ts.name for w in self.queue)
-        return text
+    __slots__ = ()
+    waiting = "spinning"
 
 
 def spin_lock_init(name: str, key: str | None = None) -> Spinlock:
