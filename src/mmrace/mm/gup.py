@@ -166,8 +166,8 @@ def pte_needs_soft_dirty_wp(vma: VmAreaStruct, pte: int) -> bool:
     return not vma.vm_flags & VM_SOFTDIRTY and not pte_soft_dirty(pte)
 
 
-def can_follow_write_pte(pte: int, folio: Folio | None, idx: int, vma: VmAreaStruct,
-                         flags: int) -> bool:
+def can_follow_write_pte(pte: int, folio: Folio | None, vma: VmAreaStruct, flags: int,
+                         idx: int = 0) -> bool:
     """``can_follow_write_pte``: may a ``FOLL_WRITE`` lookup use this PTE?
 
     A writable PTE, always. Otherwise, since 6.0
@@ -176,7 +176,7 @@ def can_follow_write_pte(pte: int, folio: Folio | None, idx: int, vma: VmAreaStr
     page whose PTE needs no soft-dirty or uffd-wp write fault. Before it, a
     dirty PTE after this lookup's own COW (``FOLL_COW``, with ``FOLL_FORCE``;
     in 5.8, whose forced COW break sets ``FOLL_COW`` for plain reads, without
-    it)."""
+    it). *idx* is the page of *folio* the PTE maps."""
     if pte_write(pte):
         return True
     mm = vma.vm_mm
@@ -198,23 +198,28 @@ def can_follow_write_pte(pte: int, folio: Folio | None, idx: int, vma: VmAreaStr
     return not userfaultfd_pte_wp(vma, pte)
 
 
-def gup_must_unshare(vma: VmAreaStruct, flags: int, folio: Folio, idx: int) -> bool:
-    """``gup_must_unshare``: must a read-only pin unshare the page first?
+def gup_must_unshare(vma: VmAreaStruct | None, flags: int, folio: Folio, idx: int = 0,
+                     mm: MmStruct | None = None) -> bool:
+    """``gup_must_unshare``: must a read-only pin unshare page *idx* of
+    *folio* first?
 
     Only ``FOLL_PIN`` without ``FOLL_WRITE``, and only since 5.19
     (``gup-unshare-anon-ro-pin``): an anonymous page that is not
     ``PageAnonExclusive``. Since 6.2 (``gup-longterm-unshare-cow``) also any
     other page (the zero page, a page-cache page) under ``FOLL_LONGTERM`` in
-    a COW mapping."""
+    a COW mapping -- or, from GUP-fast (*vma* None, pass *mm*), always, so
+    that the slow path looks the VMA up."""
     if flags & (FOLL_WRITE | FOLL_PIN) != FOLL_PIN:
         return False
-    cfg = kernel_config(vma.vm_mm)
+    owner = vma.vm_mm if vma is not None else mm
+    assert owner is not None, "gup_must_unshare needs the vma or, from GUP-fast, the mm"
+    cfg = kernel_config(owner)
     if not cfg.has("gup-unshare-anon-ro-pin"):
         return False
     if folio.is_zero or not folio_test_anon(folio):
         if not flags & FOLL_LONGTERM or not cfg.has("gup-longterm-unshare-cow"):
             return False
-        return is_cow_mapping(vma.vm_flags)
+        return vma is None or is_cow_mapping(vma.vm_flags)
     return not PageAnonExclusive(folio, idx)
 
 
@@ -295,7 +300,7 @@ def follow_page_pte(vma: VmAreaStruct, address: int, flags: int) -> tuple[Folio 
         return None, 0
     folio = vm_normal_page(vma, address, pte)
     idx = pte_pfn(pte) - folio.pfn if folio is not None else 0
-    if flags & FOLL_WRITE and not can_follow_write_pte(pte, folio, idx, vma, flags):
+    if flags & FOLL_WRITE and not can_follow_write_pte(pte, folio, vma, flags, idx):
         pte_unmap_unlock(pm)
         return None, 0
     if folio is None:
