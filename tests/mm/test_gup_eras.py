@@ -160,6 +160,8 @@ def _ro_pin(case: str, kernel: str | None, longterm: bool = True, **kw: Any) -> 
 
 RO_PIN_ERAS = [
     ("5.7", {"shared": False, "previously shared": True, "R/O exclusive": True}),
+    # 5.8's COW break makes every pin a write fault: the pin gets a writable page
+    ("5.8", {"shared": True, "previously shared": True, "R/O exclusive": True}),
     ("5.18", {"shared": False, "previously shared": False, "R/O exclusive": False}),
     ("5.19", {"shared": True, "previously shared": True, "R/O exclusive": True}),
     ("current", {"shared": True, "previously shared": True, "R/O exclusive": True}),
@@ -212,6 +214,8 @@ def _longterm(backing: str, kernel: str | None, longterm: bool = True) -> int:
 
 @pytest.mark.parametrize("backing", ["zero page", "page cache"])
 def test_read_only_longterm_pin_of_a_shared_page_by_era(backing: str) -> None:
+    assert _longterm(backing, "5.7") == 0
+    assert _longterm(backing, "5.8") == 7  # the forced COW break maps a page of its own
     assert _longterm(backing, "6.1") == 0  # the pin stayed on the shared page
     assert _longterm(backing, "6.2") == 7  # unshared first: the pin is the mapped page
     assert _longterm(backing, None) == 7
@@ -336,8 +340,8 @@ def _fork_pinned(kernel: str | None, previously_shared: bool = False) -> bool:
     return bool(_outcome(fn))
 
 
-@pytest.mark.parametrize("kernel, reliable", [("5.8", False), ("5.9", True), ("5.18", True),
-                                              ("5.19", True), (None, True)])
+@pytest.mark.parametrize("kernel, reliable", [("5.7", False), ("5.8", False), ("5.9", True),
+                                              ("5.18", True), ("5.19", True), (None, True)])
 def test_fork_with_a_write_pin_by_era(kernel: str | None, reliable: bool) -> None:
     assert _fork_pinned(kernel) == reliable
     assert _fork_pinned(kernel, previously_shared=True) == reliable

@@ -207,7 +207,8 @@ def test_gup_must_unshare_without_a_vma_sends_long_term_pins_to_the_slow_path() 
 
     def program() -> None:
         p = System().process()
-        zero = mem_state().zero or p.peek(p.mmap(0, PAGE_SIZE, RW, ANON)) or mem_state().zero
+        p.peek(p.mmap(0, PAGE_SIZE, RW, ANON))  # maps the zero page
+        zero = mem_state().zero
         assert zero is not None
         assert gup_must_unshare(None, FOLL_PIN | FOLL_LONGTERM, zero, mm=p.mm)
         assert not gup_must_unshare(None, FOLL_PIN, zero, mm=p.mm)

@@ -39,6 +39,7 @@ class PageRefCalls:
     """GUP, pipes and ``/proc/PID/mem`` for a process (mixed into
     ``Process``, whose ``mm``, ``fds`` and ``system`` these use)."""
 
+    pid: int
     mm: MmStruct
     fds: dict[int, File]
     system: System
@@ -86,7 +87,7 @@ class PageRefCalls:
     def pipe(self) -> tuple[int, int]:
         """``pipe(2)``: ``(read fd, write fd)`` of a new pipe."""
         self._nr_pipes = getattr(self, "_nr_pipes", 0) + 1
-        r, w = create_pipe_files(f"pipe{self.mm.name}.{self._nr_pipes}")
+        r, w = create_pipe_files(f"pipe{self.pid}.{self._nr_pipes}")
         return self._install_fd(r), self._install_fd(w)
 
     def _pipe_end(self, fd: int, write: bool) -> PipeFile:
