@@ -176,6 +176,8 @@ WP_FAULT_FLUSH_PENDING = register_fix(
     )
 )
 
+from mmrace.fixes import gup_cow as _gup_cow  # noqa: E402,F401  (GUP/COW eras)
+
 __all__ = [
     "CLEAR_REFS_WRITE_LOCK",
     "COW_REUSE",

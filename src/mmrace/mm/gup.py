@@ -1,37 +1,70 @@
-"""get_user_pages, slow path (mm/gup.c).
+"""get_user_pages, slow path (mm/gup.c, with ``gup_must_unshare`` and
+``folio_maybe_dma_pinned`` of mm/internal.h and include/linux/mm.h).
 
 ``__get_user_pages`` walks the page tables under the caller's mmap read
 lock (``follow_page_pte`` under the PTE lock); a missing page, a write to a
-read-only PTE (``FOLL_WRITE``), or a pin of a possibly shared anonymous page
-(``gup_must_unshare``) is resolved by ``faultin_page`` through
-``handle_mm_fault`` and the walk is retried. ``FOLL_GET`` takes a
-reference; ``FOLL_PIN`` adds ``GUP_PIN_COUNTING_BIAS`` (what
-``page_maybe_dma_pinned`` sees) and marks the mm ``MMF_HAS_PINNED``.
+read-only PTE (``FOLL_WRITE``), or a read-only pin of a page that must be
+unshared first (``gup_must_unshare``: -EMLINK) is resolved by
+``faultin_page`` through ``handle_mm_fault`` and the walk is retried.
+``FOLL_GET`` takes a reference (``put_page`` drops it); ``FOLL_PIN`` adds
+``GUP_PIN_COUNTING_BIAS`` to a small folio's refcount (or one reference and
+one ``_pincount`` to a large one: what ``folio_maybe_dma_pinned`` sees) and
+marks the mm ``MMF_HAS_PINNED``; ``FOLL_LONGTERM`` asks for a pin that may
+outlive the syscall; ``FOLL_FORCE`` lets ptrace and ``/proc/PID/mem`` write
+to read-only private mappings.
 
-Left out: GUP-fast, ``FOLL_LONGTERM`` migration, huge pages,
+The eras (``mmrace.fixes.gup_cow``): 5.8 breaks COW for every read-only
+lookup in a COW mapping (``gup-cow-break-reads``, undone in 5.9 by
+``gup-remove-enforced-cow``); 5.19 unshares a possibly shared anonymous page
+before a read-only pin (``gup-unshare-anon-ro-pin``); 6.0 follows a
+read-only PTE for a ``FOLL_FORCE`` write only to an exclusive anonymous page
+instead of to any dirty PTE after a COW (``FOLL_COW``,
+``foll-force-anon-exclusive``); 6.2 unshares the zero page and page-cache
+pages before a read-only long-term pin in a COW mapping
+(``gup-longterm-unshare-cow``).
+
+The retry loop is bounded: a page that keeps needing a fault while no other
+thread runs (the same lookup and the same fault, forever) is reported as a
+``livelock`` violation naming the loop, where the kernel would spin.
+
+Left out: GUP-fast, ``FOLL_LONGTERM`` migration out of ZONE_MOVABLE/CMA
+(``check_and_migrate_movable_pages``: the model has no zones), huge pages,
 ``FOLL_NOWAIT``/``VM_FAULT_RETRY`` unlocking (faults here never drop the
-mmap lock), ``FOLL_TOUCH`` accessed-bit updates, device pages.
+mmap lock), ``FOLL_TOUCH`` accessed-bit updates, device and P2PDMA pages,
+gate pages, fs-DAX and secretmem refusals, the refusal of long-term write
+pins of file mappings that need dirty tracking, fatal-signal checks. The
+shared zero page is never refcounted in the model (its PTEs are special),
+so grabbing it changes no count.
 """
 
 from __future__ import annotations
 
-from mmrace.mm.internal import errno_error, kfunc
+from mmrace.engine import RMW, ViolationError, current_execution, current_thread
+from mmrace.mm.internal import errno_error, kernel_config, kfunc
 from mmrace.mm.memory import (
     FAULT_FLAG_REMOTE,
     FAULT_FLAG_UNSHARE,
     FAULT_FLAG_WRITE,
     VM_FAULT_ERROR,
+    VM_FAULT_OOM,
     VM_FAULT_RETRY,
+    VM_FAULT_WRITE,
     handle_mm_fault,
     is_cow_mapping,
     vm_normal_page,
 )
 from mmrace.mm.mm_types import (
+    PAGE_MASK,
     PAGE_SHIFT,
+    VM_IO,
     VM_LOCKONFAULT,
+    VM_MAYREAD,
+    VM_MAYSHARE,
     VM_MAYWRITE,
+    VM_PFNMAP,
     VM_READ,
     VM_SHARED,
+    VM_SOFTDIRTY,
     VM_WRITE,
     MmStruct,
     VmAreaStruct,
@@ -45,6 +78,8 @@ from mmrace.mm.page_alloc import (
     folio_put_refs,
     folio_ref_add,
     folio_test_anon,
+    get_zero_folio,
+    is_zero_pfn,
 )
 from mmrace.mm.pgtable import (
     pmd_none,
@@ -53,67 +88,205 @@ from mmrace.mm.pgtable import (
     pte_offset_map_lock,
     pte_pfn,
     pte_present,
+    pte_soft_dirty,
     pte_unmap_unlock,
     pte_write,
     ptep_get,
     walk_to_pmd,
 )
+from mmrace.mm.userfaultfd import userfaultfd_pte_wp
 from mmrace.mm.vma import find_vma
 
+# FOLL_* flags, with the values of the 5.x include/linux/mm.h (FOLL_COW went
+# in 6.0; FOLL_PIN is mm/internal.h's private flag).
 FOLL_WRITE = 0x01
+FOLL_TOUCH = 0x02
 FOLL_GET = 0x04
 FOLL_FORCE = 0x10
-FOLL_PIN = 0x40000  # mm/internal.h's private FOLL_PIN
-EFAULT, ENOMEM, EMLINK = 14, 12, 31
+FOLL_POPULATE = 0x40
+FOLL_REMOTE = 0x2000
+FOLL_COW = 0x4000
+FOLL_LONGTERM = 0x10000
+FOLL_PIN = 0x40000
+EFAULT, ENOMEM, EEXIST, EINVAL, EMLINK = 14, 12, 17, 22, 31
+
+GUP_SOLO_RETRY_LIMIT = 8
+"""How many times ``__get_user_pages`` may fault one page while no other
+thread runs before the retry loop is reported as a livelock. A correct
+lookup needs at most three (a read fault mapping the zero page, an
+unsharing fault, a write fault reusing the page for ``FOLL_COW``)."""
+
+
+# --- era helpers -------------------------------------------------------------------
+
+
+def gup_forces_cow_break(mm: MmStruct) -> bool:
+    """Whether *mm*'s kernel breaks COW for read-only lookups (5.8 only:
+    ``gup-cow-break-reads`` without ``gup-remove-enforced-cow``). A GUP-fast
+    of that era refuses to follow a read-only PTE and falls back to the slow
+    path, where the COW is broken."""
+    cfg = kernel_config(mm)
+    return bool(cfg.has("gup-cow-break-reads") and not cfg.has("gup-remove-enforced-cow"))
+
+
+def should_force_cow_break(vma: VmAreaStruct, vm_flags: int, flags: int) -> bool:
+    """5.8's ``should_force_cow_break``: a lookup that grabs the page in a COW
+    mapping is done as a write. ``FOLL_POPULATE`` lookups are exempt: the
+    kernel's populate passes no pages array (so no ``FOLL_GET``); the model's
+    populate only holds its references for a moment."""
+    if not flags & (FOLL_GET | FOLL_PIN) or flags & FOLL_POPULATE:
+        return False
+    return is_cow_mapping(vm_flags) and gup_forces_cow_break(vma.vm_mm)
+
+
+# --- checks on the VMA and the PTE ------------------------------------------------------
 
 
 def check_vma_flags(vma: VmAreaStruct, gup_flags: int) -> int:
-    """``check_vma_flags``: 0 or -EFAULT."""
+    """``check_vma_flags``: 0 or -EFAULT. ``VM_IO``/``VM_PFNMAP`` mappings
+    have no pages to grab (``vma_can_gup``); a write needs ``VM_WRITE``, or
+    ``FOLL_FORCE`` in a COW mapping; a read needs ``VM_READ``, or
+    ``FOLL_FORCE`` and ``VM_MAYREAD``."""
     flags = vma.vm_flags
+    if flags & (VM_IO | VM_PFNMAP):
+        return -EFAULT
+    force = bool(gup_flags & FOLL_FORCE)
     if gup_flags & FOLL_WRITE:
-        if not flags & VM_WRITE and (not gup_flags & FOLL_FORCE or not is_cow_mapping(flags)):
+        if not flags & VM_WRITE and not (force and is_cow_mapping(flags)):
             return -EFAULT
-    elif not flags & VM_READ and not (gup_flags & FOLL_FORCE and flags & VM_MAYWRITE):
+    elif not flags & VM_READ and not (force and flags & VM_MAYREAD):
         return -EFAULT
     return 0
 
 
-def can_follow_write_pte(pte: int, folio: Folio | None, vma: VmAreaStruct, flags: int) -> bool:
-    """``can_follow_write_pte``: a writable PTE, or with ``FOLL_FORCE`` a
-    dirty PTE of an exclusive anon page of a private mapping (the
-    post-Dirty-COW rule)."""
+def pte_needs_soft_dirty_wp(vma: VmAreaStruct, pte: int) -> bool:
+    """``pte_needs_soft_dirty_wp``: soft-dirty tracking is on for the VMA
+    (``VM_SOFTDIRTY`` clear) and the PTE is not soft-dirty yet, so a write
+    must fault to record it."""
+    return not vma.vm_flags & VM_SOFTDIRTY and not pte_soft_dirty(pte)
+
+
+def can_follow_write_pte(pte: int, folio: Folio | None, vma: VmAreaStruct, flags: int,
+                         idx: int = 0) -> bool:
+    """``can_follow_write_pte``: may a ``FOLL_WRITE`` lookup use this PTE?
+
+    A writable PTE, always. Otherwise, since 6.0
+    (``foll-force-anon-exclusive``), only ``FOLL_FORCE`` in a private,
+    ``VM_MAYWRITE`` but not ``VM_WRITE`` mapping, on a ``PageAnonExclusive``
+    page whose PTE needs no soft-dirty or uffd-wp write fault. Before it, a
+    dirty PTE after this lookup's own COW (``FOLL_COW``, with ``FOLL_FORCE``;
+    in 5.8, whose forced COW break sets ``FOLL_COW`` for plain reads, without
+    it). *idx* is the page of *folio* the PTE maps."""
     if pte_write(pte):
         return True
-    if not flags & FOLL_FORCE or not is_cow_mapping(vma.vm_flags):
+    mm = vma.vm_mm
+    if not kernel_config(mm).has("foll-force-anon-exclusive"):
+        if gup_forces_cow_break(mm):
+            return bool(flags & FOLL_COW) and pte_dirty(pte)
+        return bool(flags & FOLL_FORCE and flags & FOLL_COW) and pte_dirty(pte)
+    if not flags & FOLL_FORCE:
         return False
-    if folio is None or not folio_test_anon(folio):
+    vm_flags = vma.vm_flags
+    if vm_flags & (VM_MAYSHARE | VM_SHARED) or not vm_flags & VM_MAYWRITE:
         return False
-    return PageAnonExclusive(folio, 0) and pte_dirty(pte)
+    if vm_flags & VM_WRITE:
+        return False  # writable: it just needs the write fault
+    if folio is None or not folio_test_anon(folio) or not PageAnonExclusive(folio, idx):
+        return False
+    if pte_needs_soft_dirty_wp(vma, pte):
+        return False
+    return not userfaultfd_pte_wp(vma, pte)
 
 
-def gup_must_unshare(vma: VmAreaStruct, flags: int, folio: Folio) -> bool:
-    """``gup_must_unshare``: a read-only pin of an anon page that may be
-    shared must unshare it first (``FAULT_FLAG_UNSHARE``)."""
-    if flags & FOLL_WRITE or not flags & FOLL_PIN:
+def gup_must_unshare(vma: VmAreaStruct | None, flags: int, folio: Folio, idx: int = 0,
+                     mm: MmStruct | None = None) -> bool:
+    """``gup_must_unshare``: must a read-only pin unshare page *idx* of
+    *folio* first?
+
+    Only ``FOLL_PIN`` without ``FOLL_WRITE``, and only since 5.19
+    (``gup-unshare-anon-ro-pin``): an anonymous page that is not
+    ``PageAnonExclusive``. Since 6.2 (``gup-longterm-unshare-cow``) also any
+    other page (the zero page, a page-cache page) under ``FOLL_LONGTERM`` in
+    a COW mapping -- or, from GUP-fast (*vma* None, pass *mm*), always, so
+    that the slow path looks the VMA up."""
+    if flags & (FOLL_WRITE | FOLL_PIN) != FOLL_PIN:
         return False
-    if not folio_test_anon(folio):
+    owner = vma.vm_mm if vma is not None else mm
+    assert owner is not None, "gup_must_unshare needs the vma or, from GUP-fast, the mm"
+    cfg = kernel_config(owner)
+    if not cfg.has("gup-unshare-anon-ro-pin"):
         return False
-    return not PageAnonExclusive(folio, 0)
+    if folio.is_zero or not folio_test_anon(folio):
+        if not flags & FOLL_LONGTERM or not cfg.has("gup-longterm-unshare-cow"):
+            return False
+        return vma is None or is_cow_mapping(vma.vm_flags)
+    return not PageAnonExclusive(folio, idx)
+
+
+# --- grabbing and releasing ---------------------------------------------------------------
 
 
 @kfunc
 def try_grab_folio(folio: Folio, flags: int) -> None:
-    """``try_grab_folio``: ``FOLL_GET`` one reference, ``FOLL_PIN`` the bias."""
+    """``try_grab_folio``: ``FOLL_GET`` one reference; ``FOLL_PIN`` on a
+    small folio ``GUP_PIN_COUNTING_BIAS`` references, on a large one a
+    reference and one ``_pincount``. The zero page is not counted."""
+    if folio.is_zero:
+        return
     if flags & FOLL_PIN:
-        folio_ref_add(folio, GUP_PIN_COUNTING_BIAS)
+        if folio.order:
+            folio_ref_add(folio, 1)
+            folio.access(RMW, "atomic_add(_pincount)")
+            folio._pincount += 1
+        else:
+            folio_ref_add(folio, GUP_PIN_COUNTING_BIAS)
     elif flags & FOLL_GET:
         folio_get(folio)
 
 
 @kfunc
+def gup_put_folio(folio: Folio, flags: int) -> None:
+    """``gup_put_folio``: undo one ``try_grab_folio`` (freeing the folio if
+    that was its last reference)."""
+    if folio.is_zero:
+        return
+    if flags & FOLL_PIN:
+        if folio.order:
+            folio.access(RMW, "atomic_sub(_pincount)")
+            folio._pincount -= 1
+            folio_put_refs(folio, 1)
+        else:
+            folio_put_refs(folio, GUP_PIN_COUNTING_BIAS)
+    else:
+        folio_put_refs(folio, 1)
+
+
+def unpin_user_page(folio: Folio) -> None:
+    """``unpin_user_page``."""
+    gup_put_folio(folio, FOLL_PIN)
+
+
+def put_user_page(folio: Folio) -> None:
+    """``put_page`` of a ``FOLL_GET`` reference."""
+    gup_put_folio(folio, FOLL_GET)
+
+
+def mm_set_has_pinned_flag(mm: MmStruct) -> None:
+    """``mm_set_has_pinned_flag``: set ``MMF_HAS_PINNED`` unless it is set
+    already (a read first, so repeated pins do not write the shared flag)."""
+    if not mm.has_pinned.load():
+        mm.has_pinned.store(1)
+
+
+# --- the walk ---------------------------------------------------------------------------------
+
+
+@kfunc
 def follow_page_pte(vma: VmAreaStruct, address: int, flags: int) -> tuple[Folio | None, int]:
     """``follow_page_pte``: under the PTE lock, the grabbed folio mapped at
-    *address*, or (None, 0) to fault, or (None, -EMLINK) to unshare."""
+    *address*; or (None, 0) when the caller must fault (no page, or a write
+    the PTE does not allow); (None, -EMLINK) when it must unshare first;
+    (None, -EEXIST) for a PTE without a struct page (``follow_pfn_pte``)."""
     mm = vma.vm_mm
     found = walk_to_pmd(mm, address)
     if found is None or pmd_none(pmdp_get(*found)):
@@ -126,64 +299,150 @@ def follow_page_pte(vma: VmAreaStruct, address: int, flags: int) -> tuple[Folio 
         pte_unmap_unlock(pm)
         return None, 0
     folio = vm_normal_page(vma, address, pte)
-    if flags & FOLL_WRITE and not can_follow_write_pte(pte, folio, vma, flags):
+    idx = pte_pfn(pte) - folio.pfn if folio is not None else 0
+    if flags & FOLL_WRITE and not can_follow_write_pte(pte, folio, vma, flags, idx):
         pte_unmap_unlock(pm)
         return None, 0
     if folio is None:
-        from mmrace.mm.page_alloc import pfn_to_obj
-
-        folio = pfn_to_obj(pte_pfn(pte))  # the zero page
-    assert folio is not None
-    if not folio.is_zero and gup_must_unshare(vma, flags, folio):
+        if not is_zero_pfn(pte_pfn(pte)):
+            pte_unmap_unlock(pm)
+            return None, -EEXIST
+        folio = get_zero_folio()
+    if not pte_write(pte) and gup_must_unshare(vma, flags, folio, idx):
         pte_unmap_unlock(pm)
         return None, -EMLINK
-    if not folio.is_zero:
-        try_grab_folio(folio, flags)
+    try_grab_folio(folio, flags)
     pte_unmap_unlock(pm)
     return folio, 0
 
 
 @kfunc
-def faultin_page(vma: VmAreaStruct, address: int, flags: int, unshare: bool) -> int:
-    """``faultin_page``: 0, or -EFAULT/-ENOMEM."""
-    fault_flags = FAULT_FLAG_REMOTE
+def faultin_page(vma: VmAreaStruct, address: int, flags: int, unshare: bool) -> tuple[int, int]:
+    """``faultin_page``: ``(0 or -EFAULT/-ENOMEM, flags)``. A write fault
+    that broke COW (``VM_FAULT_WRITE``) in a mapping without ``VM_WRITE``
+    sets ``FOLL_COW`` in the returned flags, until 6.0
+    (``foll-force-anon-exclusive``) removed it."""
+    fault_flags = FAULT_FLAG_REMOTE if flags & FOLL_REMOTE else 0
     if flags & FOLL_WRITE:
         fault_flags |= FAULT_FLAG_WRITE
     if unshare:
         fault_flags |= FAULT_FLAG_UNSHARE
     ret = handle_mm_fault(vma, address, fault_flags)
     if ret & VM_FAULT_ERROR:
-        return -EFAULT
-    assert not ret & VM_FAULT_RETRY
-    return 0
+        return (-ENOMEM if ret & VM_FAULT_OOM else -EFAULT), flags
+    assert not ret & VM_FAULT_RETRY  # no FAULT_FLAG_ALLOW_RETRY was passed
+    if (ret & VM_FAULT_WRITE and not kernel_config(vma.vm_mm).has("foll-force-anon-exclusive")
+            and not vma.vm_flags & VM_WRITE):
+        flags |= FOLL_COW
+    return 0, flags
+
+
+def _steps_of_others(since: int) -> tuple[bool, int]:
+    """Whether a thread other than the running one made a visible operation
+    since event *since*, and the current event count. In set-up code nothing
+    else runs."""
+    th = current_thread()
+    if th is None:
+        return False, 0
+    events = current_execution().events
+    return any(e.tid != th.tid for e in events[since:]), len(events)
+
+
+def _gup_livelock(vma: VmAreaStruct, address: int, flags: int, tries: int,
+                  unshare: bool) -> ViolationError:
+    cfg = kernel_config(vma.vm_mm)
+    why = "it must unshare the page (-EMLINK)" if unshare else "the PTE never allows the lookup"
+    hint = ""
+    if unshare and cfg.policy("cow-reuse") != "anon_exclusive":
+        hint = (f"; the unshare rule (gup-unshare-anon-ro-pin) with the cow-reuse policy "
+                f"{cfg.policy('cow-reuse')!r}: a reused page is never marked "
+                "PageAnonExclusive, so gup_must_unshare stays true")
+    title = (f"livelock in __get_user_pages: follow_page_pte -> faultin_page retry loop at "
+             f"{address:#x} makes no progress")
+    return ViolationError(
+        "livelock", title,
+        f"{title}: {tries} faults in a row with no other thread running, each followed by "
+        f"the same lookup failing because {why} (gup flags {flags:#x}, "
+        f"{cfg.describe()}){hint}")
+
+
+def follow_or_fault(vma: VmAreaStruct, address: int, flags: int) -> tuple[Folio | None, int]:
+    """The ``retry:`` loop of ``__get_user_pages`` for one page: look the
+    page up, fault and retry until it is grabbed; ``(folio, 0)`` or
+    ``(None, -errno)``. Raises a ``livelock`` violation when the page needs
+    :data:`GUP_SOLO_RETRY_LIMIT` faults in a row while no other thread runs
+    (the kernel would loop for ever)."""
+    solo = 0
+    _, mark = _steps_of_others(0)
+    while True:
+        folio, err = follow_page_mask(vma, address, flags)
+        if folio is not None:
+            return folio, 0
+        if err and err != -EMLINK:
+            return None, err
+        ret, flags = faultin_page(vma, address, flags, err == -EMLINK)
+        if ret:
+            return None, ret
+        others, mark = _steps_of_others(mark)
+        solo = 0 if others else solo + 1
+        if solo >= GUP_SOLO_RETRY_LIMIT:
+            raise _gup_livelock(vma, address, flags, solo, err == -EMLINK)
+
+
+def follow_page_mask(vma: VmAreaStruct, address: int, flags: int) -> tuple[Folio | None, int]:
+    """``follow_page_mask``: small pages only in the model (a huge PMD is
+    looked past, as ``handle_mm_fault`` does)."""
+    return follow_page_pte(vma, address, flags)
+
+
+def gup_vma_lookup(mm: MmStruct, addr: int) -> VmAreaStruct | None:
+    """``gup_vma_lookup``: the VMA containing *addr* (GUP no longer grows
+    the stack)."""
+    vma = find_vma(mm, addr)
+    if vma is None or addr < vma.vm_start:
+        return None
+    return vma
 
 
 @kfunc
 def __get_user_pages(mm: MmStruct, start: int, nr_pages: int, gup_flags: int) -> list[Folio]:
-    """``__get_user_pages``: fault in and grab *nr_pages* pages from *start*.
-    Raises OSError(EFAULT) like a failed GUP."""
+    """``__get_user_pages``: fault in and grab *nr_pages* pages from *start*;
+    the caller holds the mmap lock. Returns the pages grabbed, possibly fewer
+    than asked (a short count); raises ``OSError`` with the errno of the
+    first page's failure (``EFAULT``: unmapped, ``PROT_NONE`` without
+    ``FOLL_FORCE``, ``VM_IO|VM_PFNMAP``, a write the VMA forbids; ``EEXIST``:
+    a PTE without a struct page) when it grabbed none."""
     mmap_assert_locked(mm)
+    if (gup_flags & FOLL_GET and gup_flags & FOLL_PIN) or (
+            gup_flags & FOLL_LONGTERM and not gup_flags & FOLL_PIN):
+        raise errno_error(EINVAL, "is_valid_gup_args")
     if gup_flags & FOLL_PIN:
-        mm.has_pinned.store(1)  # mm_set_has_pinned_flag
+        mm_set_has_pinned_flag(mm)  # done by __get_user_pages_locked
     out: list[Folio] = []
-    addr = start
+    addr = start & PAGE_MASK
+    vma: VmAreaStruct | None = None
+    vm_flags = 0
+    err = 0
     for _ in range(nr_pages):
-        vma = find_vma(mm, addr)
-        if vma is None or vma.vm_start > addr or check_vma_flags(vma, gup_flags):
-            break
-        while True:
-            folio, err = follow_page_pte(vma, addr, gup_flags)
-            if folio is not None:
+        if vma is None or addr >= vma.vm_end:
+            vma = gup_vma_lookup(mm, addr)
+            if vma is None:
+                err = -EFAULT
                 break
-            if faultin_page(vma, addr, gup_flags, err == -EMLINK):
-                folio = None
+            err = check_vma_flags(vma, gup_flags)
+            if err:
                 break
+            vm_flags = vma.vm_flags
+        foll_flags = gup_flags
+        if should_force_cow_break(vma, vm_flags, foll_flags):
+            foll_flags |= FOLL_WRITE
+        folio, err = follow_or_fault(vma, addr, foll_flags)
         if folio is None:
             break
         out.append(folio)
         addr += 1 << PAGE_SHIFT
     if not out and nr_pages:
-        raise errno_error(EFAULT, f"get_user_pages at {start:#x}")
+        raise errno_error(-err or EFAULT, f"get_user_pages at {start:#x}")
     return out
 
 
@@ -193,7 +452,9 @@ def get_user_pages(mm: MmStruct, start: int, nr_pages: int, gup_flags: int) -> l
 
 
 def pin_user_pages(mm: MmStruct, start: int, nr_pages: int, gup_flags: int) -> list[Folio]:
-    """``pin_user_pages`` (``FOLL_PIN``): the caller holds the mmap read lock."""
+    """``pin_user_pages`` (``FOLL_PIN``): the caller holds the mmap read lock.
+    With ``FOLL_LONGTERM`` this is ``__gup_longterm_locked`` without the
+    migration step (the model has no movable zones)."""
     return __get_user_pages(mm, start, nr_pages, gup_flags | FOLL_PIN)
 
 
@@ -225,16 +486,11 @@ def get_user_pages_unlocked(mm: MmStruct, start: int, nr_pages: int,
     return pages
 
 
-def unpin_user_page(folio: Folio) -> None:
-    """``unpin_user_page``."""
-    if not folio.is_zero:
-        folio_put_refs(folio, GUP_PIN_COUNTING_BIAS)
-
-
-def put_user_page(folio: Folio) -> None:
-    """``put_page`` of a ``FOLL_GET`` reference."""
-    if not folio.is_zero:
-        folio_put_refs(folio, 1)
+def get_user_pages_remote(mm: MmStruct, start: int, nr_pages: int,
+                          gup_flags: int) -> list[Folio]:
+    """``get_user_pages_remote``: ``FOLL_GET`` on another task's mm (the
+    caller holds its mmap read lock); faults are ``FAULT_FLAG_REMOTE``."""
+    return __get_user_pages(mm, start, nr_pages, gup_flags | FOLL_GET | FOLL_TOUCH | FOLL_REMOTE)
 
 
 @kfunc
@@ -247,7 +503,7 @@ def populate_vma_page_range(vma: VmAreaStruct, start: int, end: int) -> int:
     on first access, as in the kernel."""
     if vma.vm_flags & VM_LOCKONFAULT:
         return (end - start) >> PAGE_SHIFT
-    gup_flags = FOLL_GET
+    gup_flags = FOLL_GET | FOLL_POPULATE
     if (vma.vm_flags & (VM_WRITE | VM_SHARED)) == VM_WRITE:  # private writable: break COW now
         gup_flags |= FOLL_WRITE
     mm = vma.vm_mm

@@ -131,6 +131,7 @@ FAULT_FLAG_DEFAULT = FAULT_FLAG_ALLOW_RETRY | FAULT_FLAG_KILLABLE | FAULT_FLAG_I
 VM_FAULT_OOM = 0x1
 VM_FAULT_SIGBUS = 0x2
 VM_FAULT_MAJOR = 0x4
+VM_FAULT_WRITE = 0x8  # do_wp_page broke COW or reused the page (GUP's FOLL_COW, until 6.0)
 VM_FAULT_SIGSEGV = 0x40
 VM_FAULT_NOPAGE = 0x100
 VM_FAULT_LOCKED = 0x200
@@ -476,7 +477,9 @@ def wp_page_copy(vmf: VmFault) -> int:
     assert vmf.pmd is not None
     pm = pte_offset_map_lock(mm, vmf.pmd, vmf.pmd_index, vmf.address)
     to_put: Folio | None = new
+    copied = False
     if pm is not None and pte_same(ptep_get(pm.table, pm.index), vmf.orig_pte):
+        copied = True
         if old is None:
             _map_count(mm, 1)
         entry = pte_mkyoung(mk_pte(new, vma))
@@ -496,7 +499,8 @@ def wp_page_copy(vmf: VmFault) -> int:
         folio_put(to_put)
     if old is not None:
         folio_put(old)
-    return 0
+    unshare = vmf.flags & FAULT_FLAG_UNSHARE and not vmf.flags & FAULT_FLAG_WRITE
+    return VM_FAULT_WRITE if copied and not unshare else 0
 
 
 @kfunc
@@ -560,7 +564,11 @@ def do_wp_page(vmf: VmFault) -> int:
     Shared mappings reuse the page (``wp_page_shared``); anonymous pages are
     reused when the ``cow-reuse`` policy says so; everything else (the zero
     page, page-cache pages of private mappings, shared anon pages) is copied
-    by ``wp_page_copy`` after dropping the PTL.
+    by ``wp_page_copy`` after dropping the PTL. An unsharing fault
+    (``FAULT_FLAG_UNSHARE``, a read-only GUP pin) makes the page exclusive
+    without making it writable; before 6.2 (``gup-longterm-unshare-cow``) it
+    left pages that are not anonymous alone. Reuse and copy return
+    ``VM_FAULT_WRITE``, which GUP's ``FOLL_COW`` read until 6.0.
 
     First (not for unsharing): a uffd-wp PTE goes to ``handle_userfault``;
     then, with the ``uffd-wp-flush-pending`` fix, a uffd-wp VMA with a
@@ -596,11 +604,18 @@ def do_wp_page(vmf: VmFault) -> int:
     if vma.vm_flags & (VM_SHARED | VM_MAYSHARE):
         wp_page_reuse(vmf, folio)
         return 0
+    unshare = vmf.flags & FAULT_FLAG_UNSHARE and not vmf.flags & FAULT_FLAG_WRITE
     if folio is not None and folio_test_anon(folio):
         policy = kernel_config(vma.vm_mm).policy("cow-reuse")
         if can_reuse(vmf, folio, policy):
             wp_page_reuse(vmf, folio)
-            return 0
+            return 0 if unshare else VM_FAULT_WRITE
+    elif unshare and not kernel_config(mm).has("gup-longterm-unshare-cow"):
+        # 5.19-6.1: only anonymous pages are unshared ("nothing to do").
+        assert vmf.pte is not None
+        pte_unmap_unlock(vmf.pte)
+        vmf.pte = None
+        return 0
     if folio is not None:
         folio_get(folio)
     assert vmf.pte is not None

@@ -130,6 +130,8 @@ class AddressSpace(SharedObject):
 class File(SharedObject):
     """``struct file`` of a regular file (or device) that can be mapped."""
 
+    can_mmap = True  # f_op->mmap exists (a pipe's does not)
+
     def __init__(self, path: str, size: int = 0, vm_ops: VmOperations | None = None) -> None:
         super().__init__(f"file:{path}")
         self.path = path

@@ -233,6 +233,8 @@ def do_mmap(mm: MmStruct, file: File | None, addr: int, length: int, prot: int, 
     vm_flags = (calc_vm_prot_bits(prot) | calc_vm_flag_bits(flags) | mm.def_flags
                 | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC)
     mtype = flags & MAP_TYPE
+    if file is not None and not file.can_mmap:
+        raise errno_error(19, "the file cannot be mapped")  # ENODEV: no f_op->mmap
     if file is not None:
         if mtype in (MAP_SHARED, MAP_SHARED_VALIDATE):
             vm_flags |= VM_SHARED | VM_MAYSHARE

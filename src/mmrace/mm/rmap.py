@@ -293,7 +293,10 @@ def folio_try_dup_anon_rmap_pte(folio: Any, idx: int, src_vma: Any) -> int:
     """``folio_try_dup_anon_rmap_pte`` (fork): -EBUSY if the page is exclusive
     and may be DMA-pinned (the caller must copy it instead); otherwise it
     becomes shared (``PageAnonExclusive`` cleared) and gains a mapping.
-    Which kernels copy at all is the ``fork-copy-pinned`` fix."""
+    Which kernels copy at all is the ``fork-copy-pinned`` fix. Before
+    ``PageAnonExclusive`` (the ``cow-reuse`` eras before ``anon_exclusive``,
+    5.9-5.18 ``copy_present_page``) any anon page that may be pinned is
+    copied, exclusive or not; the model still clears the bit on sharing."""
     from mmrace.mm.internal import kernel_config
     from mmrace.mm.page_alloc import (
         ClearPageAnonExclusive,
@@ -301,9 +304,14 @@ def folio_try_dup_anon_rmap_pte(folio: Any, idx: int, src_vma: Any) -> int:
         folio_inc_mapcount,
     )
 
-    if PageAnonExclusive(folio, idx):
-        if (kernel_config(src_vma.raw("vm_mm")).has("fork-copy-pinned")
-                and folio_needs_cow_for_dma(src_vma, folio)):
+    cfg = kernel_config(src_vma.raw("vm_mm"))
+    if cfg.policy("cow-reuse") != "anon_exclusive":
+        if cfg.has("fork-copy-pinned") and folio_needs_cow_for_dma(src_vma, folio):
+            return -16
+        if PageAnonExclusive(folio, idx):
+            ClearPageAnonExclusive(folio, idx)
+    elif PageAnonExclusive(folio, idx):
+        if cfg.has("fork-copy-pinned") and folio_needs_cow_for_dma(src_vma, folio):
             return -16
         ClearPageAnonExclusive(folio, idx)
     folio_inc_mapcount(folio, "folio_try_dup_anon_rmap_pte")

@@ -28,8 +28,9 @@ def _catalog() -> dict[str, Scenario]:
     global _CATALOG
     if _CATALOG is None:
         from mmrace.scenarios.deferred_flush import CATALOG
+        from mmrace.scenarios.gup_cow import CATALOG as GUP_COW
 
-        _CATALOG = {sc.name: sc for sc in CATALOG}
+        _CATALOG = {sc.name: sc for sc in (*CATALOG, *GUP_COW)}
     return _CATALOG
 
 
@@ -54,8 +55,9 @@ def get(name: str) -> Scenario:
 
 # Switches no catalog scenario exercises yet, with the reason.
 NOT_COVERED: dict[str, str] = {
-    "fork-copy-pinned": "needs a fork-while-pinned scenario (issue 7 lists only the "
-    "seed-002 races); tests/mm/test_fork.py covers the switch",
+    "foll-force-anon-exclusive": "what a user saw change needs a dirty read-only PTE of a "
+    "shared page (UFFDIO_CONTINUE on shmem, CVE-2022-2590), which the model cannot make; "
+    "tests/mm/test_gup_eras.py covers both eras",
     "mprotect-exclusive-anon-writable": "exercised only indirectly: it is on in the "
     "'current' variants of the uffd scenarios (unprotect keeps RW on an exclusive page)",
 }

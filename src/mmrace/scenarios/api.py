@@ -34,7 +34,7 @@ Its **variants** are derived from the metadata:
 
 Every variant has an expected outcome: ``clean`` or a violation kind
 (``lost-write``, ``use-after-free``, ``wrong-data``, ``deadlock``,
-``lock-order``, ``locking-rule``, ``invariant``, ``assertion``). A clean
+``lock-order``, ``locking-rule``, ``invariant``, ``assertion``, ``livelock``). A clean
 outcome is only claimed when the bounded exploration completed; otherwise
 the outcome is ``budget-exhausted``, which never matches ``clean``.
 """
@@ -58,6 +58,7 @@ VIOLATION_KINDS = (
     "locking-rule",
     "invariant",
     "assertion",
+    "livelock",
 )
 OUTCOMES = ("clean", *VIOLATION_KINDS)
 

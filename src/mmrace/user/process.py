@@ -31,6 +31,7 @@ from mmrace.mm.mm_types import (
 )
 from mmrace.mm.mmap import ksys_mmap_pgoff, sys_brk, vm_munmap
 from mmrace.mm.mprotect import do_mprotect_pkey
+from mmrace.user.page_refs import PageRefCalls
 
 
 @dataclass(frozen=True)
@@ -112,8 +113,9 @@ class System:
         return f
 
 
-class Process:
-    """A process: an mm, a file table, and the memory syscalls."""
+class Process(PageRefCalls):
+    """A process: an mm, a file table, and the memory syscalls (GUP,
+    pipes, vmsplice and /proc/PID/mem from :class:`PageRefCalls`)."""
 
     def __init__(self, system: System, pid: int) -> None:
         self.system = system
