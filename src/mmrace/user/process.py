@@ -219,12 +219,22 @@ class Process:
     # -- memory ----------------------------------------------------------------
 
     def _word(self, addr: int) -> tuple[int, int]:
-        from mmrace.mm.page_alloc import WORDS_PER_PAGE
+        """(page address, word index) of the naturally aligned 8-byte word at
+        *addr*; ValueError (one line) for a misaligned address. (x86 would
+        split a misaligned access in two, possibly across pages; the model's
+        user memory is addressed in whole words.)"""
+        from mmrace.mm.page_alloc import WORD_SIZE
 
-        stride = PAGE_SIZE // WORDS_PER_PAGE
-        if addr % stride:
-            raise ValueError(f"address {addr:#x} is not aligned to a {stride}-byte word")
-        return addr & ~(PAGE_SIZE - 1), (addr % PAGE_SIZE) // stride
+        if addr % WORD_SIZE:
+            raise ValueError(f"address {addr:#x} is not aligned to an 8-byte word "
+                             "(user memory is addressed in naturally aligned words)")
+        return addr & ~(PAGE_SIZE - 1), (addr % PAGE_SIZE) // WORD_SIZE
+
+    def _user_range(self, addr: int) -> bool:
+        """Whether *addr* is a user address (below ``TASK_SIZE``); anything
+        else faults without reaching a VMA (a kernel or non-canonical
+        address: SIGSEGV)."""
+        return 0 <= addr < self.mm.task_size
 
     def _access(self, addr: int, write: bool) -> tuple[Any, int]:
         """Walk the page tables like the MMU (no locks: the program is single
@@ -234,6 +244,8 @@ class Process:
         from mmrace.mm.page_alloc import pfn_to_obj
         from mmrace.mm.pgtable import peek_pte, pte_pfn, pte_present, pte_write
 
+        if not self._user_range(addr):
+            raise OSError(_errno.EFAULT, f"Bad address {addr:#x} (not a user address)")
         for _ in range(8):
             pte = peek_pte(self.mm, addr)
             if pte_present(pte) and pte & 0x4 and (pte_write(pte) or not write):
