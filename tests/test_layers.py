@@ -14,8 +14,8 @@ ALLOWED: dict[str, set[str]] = {
     "arch": {"engine", "sync"},
     "fixes": set(),
     "mm": {"engine", "sync", "arch", "fixes"},
-    "user": {"engine", "sync", "arch", "mm", "fixes"},
     "oracles": {"engine", "sync", "arch", "mm", "fixes"},
+    "user": {"engine", "sync", "arch", "mm", "fixes", "oracles"},
     "scenarios": {"engine", "sync", "arch", "mm", "fixes", "user", "oracles"},
     "report": {"engine"},
     "cli": {

@@ -11,7 +11,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-import mmrace.oracles  # noqa: F401 - subscribes the memory oracles to the machine's hooks
 from mmrace import __version__
 from mmrace.engine import STRATEGIES, Result, TokenError, explore, replay
 from mmrace.fixes import FIXES, FixError, all_fixes, all_policies

@@ -31,6 +31,7 @@ from mmrace.mm.mm_types import (
 )
 from mmrace.mm.mmap import ksys_mmap_pgoff, sys_brk, vm_munmap
 from mmrace.mm.mprotect import do_mprotect_pkey
+from mmrace.oracles import install_oracles, oracle_names
 
 
 @dataclass(frozen=True)
@@ -70,12 +71,19 @@ def vma_find(mm: MmStruct, addr: int) -> VmAreaStruct | None:
 
 class System:
     """A machine and its kernel: ``System(cpus=N, without=())``. Build it inside
-    a scenario (shared objects belong to one execution)."""
+    a scenario (shared objects belong to one execution).
+
+    The memory oracles (:mod:`mmrace.oracles`) are on for every process of
+    the system; *oracles_off* names the ones to switch off (ValueError for
+    an unknown name)."""
 
     def __init__(self, cpus: int = 2, without: Iterable[str] = (),
                  kernel: str | None = None, with_: Iterable[str] = (),
                  release: str | None = None,
-                 policies: dict[str, str] | None = None, tlb_evictions: int = 0) -> None:
+                 policies: dict[str, str] | None = None, tlb_evictions: int = 0,
+                 oracles_off: Iterable[str] = ()) -> None:
+        self.oracles_off = oracle_names(oracles_off)
+        install_oracles()
         self.cpus = cpus
         self.tlb_evictions = tlb_evictions  # TLB evictions the chooser may make per execution
         self.kernel = KernelConfig(release=kernel if kernel is not None else release,
@@ -120,6 +128,7 @@ class Process:
         self.pid = pid
         self.mm = MmStruct(f"mm{pid}")
         self.mm.kernel = system.kernel
+        self.mm.oracles_off = system.oracles_off
         self.fds: dict[int, File] = {}
 
     # -- threads -------------------------------------------------------------
