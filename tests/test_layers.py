@@ -18,8 +18,10 @@ ALLOWED: dict[str, set[str]] = {
     "user": {"engine", "sync", "arch", "mm", "fixes", "oracles"},
     "scenarios": {"engine", "sync", "arch", "mm", "fixes", "user", "oracles"},
     "report": {"engine"},
+    "clikit": {"engine"},
     "cli": {
-        "engine", "sync", "arch", "mm", "fixes", "user", "oracles", "scenarios", "report"
+        "engine", "sync", "arch", "mm", "fixes", "user", "oracles", "scenarios", "report",
+        "clikit",
     },
 }
 
