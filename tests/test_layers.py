@@ -19,6 +19,7 @@ ALLOWED: dict[str, set[str]] = {
     "scenarios": {"engine", "sync", "arch", "mm", "fixes", "user", "oracles"},
     "report": {"engine"},
     "clikit": {"engine"},
+    "pytest_plugin": {"engine", "scenarios", "report"},
     "cli": {
         "engine", "sync", "arch", "mm", "fixes", "user", "oracles", "scenarios", "report",
         "clikit",
