@@ -71,3 +71,20 @@ def test_mprotect_grows_flags() -> None:
         assert vma.raw("vm_flags") & PROT_WRITE
 
     run(program)
+
+
+def test_the_grows_checks_cost_no_visible_operation() -> None:
+    # They read vm_flags under the mmap write lock taken anyway: an mprotect
+    # of the first page of a grows-down VMA runs as many operations with
+    # PROT_GROWSDOWN as without it.
+    def steps(prot: int) -> int:
+        def program() -> None:
+            p = System(cpus=1).process()
+            a = p.mmap(0, 4 * PAGE_SIZE, PROT_READ, ANON | MAP_GROWSDOWN)
+            p.thread(lambda t: t.mprotect(a, PAGE_SIZE, prot), cpu=0)
+
+        r = explore(program, max_executions=1)
+        assert r.violation is None
+        return r.steps
+
+    assert steps(PROT_READ | PROT_WRITE | PROT_GROWSDOWN) == steps(PROT_READ | PROT_WRITE) > 0
