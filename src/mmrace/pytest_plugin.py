@@ -32,15 +32,20 @@ and returns the :class:`~mmrace.engine.Result`.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from mmrace.engine import Result, explore
-from mmrace.report.explain import render_explained
-from mmrace.scenarios.api import Explore, Scenario, Variant
-from mmrace.scenarios.run import VariantRun, replay_token, run_variant
+if TYPE_CHECKING:
+    from mmrace.engine import Result
+    from mmrace.scenarios.api import Explore, Scenario, Variant
+    from mmrace.scenarios.run import VariantRun
+
+# The model is imported only once a test module has a scenario (or uses the
+# fixture): pytest loads this plugin in every run of an environment where
+# mmrace is installed, and the model costs about 0.3 s to import.
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -101,7 +106,9 @@ def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: objec
                               ) -> list[pytest.Item] | None:
     """A Scenario under a test name: one item per variant, named like a
     parametrized test (``test_my_race[base+soft-dirty-tlb-flush]``)."""
-    if isinstance(obj, Scenario) and isinstance(collector, pytest.Module | pytest.Class) \
+    api = sys.modules.get("mmrace.scenarios.api")  # no Scenario exists before it is loaded
+    if api is not None and isinstance(obj, api.Scenario) \
+            and isinstance(collector, pytest.Module | pytest.Class) \
             and collector.funcnamefilter(name):
         return [VariantItem.from_parent(collector, name=f"{name}[{v.name}]", scenario=obj,
                                         variant=v)
@@ -139,6 +146,9 @@ class VariantItem(pytest.Item):
 def failure_report(sc: Scenario, variant: Variant, run: VariantRun) -> str:
     """What a failing variant prints: the verdict, then the trace and token
     (re-rendered from the token, as ``mmrace replay`` would)."""
+    from mmrace.report.explain import render_explained
+    from mmrace.scenarios.run import replay_token
+
     r = run.result
     search = ("found a violation" if r.violation is not None
               else "complete" if r.complete else "ran out of budget without completing")
@@ -176,6 +186,8 @@ class _Pool:
             self._run_all(item.session)
             if item.nodeid in self.results:
                 return self.results.pop(item.nodeid)
+        from mmrace.scenarios.run import run_variant
+
         return run_variant(item.scenario, item.variant,
                            settings=settings_for(item.scenario, self.config))
 
@@ -198,6 +210,8 @@ class _Pool:
 
 
 def _run_in_worker(index: int) -> VariantRun:
+    from mmrace.scenarios.run import run_variant
+
     sc, variant, settings = _work[index]
     run = run_variant(sc, variant, settings=settings)
     if run.result.violation is not None:
@@ -224,6 +238,8 @@ class MmraceFixture:
 
     def explore(self, program: Any, **kw: Any) -> Result:
         """``mmrace.engine.explore`` under ``--mmrace-budget``."""
+        from mmrace.engine import explore
+
         executions, seconds = _budget(self.config)
         if executions is not None:
             kw.setdefault("max_executions", executions)
@@ -234,6 +250,8 @@ class MmraceFixture:
     def check(self, sc: Scenario, variant: str | None = None) -> list[VariantRun]:
         """Explore every variant of *sc* (or the one named *variant*); fail
         the test, with the trace, at the first unexpected outcome."""
+        from mmrace.scenarios.run import run_variant
+
         variants = [sc.variant(variant)] if variant is not None else sc.variants()
         runs = []
         for v in variants:
