@@ -195,8 +195,17 @@ def test_check_json_and_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].split() == ["scenario", "variant", "expected", "outcome",
-                                           "executions", "complete", "seconds"]
+                                           "executions", "search", "seconds"]
     assert "variants as expected" in out
+    # a buggy variant that behaved as expected: its search "found" the
+    # violation (not "complete = no"), and its token is printed
+    base = next(line for line in out.splitlines() if line.split()[1:2] == ["base"])
+    assert base.split()[2:6] == ["wrong-data", "wrong-data", "1", "found"]
+    current = next(line for line in out.splitlines() if line.split()[1:2] == ["current"])
+    assert current.split()[5] == "complete"
+    assert "wp-pinned-page-cow / base: WRONG-DATA: wrong data:" in out
+    tokens = [r["token"] for r in rows if r["token"]]
+    assert tokens and all(f"replay token: {t}" in out for t in tokens)
 
 
 def test_check_kernel_release_reports_vulnerable(capsys: pytest.CaptureFixture[str]) -> None:
@@ -208,9 +217,19 @@ def test_check_kernel_release_reports_vulnerable(capsys: pytest.CaptureFixture[s
 
 
 def test_check_jobs_matches_serial(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["check", "wp-pinned-page-cow", "--json", "--jobs", "2"]) == 0
-    rows = json.loads(capsys.readouterr().out)
-    assert all(r["outcome"] == r["expected"] for r in rows)
+    def verdicts(*extra: str) -> list[tuple[object, ...]]:
+        assert main(["check", "wp-pinned-page-cow", "softdirty-clear-refs-cow", "--variant",
+                     "base", "--variant", "cow-reuse=page_count", "--variant", "cow-reuse=mapcount",
+                     "--json", "-q", *extra]) == 0
+        rows = json.loads(capsys.readouterr().out)
+        return [(r["scenario"], r["variant"], r["expected"], r["outcome"], r["executions"],
+                 r["complete"], r["search"], r["token"],
+                 r["violation"] and r["violation"]["title"]) for r in rows]
+
+    serial = verdicts()
+    parallel = verdicts("--jobs", "2")
+    assert len(serial) == 4
+    assert parallel == serial
 
 
 def test_replay_catalog_token(capsys: pytest.CaptureFixture[str]) -> None:
@@ -222,6 +241,8 @@ def test_replay_catalog_token(capsys: pytest.CaptureFixture[str]) -> None:
     assert "WRONG-DATA" in out and f"replay token: {token}" in out
     assert main(["replay", token, "--format", "json", "--all-ops"]) == 1
     data = json.loads(capsys.readouterr().out)
+    assert main(["replay", token, "--json", "--all-ops"]) == 1  # like every other command
+    assert json.loads(capsys.readouterr().out) == data
     assert data["scenario"] == "wp-pinned-page-cow" and data["variant"] == "base"
     assert data["violation"]["kind"] == "wrong-data" and data["trace"]
     assert {"step", "thread", "where", "op", "object"} <= set(data["trace"][0])

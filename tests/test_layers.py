@@ -14,12 +14,15 @@ ALLOWED: dict[str, set[str]] = {
     "arch": {"engine", "sync"},
     "fixes": set(),
     "mm": {"engine", "sync", "arch", "fixes"},
-    "user": {"engine", "sync", "arch", "mm", "fixes"},
     "oracles": {"engine", "sync", "arch", "mm", "fixes"},
+    "user": {"engine", "sync", "arch", "mm", "fixes", "oracles"},
     "scenarios": {"engine", "sync", "arch", "mm", "fixes", "user", "oracles"},
     "report": {"engine"},
+    "clikit": {"engine"},
+    "pytest_plugin": {"engine", "scenarios", "report"},
     "cli": {
-        "engine", "sync", "arch", "mm", "fixes", "user", "oracles", "scenarios", "report"
+        "engine", "sync", "arch", "mm", "fixes", "user", "oracles", "scenarios", "report",
+        "clikit",
     },
 }
 

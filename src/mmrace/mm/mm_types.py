@@ -233,6 +233,7 @@ class MmStruct(SharedObject):
         self.vma_serial = 0  # names VMAs vma1, vma2, ... per mm, deterministically
         self.pgd: Any = None  # the top-level page table (mm/pgtable.py, allocated lazily)
         self.kernel: Any = None  # the KernelConfig of the system the mm belongs to
+        self.oracles_off: frozenset[str] = frozenset()  # names its System switched off
         self.rss = 0  # pages mapped (MM_ANONPAGES + MM_FILEPAGES), debugger view
 
 

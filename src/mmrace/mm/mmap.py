@@ -94,6 +94,16 @@ mm_populate_hook: Callable[[MmStruct, int, int], None] | None = None
 """Set by the fault issue: populate ``[start, start + len)`` after mmap."""
 
 
+ULONG_MAX = (1 << 64) - 1
+
+
+def ulong(x: int) -> int:
+    """A syscall argument as the x86-64 ABI passes it, an ``unsigned long``:
+    a negative Python int arrives as its two's complement (-4096 is
+    0xfffffffffffff000, far above ``TASK_SIZE``)."""
+    return x & ULONG_MAX
+
+
 def PAGE_ALIGN(x: int) -> int:
     return (x + PAGE_SIZE - 1) & PAGE_MASK
 
@@ -277,6 +287,7 @@ def vm_mmap_pgoff(mm: MmStruct, file: File | None, addr: int, length: int, prot:
 def ksys_mmap_pgoff(mm: MmStruct, addr: int, length: int, prot: int, flags: int,
                     file: File | None, off: int) -> int:
     """``ksys_mmap_pgoff`` (with the offset check of the x86 ``mmap`` entry)."""
+    addr, length, off = ulong(addr), ulong(length), ulong(off)
     if offset_in_page(off):
         raise errno_error(EINVAL, "offset not page aligned")
     if not (flags & MAP_ANONYMOUS) and file is None:
@@ -314,7 +325,7 @@ def __vm_munmap(mm: MmStruct, start: int, length: int, unlock: bool = True) -> i
 
 def vm_munmap(mm: MmStruct, start: int, length: int) -> int:
     """``vm_munmap``."""
-    return __vm_munmap(mm, start, length, True)
+    return __vm_munmap(mm, ulong(start), ulong(length), True)
 
 
 # --- brk ----------------------------------------------------------------------

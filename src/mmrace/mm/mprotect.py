@@ -10,8 +10,11 @@ the same without an ``mmu_gather`` (``inc_tlb_flush_pending``,
 ``flush_tlb_range``, ``dec_tlb_flush_pending`` in
 ``change_protection_range``); the order of events is the same.
 
-Left out: pkeys, PROT_GROWSDOWN/PROT_GROWSUP extension of the range,
-arch-specific VM_FLAGS_CLEAR bits, RLIMIT_AS, NUMA hinting (MM_CP_PROT_NUMA),
+``PROT_GROWSDOWN`` extends the range down to the start of a grows-down VMA
+(EINVAL on any other); ``PROT_GROWSUP`` is EINVAL (x86 has no grows-up
+VMAs), and so are both together.
+
+Left out: pkeys, arch-specific VM_FLAGS_CLEAR bits, RLIMIT_AS, NUMA hinting (MM_CP_PROT_NUMA),
 huge PMDs, swap/migration entries and uffd-wp PTE markers on empty entries,
 hugetlb, mmu notifiers, large folio batching.
 """
@@ -27,6 +30,7 @@ from mmrace.mm.mm_types import (
     PAGE_SIZE,
     VM_ACCESS_FLAGS,
     VM_ACCOUNT,
+    VM_GROWSDOWN,
     VM_HUGETLB,
     VM_NORESERVE,
     VM_SHARED,
@@ -36,7 +40,7 @@ from mmrace.mm.mm_types import (
     VmAreaStruct,
 )
 from mmrace.mm.mman import PROT_EXEC, PROT_GROWSDOWN, PROT_GROWSUP, PROT_READ, PROT_SEM, PROT_WRITE
-from mmrace.mm.mmap import PAGE_ALIGN, calc_vm_prot_bits, offset_in_page
+from mmrace.mm.mmap import PAGE_ALIGN, calc_vm_prot_bits, offset_in_page, ulong
 from mmrace.mm.mmap_lock import mmap_write_lock, mmap_write_unlock, vma_start_write
 from mmrace.mm.mmu_gather import MmuGather, tlb_finish_mmu, tlb_gather_mmu
 from mmrace.mm.pgtable import vm_prot_to_pte
@@ -105,7 +109,11 @@ def do_mprotect_pkey(mm: MmStruct, start: int, length: int, prot: int) -> int:
     kernel, VMAs before a hole keep their new protection when ENOMEM is
     returned for the hole. The PTE changes of every VMA are flushed once,
     by ``tlb_finish_mmu``, before the mmap write lock is dropped."""
+    start, length = ulong(start), ulong(length)
+    grows = prot & (PROT_GROWSDOWN | PROT_GROWSUP)
     prot &= ~(PROT_GROWSDOWN | PROT_GROWSUP)
+    if grows == PROT_GROWSDOWN | PROT_GROWSUP:  # a range cannot grow both ways
+        raise errno_error(EINVAL)
     if offset_in_page(start):
         raise errno_error(EINVAL)
     if not length:
@@ -120,8 +128,18 @@ def do_mprotect_pkey(mm: MmStruct, start: int, length: int, prot: int) -> int:
     tlb = tlb_gather_mmu(mm)
     try:
         vma = find_vma(mm, start)
-        if vma is None or vma.vm_start >= end or vma.vm_start > start:
+        if vma is None or vma.vm_start >= end:
             raise errno_error(ENOMEM)
+        if grows & PROT_GROWSDOWN:
+            # The range extends down to the start of a grows-down VMA.
+            start = vma.vm_start
+            if not vma.vm_flags & VM_GROWSDOWN:
+                raise errno_error(EINVAL)
+        elif vma.vm_start > start:
+            raise errno_error(ENOMEM)
+        elif grows & PROT_GROWSUP:
+            # x86 has no VM_GROWSUP (it is VM_NONE there): never a grows-up VMA.
+            raise errno_error(EINVAL)
         _, prev = find_vma_prev(mm, vma.vm_start)
         if start > vma.vm_start:
             prev = vma

@@ -5,8 +5,8 @@ include/linux/page_ref.h helpers).
 A :class:`Folio` is a kernel object with a lifetime. Its reference count,
 map count, flags and folio lock are fields of the folio, so every access
 to them is a visible operation on the folio (all of them conflict, as a
-cache line would). The data (a few words per page, enough for scenarios
-to check contents) is its own shared object, :class:`FolioContents`, so
+cache line would). The data (512 8-byte words per page, kept sparsely)
+is its own shared object, :class:`FolioContents`, so
 that loads and stores of data do not conflict with reference counting;
 freeing a folio writes both, so DPOR orders every data access against
 the free and an access after it is a use-after-free.
@@ -44,10 +44,14 @@ from mmrace.engine import (
 )
 from mmrace.mm.internal import kfunc
 from mmrace.mm.locks import KObject, kfree
+from mmrace.mm.mm_types import PAGE_SIZE
 
-WORDS_PER_PAGE = 8
-"""Words of data the model keeps per page (``process.poke``/``peek`` address
-them at ``PAGE_SIZE // WORDS_PER_PAGE`` byte granularity)."""
+WORD_SIZE = 8
+"""Bytes per word of user data: a user load or store addresses one naturally
+aligned 8-byte word (``unsigned long``)."""
+WORDS_PER_PAGE = PAGE_SIZE // WORD_SIZE
+"""Words per page (512): every naturally aligned word of a page is
+addressable; only the words ever stored are kept (untouched words read 0)."""
 
 GUP_PIN_COUNTING_BIAS = 1024
 """A ``FOLL_PIN`` on a small folio adds this to its refcount (include/linux/mm.h)."""
@@ -93,7 +97,10 @@ class FolioContents(SharedObject):
     def __init__(self, folio: Folio, nr_pages: int) -> None:
         super().__init__(f"{folio.name}.data")
         self.folio = folio
-        self.words: list[list[int]] = [[0] * WORDS_PER_PAGE for _ in range(nr_pages)]
+        # Sparse: per page, word index -> value; a word never stored reads 0
+        # (a new page is zeroed). Cells, too, exist only for words some
+        # access touched, so the 510 words a scenario never uses cost nothing.
+        self.words: list[dict[int, int]] = [{} for _ in range(nr_pages)]
         self.loads = SharedObject(f"{folio.name}.data(loads)")
         self.cells: dict[int, SharedObject] = {}
 
@@ -104,6 +111,13 @@ class FolioContents(SharedObject):
             name = f"{self.name}.w{word}" if len(self.words) == 1 else f"{self.name}[{idx}].w{word}"
             c = self.cells[key] = SharedObject(name)
         return c
+
+    def get(self, idx: int, word: int) -> int:
+        """The value of *word* of page *idx* (0 if never stored)."""
+        return self.words[idx].get(word, 0)
+
+    def set(self, idx: int, word: int, value: int) -> None:
+        self.words[idx][word] = value
 
     def word_footprint(self, idx: int, word: int, kind: int) -> Accesses:
         """The (object, kind) accesses of a load (READ), store (WRITE) or
@@ -448,7 +462,7 @@ def _visible_word(folio: Folio, idx: int, word: int, kind: int, what: str) -> No
 def folio_read_word(folio: Folio, idx: int, word: int) -> int:
     """A load of one word of page *idx* (one visible read of that word)."""
     _visible_word(folio, idx, word, READ, f"load word {word}")
-    return folio.contents.words[idx][word]
+    return folio.contents.get(idx, word)
 
 
 def folio_write_word(folio: Folio, idx: int, word: int, value: int) -> None:
@@ -457,7 +471,7 @@ def folio_write_word(folio: Folio, idx: int, word: int, value: int) -> None:
         raise ViolationError("memory-corruption", "store to the shared zero page",
                              "a store reached the shared zero page")
     _visible_word(folio, idx, word, WRITE, f"store word {word}")
-    folio.contents.words[idx][word] = value
+    folio.contents.set(idx, word, value)
 
 
 @kfunc
@@ -465,7 +479,7 @@ def copy_user_highpage(dst: Folio, dst_idx: int, src: Folio, src_idx: int) -> No
     """``copy_user_highpage`` / ``__wp_page_copy_user``: read the source page
     (one visible read), write the copy (one visible write)."""
     visible_contents(src, READ, "copy_user_highpage (read)")
-    data = list(src.contents.words[src_idx])
+    data = dict(src.contents.words[src_idx])
     visible_contents(dst, WRITE, "copy_user_highpage (write)")
     dst.contents.words[dst_idx] = data
 
@@ -473,6 +487,7 @@ def copy_user_highpage(dst: Folio, dst_idx: int, src: Folio, src_idx: int) -> No
 __all__ = [
     "GUP_PIN_COUNTING_BIAS",
     "WORDS_PER_PAGE",
+    "WORD_SIZE",
     "Folio",
     "folio_alloc",
     "folio_get",

@@ -704,7 +704,7 @@ class FolioFrame:
     def read(self, word: int) -> int:
         if self.folio.freed_at is not None:
             raise self.folio._uaf(f"user load word {word}")
-        return self.folio.contents.words[self.idx][word]  # type: ignore[no-any-return]
+        return self.folio.contents.get(self.idx, word)  # type: ignore[no-any-return]
 
     def write(self, word: int, value: int) -> None:
         if self.folio.freed_at is not None:
@@ -712,7 +712,7 @@ class FolioFrame:
         if self.folio.is_zero:
             raise ViolationError("memory-corruption", "store to the shared zero page",
                                  "a user store reached the shared zero page")
-        self.folio.contents.words[self.idx][word] = value
+        self.folio.contents.set(self.idx, word, value)
 
     def describe(self) -> str:
         name = self.folio.name

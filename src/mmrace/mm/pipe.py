@@ -161,7 +161,8 @@ def pipe_read(file: PipeFile, nbytes: int | None = None) -> list[int]:
             page = buf.page
             visible_contents(page, READ, "copy_page_to_iter")
             first = buf.offset // WORD_SIZE
-            out.extend(page.contents.words[0][first:first + n // WORD_SIZE])
+            words = page.contents.words[0]  # sparse: untouched words read 0
+            out.extend(words.get(w, 0) for w in range(first, first + n // WORD_SIZE))
             buf.offset += n
             buf.len -= n
             want -= n

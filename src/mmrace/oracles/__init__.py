@@ -1,13 +1,31 @@
 """The checks that turn an execution into violations.
 
-Importing this package subscribes the memory oracles
-(:mod:`mmrace.oracles.memory`: lost write, use-after-free through a stale
-TLB entry) to the machine's hooks; *wrong data* is a scenario's final
-check failing (:func:`wrong_data`).
+A :class:`mmrace.user.System` installs the memory oracles itself
+(:func:`install_oracles`, called by its constructor): no import has to be
+remembered, and a program that builds a ``System`` is always checked. A
+user switches one off by name, ``System(..., oracles_off=("lost-write",))``;
+the names are :data:`ORACLES`. *wrong data* is a scenario's final check
+failing (:func:`wrong_data`).
 """
 
 from mmrace.oracles.memory import MemoryOracle, install, memory_oracle, wrong_data
+from mmrace.oracles.names import ORACLES, oracle_names
 
-install()
 
-__all__ = ["MemoryOracle", "install", "memory_oracle", "wrong_data"]
+def install_oracles() -> None:
+    """Subscribe every oracle to the machine's hooks (idempotent). The
+    hooks are process-wide; whether an oracle reports is decided per
+    address space, from the ``oracles_off`` its ``System`` was given
+    (``MmStruct.oracles_off``)."""
+    install()
+
+
+__all__ = [
+    "ORACLES",
+    "MemoryOracle",
+    "install",
+    "install_oracles",
+    "memory_oracle",
+    "oracle_names",
+    "wrong_data",
+]

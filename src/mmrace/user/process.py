@@ -31,6 +31,7 @@ from mmrace.mm.mm_types import (
 )
 from mmrace.mm.mmap import ksys_mmap_pgoff, sys_brk, vm_munmap
 from mmrace.mm.mprotect import do_mprotect_pkey
+from mmrace.oracles import install_oracles, oracle_names
 from mmrace.user.page_refs import PageRefCalls
 
 
@@ -71,12 +72,19 @@ def vma_find(mm: MmStruct, addr: int) -> VmAreaStruct | None:
 
 class System:
     """A machine and its kernel: ``System(cpus=N, without=())``. Build it inside
-    a scenario (shared objects belong to one execution)."""
+    a scenario (shared objects belong to one execution).
+
+    The memory oracles (:mod:`mmrace.oracles`) are on for every process of
+    the system; *oracles_off* names the ones to switch off (ValueError for
+    an unknown name)."""
 
     def __init__(self, cpus: int = 2, without: Iterable[str] = (),
                  kernel: str | None = None, with_: Iterable[str] = (),
                  release: str | None = None,
-                 policies: dict[str, str] | None = None, tlb_evictions: int = 0) -> None:
+                 policies: dict[str, str] | None = None, tlb_evictions: int = 0,
+                 oracles_off: Iterable[str] = ()) -> None:
+        self.oracles_off = oracle_names(oracles_off)
+        install_oracles()
         self.cpus = cpus
         self.tlb_evictions = tlb_evictions  # TLB evictions the chooser may make per execution
         self.kernel = KernelConfig(release=kernel if kernel is not None else release,
@@ -122,6 +130,7 @@ class Process(PageRefCalls):
         self.pid = pid
         self.mm = MmStruct(f"mm{pid}")
         self.mm.kernel = system.kernel
+        self.mm.oracles_off = system.oracles_off
         self.fds: dict[int, File] = {}
 
     # -- threads -------------------------------------------------------------
@@ -221,12 +230,22 @@ class Process(PageRefCalls):
     # -- memory ----------------------------------------------------------------
 
     def _word(self, addr: int) -> tuple[int, int]:
-        from mmrace.mm.page_alloc import WORDS_PER_PAGE
+        """(page address, word index) of the naturally aligned 8-byte word at
+        *addr*; ValueError (one line) for a misaligned address. (x86 would
+        split a misaligned access in two, possibly across pages; the model's
+        user memory is addressed in whole words.)"""
+        from mmrace.mm.page_alloc import WORD_SIZE
 
-        stride = PAGE_SIZE // WORDS_PER_PAGE
-        if addr % stride:
-            raise ValueError(f"address {addr:#x} is not aligned to a {stride}-byte word")
-        return addr & ~(PAGE_SIZE - 1), (addr % PAGE_SIZE) // stride
+        if addr % WORD_SIZE:
+            raise ValueError(f"address {addr:#x} is not aligned to an 8-byte word "
+                             "(user memory is addressed in naturally aligned words)")
+        return addr & ~(PAGE_SIZE - 1), (addr % PAGE_SIZE) // WORD_SIZE
+
+    def _user_range(self, addr: int) -> bool:
+        """Whether *addr* is a user address (below ``TASK_SIZE``); anything
+        else faults without reaching a VMA (a kernel or non-canonical
+        address: SIGSEGV)."""
+        return 0 <= addr < self.mm.task_size
 
     def _access(self, addr: int, write: bool) -> tuple[Any, int]:
         """Walk the page tables like the MMU (no locks: the program is single
@@ -236,6 +255,8 @@ class Process(PageRefCalls):
         from mmrace.mm.page_alloc import pfn_to_obj
         from mmrace.mm.pgtable import peek_pte, pte_pfn, pte_present, pte_write
 
+        if not self._user_range(addr):
+            raise OSError(_errno.EFAULT, f"Bad address {addr:#x} (not a user address)")
         for _ in range(8):
             pte = peek_pte(self.mm, addr)
             if pte_present(pte) and pte & 0x4 and (pte_write(pte) or not write):
