@@ -16,10 +16,12 @@ ALLOWED: dict[str, set[str]] = {
     "mm": {"engine", "sync", "arch", "fixes"},
     "user": {"engine", "sync", "arch", "mm", "fixes"},
     "oracles": {"engine", "sync", "arch", "mm", "fixes"},
-    "scenarios": {"engine", "sync", "arch", "mm", "fixes", "user", "oracles"},
+    "kapi": {"engine", "sync", "arch", "mm", "fixes"},
+    "scenarios": {"engine", "sync", "arch", "mm", "fixes", "user", "oracles", "kapi"},
     "report": {"engine"},
     "cli": {
-        "engine", "sync", "arch", "mm", "fixes", "user", "oracles", "scenarios", "report"
+        "engine", "sync", "arch", "mm", "fixes", "user", "oracles", "kapi", "scenarios",
+        "report"
     },
 }
 
