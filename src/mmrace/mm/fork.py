@@ -25,7 +25,7 @@ use-after-free.
 
 from __future__ import annotations
 
-from mmrace.engine import READ, RMW, ViolationError, current_thread, visible
+from mmrace.engine import READ, RMW, ViolationError, current_execution, current_thread, visible
 from mmrace.mm.internal import kfunc
 from mmrace.mm.locks import kfree
 from mmrace.mm.memory import copy_page_range
@@ -174,8 +174,8 @@ def __mmput(mm: MmStruct) -> None:
 def _last_put(mm: MmStruct) -> None:
     th = current_thread()
     who = th.name if th is not None else "set-up code"
-    fn = th.where[-1] if th is not None and th.where else "?"
-    mm.users_gone = f"in {fn} by {who}"
+    event = len(current_execution().events) - 1
+    mm.users_gone = f"at event {event} (mmput by {who})" if th is not None else "in set-up"
 
 
 @kfunc

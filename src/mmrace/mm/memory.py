@@ -945,7 +945,11 @@ def insert_page_into_pte_locked(vma: VmAreaStruct, pm: PteMap, addr: int, folio:
     entry is not empty; else map *folio* (the zero page as a special PTE;
     any other page gains a reference and a file-style rmap)."""
     mm = vma.vm_mm
-    if not pte_none(ptep_get(pm.table, pm.index)):
+    cur = ptep_get(pm.table, pm.index)
+    # Checked under the PTL, after the entry's read: exit_mmap's zap of this
+    # table (or its walk past the PMD) is ordered against it.
+    mm_assert_users(mm, "vm_insert_page")
+    if not pte_none(cur):
         return -EBUSY
     entry = pfn_pte(folio.pfn, vm_prot_to_pte(prot))
     if folio.is_zero:
@@ -997,7 +1001,6 @@ def vm_insert_page(vma: VmAreaStruct, addr: int, folio: Folio) -> int:
     VMA be registered, and the seed calls the state one that "probably
     shouldn't be permitted". Left out: ``vm_insert_pages``' batching."""
     mm = vma.vm_mm
-    mm_assert_users(mm, "vm_insert_page")
     if addr < vma.vm_start or addr >= vma.vm_end:
         return -EFAULT
     flags = vma.vm_flags
@@ -1031,7 +1034,9 @@ def insert_pfn(vma: VmAreaStruct, addr: int, pfn: int, prot: int) -> int:
     pm = get_locked_pte(mm, addr)
     if pm is None:
         return VM_FAULT_OOM
-    if pte_none(ptep_get(pm.table, pm.index)):
+    cur = ptep_get(pm.table, pm.index)
+    mm_assert_users(mm, "insert_pfn")  # under the PTL, as in insert_page_into_pte_locked
+    if pte_none(cur):
         entry = pte_mkspecial(pfn_pte(pfn, vm_prot_to_pte(prot)))
         set_pte_at(mm, addr, pm.table, pm.index, entry)
         update_mmu_cache(vma, addr, pm.table, pm.index)
@@ -1047,7 +1052,6 @@ def vmf_insert_pfn_prot(vma: VmAreaStruct, addr: int, pfn: int, prot: int) -> in
     ``VM_PFNMAP`` mapping, a valid pfn in a ``VM_MIXEDMAP`` VMA (use
     ``vmf_insert_mixed``). Outside the VMA: ``VM_FAULT_SIGBUS``. Left out:
     ``pfn_modify_allowed`` (L1TF), PAT cache modes."""
-    mm_assert_users(vma.vm_mm, "vmf_insert_pfn")
     flags = vma.vm_flags
     both = VM_PFNMAP | VM_MIXEDMAP
     if not flags & both:
@@ -1077,7 +1081,6 @@ def vmf_insert_mixed(vma: VmAreaStruct, addr: int, pfn: int) -> int:
     ``VM_FAULT_SIGBUS`` without ``VM_MIXEDMAP`` (``vm_mixed_ok``; the model
     has no devmap or special pfn_t), for the zero page where it is not
     allowed, or outside the VMA."""
-    mm_assert_users(vma.vm_mm, "vmf_insert_mixed")
     if is_zero_pfn(pfn):
         if not vm_mixed_zeropage_allowed(vma):
             return VM_FAULT_SIGBUS

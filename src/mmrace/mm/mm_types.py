@@ -284,12 +284,12 @@ def mm_assert_users(mm: MmStruct, what: str) -> None:
     if tid == mm.teardown_tid:
         return
     who = th.name if th is not None else "set-up code"
-    fn = th.where[-1] if th is not None and th.where else "?"
+    calls = " < ".join(reversed(th.where[-3:])) if th is not None and th.where else what
     event = len(current_execution().events) - 1
     raise ViolationError(
         "use-after-free",
         f"use-after-free of {mm.name}'s address space",
-        f"BUG: {what} by {who} in {fn} (event {event}) uses the address space of {mm.name} "
+        f"BUG: {what} by {who} ({calls}, event {event}) uses the address space of {mm.name} "
         f"after its last mmput: mm_users reached 0 {gone}, and exit_mmap tears the VMAs and "
         "page tables down; a user of another task's mm must hold mm_users "
         "(mmget_not_zero) for as long as it uses it",

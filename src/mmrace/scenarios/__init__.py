@@ -27,9 +27,10 @@ _CATALOG: dict[str, Scenario] | None = None
 def _catalog() -> dict[str, Scenario]:
     global _CATALOG
     if _CATALOG is None:
+        from mmrace.scenarios.binder import CATALOG as BINDER
         from mmrace.scenarios.deferred_flush import CATALOG
 
-        _CATALOG = {sc.name: sc for sc in CATALOG}
+        _CATALOG = {sc.name: sc for sc in (*CATALOG, *BINDER)}
     return _CATALOG
 
 
