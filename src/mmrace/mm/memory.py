@@ -901,14 +901,14 @@ ENOMEM = 12
 
 
 def get_locked_pte(mm: MmStruct, addr: int) -> PteMap | None:
-    """``get_locked_pte``: allocate the tables down to the PTE table of
-    *addr* and return it mapped and locked (None if a huge PMD is there)."""
+    """``get_locked_pte`` (``walk_to_pmd`` + ``pte_alloc_map_lock``):
+    allocate the tables down to the PTE table of *addr* and return it
+    mapped and locked; None if the PMD is not a table. Left out:
+    ``walk_to_pmd``'s debug-only ``VM_BUG_ON(pmd_trans_huge())``."""
     from mmrace.mm.pgtable import pud_alloc
 
     pud, ui = pud_alloc(mm, addr)
     pmd, mi = pmd_alloc(mm, pud, ui, addr)
-    if pmd_trans_huge(pmdp_get(pmd, mi)):
-        return None
     pte_alloc(mm, pmd, mi)
     return pte_offset_map_lock(mm, pmd, mi, addr)
 

@@ -32,9 +32,9 @@ page range outlives the process here, as it may until the file is closed).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from mmrace.engine import Var, require
+from mmrace.fixes import KernelConfig
 from mmrace.kapi import Mm, MmWithUser, VmaMixedMap, VmaNew, VmaRef, f_op_mmap
 from mmrace.mm.memory import VM_FAULT_SIGBUS, VmFault, vmf_insert_mixed
 from mmrace.mm.mm_types import (
@@ -94,7 +94,7 @@ class ShrinkablePageRange:
     With ``binder-no-mmget`` the eager design's install path uses its
     stashed mm without a user reference (``MmWithUser::from_raw``)."""
 
-    def __init__(self, kernel: Any, mm: Mm, file: File) -> None:
+    def __init__(self, kernel: KernelConfig, mm: Mm, file: File) -> None:
         self.lazy = bool(kernel.has("binder-lazy-fault"))
         self.unsafe_mm = bool(kernel.has("binder-no-mmget"))
         self.mm = mm  # ARef<Mm>: mmgrab when the binder file was opened
