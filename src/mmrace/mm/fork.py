@@ -125,13 +125,13 @@ def _count(mm: MmStruct, counter: str, label: str, delta: int, unless_zero: bool
 @kfunc
 def mmgrab(mm: MmStruct) -> None:
     """``mmgrab``: keep the struct (not the address space) alive."""
-    _count(mm, "mm_count", "mmgrab: atomic_inc(mm_count)", 1, False)
+    _count(mm, "mm_count", "atomic_inc(mm_count)", 1, False)
 
 
 @kfunc
 def mmdrop(mm: MmStruct) -> None:
     """``mmdrop``: the last reference frees the struct (``__mmdrop``)."""
-    if _count(mm, "mm_count", "mmdrop: atomic_dec_and_test(mm_count)", -1, False) == 0:
+    if _count(mm, "mm_count", "atomic_dec_and_test(mm_count)", -1, False) == 0:
         __mmdrop(mm)
 
 
@@ -147,7 +147,7 @@ def __mmdrop(mm: MmStruct) -> None:
 def mmget(mm: MmStruct) -> None:
     """``mmget``: one more user; the caller already holds one (or the
     struct is the caller's own ``current->mm``)."""
-    _count(mm, "mm_users", "mmget: atomic_inc(mm_users)", 1, False)
+    _count(mm, "mm_users", "atomic_inc(mm_users)", 1, False)
 
 
 @kfunc
@@ -155,7 +155,7 @@ def mmget_not_zero(mm: MmStruct) -> bool:
     """``mmget_not_zero``: take a user reference unless the address space is
     already being torn down (``atomic_inc_not_zero``). The caller keeps the
     struct alive (``mmgrab``); on a freed mm this is a use-after-free."""
-    return _count(mm, "mm_users", "mmget_not_zero: atomic_inc_not_zero(mm_users)", 1,
+    return _count(mm, "mm_users", "atomic_inc_not_zero(mm_users)", 1,
                   True) > 0
 
 
@@ -182,7 +182,7 @@ def _last_put(mm: MmStruct) -> None:
 def mmput(mm: MmStruct) -> None:
     """``mmput``: drop a user reference; the last one tears the address
     space down in the caller's context."""
-    if _count(mm, "mm_users", "mmput: atomic_dec_and_test(mm_users)", -1, False) == 0:
+    if _count(mm, "mm_users", "atomic_dec_and_test(mm_users)", -1, False) == 0:
         _last_put(mm)
         __mmput(mm)
 
@@ -194,7 +194,7 @@ def mmput_async(mm: MmStruct) -> None:
     mm's owner cannot deadlock). Left out: the workqueue; the model runs
     ``__mmput`` in the caller, which only shifts where the teardown's
     operations appear in a trace."""
-    if _count(mm, "mm_users", "mmput_async: atomic_dec_and_test(mm_users)", -1, False) == 0:
+    if _count(mm, "mm_users", "atomic_dec_and_test(mm_users)", -1, False) == 0:
         _last_put(mm)
         __mmput(mm)
 

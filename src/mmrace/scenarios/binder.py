@@ -36,6 +36,7 @@ from collections.abc import Callable
 from mmrace.engine import Var, require
 from mmrace.fixes import KernelConfig
 from mmrace.kapi import Mm, MmWithUser, VmaMixedMap, VmaNew, VmaRef, f_op_mmap
+from mmrace.mm.internal import kfunc
 from mmrace.mm.memory import VM_FAULT_SIGBUS, VmFault, vmf_insert_mixed
 from mmrace.mm.mm_types import (
     PAGE_SHIFT,
@@ -125,6 +126,7 @@ class ShrinkablePageRange:
         vma.set_vm_ops(self.vm_ops)
         return num_pages
 
+    @kfunc
     def binder_mmap(self, file: File, vma: VmaNew) -> None:
         """Rust Binder's ``mmap``: never writable (``try_clear_maywrite``
         refuses a ``VM_WRITE`` mapping: EPERM), not inherited by fork,
@@ -172,6 +174,7 @@ class ShrinkablePageRange:
         self.on_lru[i] = False
         spin_unlock(self.lru_lock)
 
+    @kfunc
     def use_range(self, start: int, end: int) -> None:
         """``use_range``: make pages ``[start, end)`` present and in use
         (off the shrinker's list), allocating missing ones (``use_page_slow``)."""
@@ -184,6 +187,7 @@ class ShrinkablePageRange:
             spin_unlock(self.lock)
             self.use_page_slow(i)
 
+    @kfunc
     def use_page_slow(self, i: int) -> None:
         """``use_page_slow``: allocate page *i* and (eager design) insert it
         in the receiver's mapping: ``mmget_not_zero``, the VMA read lock
@@ -248,6 +252,7 @@ class ShrinkablePageRange:
         assert page is not None
         folio_write_word(page, 0, 0, value)
 
+    @kfunc
     def stop_using_range(self, start: int, end: int) -> None:
         """``stop_using_range``: the pages become available to the shrinker."""
         spin_lock(self.lock)
@@ -260,6 +265,7 @@ class ShrinkablePageRange:
 
     # -- the shrinker (rust_shrink_free_page) ---------------------------------------------
 
+    @kfunc
     def shrink_free_page(self, i: int) -> bool:
         """``rust_shrink_free_page`` for page *i*, called by ``list_lru_walk``
         with ``lru_lock`` held: take the mm (``mmget_not_zero``), trylock
@@ -310,6 +316,7 @@ class ShrinkablePageRange:
             folio_put(page)
         return True
 
+    @kfunc
     def _shrink_lazy(self, i: int) -> bool:
         if not mutex_trylock(self.mm_lock):
             spin_unlock(self.lru_lock)
@@ -333,6 +340,7 @@ class ShrinkablePageRange:
 
     # -- the lazy design's fault handler -------------------------------------------------
 
+    @kfunc
     def binder_vm_fault(self, vmf: VmFault) -> tuple[int, None]:
         """``binder_vm_fault`` of the reviewer's design: under ``mm_lock``
         (so the shrinker cannot take the page meanwhile), map page
