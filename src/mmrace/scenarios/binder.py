@@ -406,6 +406,9 @@ def open_binder(kernel: Kernel, s: System, p: Process,
         "base+binder-lazy-fault": "the reviewer's design never touches the mm: the fault "
         "runs in the receiver's own context, the shrinker goes through the file's i_mmap",
     },
+    # The race needs one preemption (the receiver's exit inside the
+    # install); K=2 explores ~1,700 executions per clean variant, K=3 ~11,000
+    # (tests/scenarios/test_binder_scenarios.py, marked slow).
     explore=Explore(strategy="bounded", preemption_bound=2),
 )
 def binder_page_install_vs_exit(kernel: Kernel) -> Callable[[], None]:
