@@ -16,13 +16,14 @@ ALLOWED: dict[str, set[str]] = {
     "mm": {"engine", "sync", "arch", "fixes"},
     "oracles": {"engine", "sync", "arch", "mm", "fixes"},
     "user": {"engine", "sync", "arch", "mm", "fixes", "oracles"},
-    "scenarios": {"engine", "sync", "arch", "mm", "fixes", "user", "oracles"},
+    "kapi": {"engine", "sync", "arch", "mm", "fixes"},
+    "scenarios": {"engine", "sync", "arch", "mm", "fixes", "user", "oracles", "kapi"},
     "report": {"engine"},
     "clikit": {"engine"},
     "pytest_plugin": {"engine", "scenarios", "report"},
     "cli": {
-        "engine", "sync", "arch", "mm", "fixes", "user", "oracles", "scenarios", "report",
-        "clikit",
+        "engine", "sync", "arch", "mm", "fixes", "user", "oracles", "kapi", "scenarios",
+        "report", "clikit",
     },
 }
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mmrace.mm.internal import errno_error, kernel_config, kfunc
+from mmrace.engine import ViolationError
+from mmrace.mm.internal import errno_error, held, kernel_config, kfunc
 from mmrace.mm.mm_types import (
     PAGE_MASK,
     PAGE_SHIFT,
@@ -28,6 +29,8 @@ from mmrace.mm.mm_types import (
     VM_EXEC,
     VM_GROWSDOWN,
     VM_MAYSHARE,
+    VM_MIXEDMAP,
+    VM_PFNMAP,
     VM_READ,
     VM_SHARED,
     VM_UFFD_MISSING,
@@ -35,6 +38,7 @@ from mmrace.mm.mm_types import (
     VM_WRITE,
     MmStruct,
     VmAreaStruct,
+    mm_assert_users,
 )
 from mmrace.mm.mmap_lock import (
     lock_vma_under_rcu,
@@ -64,6 +68,7 @@ from mmrace.mm.page_alloc import (
     folio_trylock,
     folio_unlock,
     is_zero_pfn,
+    mem_state,
     my_zero_pfn,
     pfn_folio,
 )
@@ -110,6 +115,7 @@ from mmrace.mm.rmap import (
     folio_remove_rmap_pte,
     linear_page_index,
 )
+from mmrace.mm.vma import vm_flags_set
 
 # --- fault flags and results (include/linux/mm_types.h) ----------------------------
 
@@ -421,7 +427,21 @@ def do_shared_fault(vmf: VmFault) -> int:
 
 @kfunc
 def do_fault(vmf: VmFault) -> int:
-    """``do_fault``: read, COW or shared fault of a file mapping."""
+    """``do_fault``: read, COW or shared fault of a file mapping. A driver's
+    ``vm_ops`` without ``->fault`` (every page inserted at mmap or by the
+    driver, as Binder does) gets ``VM_FAULT_SIGBUS`` for an empty PTE,
+    rechecked under the PTL, and ``VM_FAULT_NOPAGE`` if it was filled
+    meanwhile. (A file without ``vm_ops`` in the model is a page-cache file:
+    ``filemap_fault``.)"""
+    ops = vmf.vma.vm_ops
+    if ops is not None and ops.fault is None:
+        assert vmf.pmd is not None
+        pm = pte_offset_map_lock(vmf.vma.vm_mm, vmf.pmd, vmf.pmd_index, vmf.address)
+        if pm is None:
+            return VM_FAULT_SIGBUS
+        ret = VM_FAULT_SIGBUS if pte_none(ptep_get(pm.table, pm.index)) else VM_FAULT_NOPAGE
+        pte_unmap_unlock(pm)
+        return ret
     if not vmf.flags & FAULT_FLAG_WRITE:
         return do_read_fault(vmf)
     if not vmf.vma.vm_flags & VM_SHARED:
@@ -817,9 +837,16 @@ def zap_pte_range(tlb: MmuGather, vma: VmAreaStruct, pmd: PageTable, mi: int, ad
 def unmap_page_range(tlb: MmuGather, vma: VmAreaStruct, addr: int, end: int,
                      details: ZapDetails | None = None) -> None:
     """``unmap_page_range``: walk the PMDs covering ``[addr, end)`` (no
-    allocation) and zap each PTE table's part."""
+    allocation) and zap each PTE table's part. ``BUG_ON(addr >= end)``: an
+    empty or inverted range (a size that wrapped past the end of the address
+    space) is a ``bug`` violation."""
     from mmrace.mm.pgtable import PMD_SIZE
 
+    if addr >= end:
+        raise ViolationError(
+            "bug", "kernel BUG in unmap_page_range: addr >= end",
+            f"kernel BUG at mm/memory.c: BUG_ON(addr >= end) in unmap_page_range of {vma!r}: "
+            f"addr {addr:#x}, end {end:#x} (the end wrapped around the address space?)")
     mm = vma.vm_mm
     while addr < end:
         nxt = min((addr & ~(PMD_SIZE - 1)) + PMD_SIZE, end)
@@ -833,12 +860,21 @@ def unmap_page_range(tlb: MmuGather, vma: VmAreaStruct, addr: int, end: int,
 
 
 @kfunc
-def unmap_single_vma(tlb: MmuGather, vma: VmAreaStruct, start: int, end: int,
+def unmap_single_vma(tlb: MmuGather, vma: VmAreaStruct, start_addr: int, end_addr: int,
                      details: ZapDetails | None = None) -> None:
-    """``unmap_single_vma``: zap the part of ``[start, end)`` inside *vma*."""
-    start = max(vma.vm_start, start)
-    end = min(vma.vm_end, end)
-    if start < end:
+    """``unmap_single_vma``: zap the part of ``[start_addr, end_addr)`` inside
+    *vma*, with the kernel's clamping: nothing if the range starts at or
+    after the VMA's end or ends at or before its start; an end that wrapped
+    below the start but still lies in the VMA reaches ``unmap_page_range``
+    inverted (and its BUG_ON). Left out: uprobes, hugetlb VMAs."""
+    vm_start, vm_end = vma.vm_start, vma.vm_end
+    start = max(vm_start, start_addr)
+    if start >= vm_end:
+        return
+    end = min(vm_end, end_addr)
+    if end <= vm_start:
+        return
+    if start != end:
         unmap_page_range(tlb, vma, start, end, details)
 
 
@@ -849,14 +885,225 @@ def unmap_vmas(tlb: MmuGather, vmas: list[VmAreaStruct], start: int, end: int) -
         unmap_single_vma(tlb, vma, start, end)
 
 
+ULONG_MAX = (1 << 64) - 1
+
+
 @kfunc
 def zap_page_range_single(vma: VmAreaStruct, address: int, size: int,
                           details: ZapDetails | None = None) -> None:
     """``zap_page_range_single``: zap a range of one VMA in its own mmu_gather
-    batch. The caller keeps the VMA stable (mmap, VMA or rmap lock)."""
+    batch. The caller keeps the VMA stable (mmap, VMA or rmap lock). The end
+    is ``address + size`` in unsigned long arithmetic: a size that wraps
+    past the end of the address space can hit ``unmap_page_range``'s
+    BUG_ON (seed 003). Left out: ``lru_add_drain``, mmu notifiers, hugetlb."""
+    end = (address + size) & ULONG_MAX
     tlb = tlb_gather_mmu(vma.vm_mm)
-    unmap_single_vma(tlb, vma, address, address + size, details)
+    unmap_single_vma(tlb, vma, address, end, details)
     tlb_finish_mmu(tlb)
+
+
+# --- drivers inserting pages and pfns (vm_insert_page, vmf_insert_*) ---------------
+#
+# What a driver's f_op->mmap or vm_ops->fault uses to map its own memory:
+# refcounted pages (vm_insert_page: a normal PTE, the page gains a reference
+# and a file-style mapping) or raw pfns (vmf_insert_pfn / vmf_insert_mixed:
+# a special PTE, no reference; x86 has pte_special). Every PTE goes in under
+# the PTL, and only into an empty entry.
+
+EBUSY = 16
+EINVAL = 22
+ENOMEM = 12
+
+
+def get_locked_pte(mm: MmStruct, addr: int) -> PteMap | None:
+    """``get_locked_pte`` (``walk_to_pmd`` + ``pte_alloc_map_lock``):
+    allocate the tables down to the PTE table of *addr* and return it
+    mapped and locked; None if the PMD is not a table. Left out:
+    ``walk_to_pmd``'s debug-only ``VM_BUG_ON(pmd_trans_huge())``."""
+    from mmrace.mm.pgtable import pud_alloc
+
+    pud, ui = pud_alloc(mm, addr)
+    pmd, mi = pmd_alloc(mm, pud, ui, addr)
+    pte_alloc(mm, pmd, mi)
+    return pte_offset_map_lock(mm, pmd, mi, addr)
+
+
+def vm_mixed_zeropage_allowed(vma: VmAreaStruct) -> bool:
+    """``vm_mixed_zeropage_allowed``: the shared zero page may be mapped into
+    a COW mapping or one that can never be writable. Left out:
+    ``mm_forbids_zeropage`` and the fsdax/VM_IO ``pfn_mkwrite`` case."""
+    flags = vma.vm_flags
+    if is_cow_mapping(flags):
+        return True
+    return not flags & (VM_WRITE | 0x20)  # VM_MAYWRITE
+
+
+def validate_page_before_insert(vma: VmAreaStruct, folio: Folio) -> int:
+    """``validate_page_before_insert``: 0, or -EINVAL for a page nobody holds
+    (refcount 0: one visible read), an anonymous page, or the zero page
+    where it is not allowed. ``PageAnon`` is set only when a new folio is
+    first mapped, before any other thread can see it, so reading it here
+    needs no scheduling point. Left out: page types, slab pages."""
+    if folio_ref_count(folio) == 0:
+        return -EINVAL
+    if folio.is_zero:
+        return 0 if vm_mixed_zeropage_allowed(vma) else -EINVAL
+    if folio.anon:
+        return -EINVAL
+    return 0
+
+
+@kfunc
+def insert_page_into_pte_locked(vma: VmAreaStruct, pm: PteMap, addr: int, folio: Folio,
+                                prot: int) -> int:
+    """``insert_page_into_pte_locked`` (``mkwrite`` false): -EBUSY if the
+    entry is not empty; else map *folio* (the zero page as a special PTE;
+    any other page gains a reference and a file-style rmap)."""
+    mm = vma.vm_mm
+    cur = ptep_get(pm.table, pm.index)
+    # Checked under the PTL, after the entry's read: exit_mmap's zap of this
+    # table (or its walk past the PMD) is ordered against it.
+    mm_assert_users(mm, "vm_insert_page")
+    if not pte_none(cur):
+        return -EBUSY
+    entry = pfn_pte(folio.pfn, vm_prot_to_pte(prot))
+    if folio.is_zero:
+        entry = pte_mkspecial(entry)
+    else:
+        folio_get(folio)
+        _map_count(mm, 1)
+        folio_add_file_rmap_pte(folio, 0, vma)
+    set_pte_at(mm, addr, pm.table, pm.index, entry)
+    return 0
+
+
+@kfunc
+def insert_page(vma: VmAreaStruct, addr: int, folio: Folio, prot: int) -> int:
+    """``insert_page``: validate, lock the PTE (allocating tables), insert."""
+    ret = validate_page_before_insert(vma, folio)
+    if ret:
+        return ret
+    pm = get_locked_pte(vma.vm_mm, addr)
+    if pm is None:
+        return -ENOMEM
+    ret = insert_page_into_pte_locked(vma, pm, addr, folio, prot)
+    pte_unmap_unlock(pm)
+    return ret
+
+
+def _bug(what: str, vma: VmAreaStruct, detail: str) -> ViolationError:
+    return ViolationError("bug", f"kernel BUG in {what}",
+                          f"kernel BUG at mm/memory.c ({what}) on {vma!r}: {detail}; "
+                          f"held: {held().describe()}")
+
+
+@kfunc
+def vm_insert_page(vma: VmAreaStruct, addr: int, folio: Folio) -> int:
+    """``vm_insert_page``: map a driver's own page at *addr* (0 or -errno:
+    -EFAULT outside the VMA, -EINVAL for a bad page, -EBUSY if mapped).
+
+    The two clean contracts (Jann Horn, seed 003): the VMA already has
+    ``VM_MIXEDMAP`` and the caller holds the mmap or VMA lock (read is
+    enough: a fault handler, Binder), or the caller holds the mmap lock for
+    write and ``vm_insert_page`` sets ``VM_MIXEDMAP`` (``vm_flags_set``) --
+    during ``f_op->mmap``, say. Otherwise ``BUG_ON(mmap_read_trylock())``
+    fires: a ``bug`` violation (the model asks whether this thread holds the
+    lock for write; the kernel's trylock also fails, without a BUG, while
+    another thread holds it for write, and ``vma_start_write`` then asserts).
+    ``BUG_ON(VM_PFNMAP)`` likewise. Setting ``VM_MIXEDMAP`` on a VMA with a
+    userfaultfd context is reported as an ``invariant`` violation: the
+    kernel does not refuse it, but ``vma_can_userfault`` never lets such a
+    VMA be registered, and the seed calls the state one that "probably
+    shouldn't be permitted". Left out: ``vm_insert_pages``' batching."""
+    mm = vma.vm_mm
+    if addr < vma.vm_start or addr >= vma.vm_end:
+        return -EFAULT
+    flags = vma.vm_flags
+    if not flags & VM_MIXEDMAP:
+        if held().mmap.get(mm.serial) != "W":
+            raise _bug("vm_insert_page", vma, "BUG_ON(mmap_read_trylock(vma->vm_mm)): VM_MIXEDMAP "
+                       "is not set and the mmap lock is not held for write")
+        if flags & VM_PFNMAP:
+            raise _bug("vm_insert_page", vma, "BUG_ON(vma->vm_flags & VM_PFNMAP)")
+        if vma.vm_userfaultfd_ctx is not None:
+            raise ViolationError(
+                "invariant", "VM_MIXEDMAP set on a VMA registered with userfaultfd",
+                f"vm_insert_page sets VM_MIXEDMAP on {vma!r}, which has a userfaultfd "
+                "context: vma_can_userfault never lets a VM_MIXEDMAP VMA be registered")
+        vm_flags_set(vma, VM_MIXEDMAP)
+    return insert_page(vma, addr, folio, vma.vm_page_prot)
+
+
+def pfn_valid(pfn: int) -> bool:
+    """``pfn_valid``: the frame has a ``struct page`` (a folio or page table
+    of this execution's memory map)."""
+    return pfn in mem_state().mem_map
+
+
+@kfunc
+def insert_pfn(vma: VmAreaStruct, addr: int, pfn: int, prot: int) -> int:
+    """``insert_pfn`` (``mkwrite`` false): a special PTE for *pfn* unless the
+    entry is already set; ``VM_FAULT_NOPAGE`` either way, ``VM_FAULT_OOM``
+    without a PTE table."""
+    mm = vma.vm_mm
+    pm = get_locked_pte(mm, addr)
+    if pm is None:
+        return VM_FAULT_OOM
+    cur = ptep_get(pm.table, pm.index)
+    mm_assert_users(mm, "insert_pfn")  # under the PTL, as in insert_page_into_pte_locked
+    if pte_none(cur):
+        entry = pte_mkspecial(pfn_pte(pfn, vm_prot_to_pte(prot)))
+        set_pte_at(mm, addr, pm.table, pm.index, entry)
+        update_mmu_cache(vma, addr, pm.table, pm.index)
+    pte_unmap_unlock(pm)
+    return VM_FAULT_NOPAGE
+
+
+@kfunc
+def vmf_insert_pfn_prot(vma: VmAreaStruct, addr: int, pfn: int, prot: int) -> int:
+    """``vmf_insert_pfn_prot``: for a ``vm_ops->fault`` of a ``VM_PFNMAP``
+    (or ``VM_MIXEDMAP``, for pfns without a ``struct page``) VMA. Its
+    BUG_ONs are ``bug`` violations: neither flag, both flags, a COW
+    ``VM_PFNMAP`` mapping, a valid pfn in a ``VM_MIXEDMAP`` VMA (use
+    ``vmf_insert_mixed``). Outside the VMA: ``VM_FAULT_SIGBUS``. Left out:
+    ``pfn_modify_allowed`` (L1TF), PAT cache modes."""
+    flags = vma.vm_flags
+    both = VM_PFNMAP | VM_MIXEDMAP
+    if not flags & both:
+        raise _bug("vmf_insert_pfn_prot", vma, "BUG_ON(!(vm_flags & (VM_PFNMAP|VM_MIXEDMAP)))")
+    if flags & both == both:
+        raise _bug("vmf_insert_pfn_prot", vma, "BUG_ON(VM_PFNMAP and VM_MIXEDMAP both set)")
+    if flags & VM_PFNMAP and is_cow_mapping(flags):
+        raise _bug("vmf_insert_pfn_prot", vma, "BUG_ON(VM_PFNMAP && is_cow_mapping())")
+    if flags & VM_MIXEDMAP and pfn_valid(pfn):
+        raise _bug("vmf_insert_pfn_prot", vma, "BUG_ON(VM_MIXEDMAP && pfn_valid(pfn))")
+    if addr < vma.vm_start or addr >= vma.vm_end:
+        return VM_FAULT_SIGBUS
+    return insert_pfn(vma, addr, pfn, prot)
+
+
+def vmf_insert_pfn(vma: VmAreaStruct, addr: int, pfn: int) -> int:
+    """``vmf_insert_pfn``: with the VMA's own protection."""
+    return vmf_insert_pfn_prot(vma, addr, pfn, vma.vm_page_prot)
+
+
+@kfunc
+def vmf_insert_mixed(vma: VmAreaStruct, addr: int, pfn: int) -> int:
+    """``vmf_insert_mixed`` (``__vm_insert_mixed``, ``mkwrite`` false): a
+    ``VM_MIXEDMAP`` VMA may map any pfn, with or without a ``struct page``;
+    x86 has ``pte_special``, so it becomes a special PTE without a page
+    reference (the driver keeps the page alive until it unmaps it).
+    ``VM_FAULT_SIGBUS`` without ``VM_MIXEDMAP`` (``vm_mixed_ok``; the model
+    has no devmap or special pfn_t), for the zero page where it is not
+    allowed, or outside the VMA."""
+    if is_zero_pfn(pfn):
+        if not vm_mixed_zeropage_allowed(vma):
+            return VM_FAULT_SIGBUS
+    elif not vma.vm_flags & VM_MIXEDMAP:
+        return VM_FAULT_SIGBUS
+    if addr < vma.vm_start or addr >= vma.vm_end:
+        return VM_FAULT_SIGBUS
+    return insert_pfn(vma, addr, pfn, vma.vm_page_prot)
 
 
 # --- fork: copy_page_range ----------------------------------------------------------------
@@ -975,6 +1222,9 @@ __all__ = [
     "do_user_addr_fault",
     "handle_mm_fault",
     "unmap_vmas",
+    "vm_insert_page",
+    "vmf_insert_mixed",
+    "vmf_insert_pfn",
     "zap_page_range_single",
 ]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from mmrace.engine import SharedObject, Var
+from mmrace.engine import SharedObject, Var, ViolationError, current_execution, current_thread
 from mmrace.mm.locks import KObject, RwSemaphore, Spinlock
 
 PAGE_SHIFT = 12
@@ -127,12 +127,23 @@ class AddressSpace(SharedObject):
         self.host: Any = None  # the File
 
 
+MmapHook = Callable[["File", Any], int]
+"""``file->f_op->mmap(file, vma)``: 0 or a negative errno."""
+
+
 class File(SharedObject):
-    """``struct file`` of a regular file (or device) that can be mapped."""
+    """``struct file`` of a regular file (or device) that can be mapped.
+
+    ``f_op_mmap`` is the driver's ``f_op->mmap``: ``mmap_region`` calls it
+    with the new VMA before the VMA is visible, so the hook may set its
+    flags, ``vm_ops`` and ``vm_private_data`` without locks (``vm_flags_init``
+    rules); a negative return fails the mmap with that errno. Without a hook,
+    ``vm_ops`` and ``special`` are what a simple ->mmap would install."""
 
     can_mmap = True  # f_op->mmap exists (a pipe's does not)
 
-    def __init__(self, path: str, size: int = 0, vm_ops: VmOperations | None = None) -> None:
+    def __init__(self, path: str, size: int = 0, vm_ops: VmOperations | None = None,
+                 f_op_mmap: MmapHook | None = None) -> None:
         super().__init__(f"file:{path}")
         self.path = path
         self.size = size
@@ -140,6 +151,7 @@ class File(SharedObject):
         self.f_mapping.host = self
         self.vm_ops = vm_ops
         self.special = 0  # VM_* flags the file's ->mmap adds (VM_IO, VM_PFNMAP, ...)
+        self.f_op_mmap = f_op_mmap
 
 
 class AnonVma(KObject):
@@ -204,8 +216,17 @@ class MmLockSeq(SharedObject):
         self.sequence = 0
 
 
-class MmStruct(SharedObject):
-    """``struct mm_struct``: one address space."""
+class MmStruct(KObject):
+    """``struct mm_struct``: one address space.
+
+    Two reference counts, as in the kernel: ``mm_users`` keeps the address
+    space (VMAs, page tables) alive and ``mm_count`` the struct itself
+    (``mmget``/``mmput`` and ``mmgrab``/``mmdrop`` in ``mm/fork.py``). The
+    last ``mmput`` tears the address space down (``exit_mmap``); the last
+    ``mmdrop`` frees the struct, after which any use is a KASAN-style
+    use-after-free. ``users_gone`` records where ``mm_users`` reached zero,
+    ``teardown_tid`` the thread running ``exit_mmap`` meanwhile (see
+    :func:`mm_assert_users`)."""
 
     def __init__(self, name: str = "mm", task_size: int = 1 << 47) -> None:
         super().__init__(name)
@@ -218,6 +239,8 @@ class MmStruct(SharedObject):
         self.map_count = 0  # written under mmap W only
         self.mm_users = Var(1, f"{name}.mm_users")
         self.mm_count = Var(1, f"{name}.mm_count")
+        self.users_gone: str | None = None  # where the last mmput happened
+        self.teardown_tid: int | None = None  # the thread in __mmput (exit_mmap) now
         self.has_pinned = Var(0, f"{name}.has_pinned")
         self.tlb_flush_pending = Var(0, f"{name}.tlb_flush_pending")
         self.mm_cpumask: Var[frozenset[int]] = Var(frozenset(), f"{name}.cpumask")
@@ -235,6 +258,45 @@ class MmStruct(SharedObject):
         self.kernel: Any = None  # the KernelConfig of the system the mm belongs to
         self.oracles_off: frozenset[str] = frozenset()  # names its System switched off
         self.rss = 0  # pages mapped (MM_ANONPAGES + MM_FILEPAGES), debugger view
+
+
+def mm_assert_users(mm: MmStruct, what: str) -> None:
+    """The caller is about to use *mm*'s address space (look a VMA up in its
+    tree, install a page in its page tables). That needs ``mm_users`` > 0
+    for as long as it lasts: the mm's own task holds a reference, anybody
+    else takes one with ``mmget_not_zero`` (include/linux/sched/mm.h; the
+    Rust ``MmWithUser`` type states the same invariant). A use after the
+    last ``mmput`` is a ``use-after-free`` naming the mm, except by the
+    thread running its ``exit_mmap``.
+
+    The kernel would find an empty tree once ``exit_mmap`` is done, but in
+    the window before (between its zap and ``free_pgtables``) the same
+    access installs pages into page tables about to be freed; the model
+    reports every use without a reference, as KASAN reports every access to
+    freed memory, not only the harmful ones. Not a visible operation: it
+    follows the caller's own visible access to the tree or the page table,
+    which ``exit_mmap``'s accesses order (it empties the tree under the mmap
+    write lock and zaps each table under its lock after the last ``mmput``
+    in program order), so an exploration that moves the access after the
+    teardown always reaches this check."""
+    gone = mm.users_gone
+    if gone is None:
+        return
+    th = current_thread()
+    tid = th.tid if th is not None else -1
+    if tid == mm.teardown_tid:
+        return
+    who = th.name if th is not None else "set-up code"
+    calls = " < ".join(reversed(th.where[-3:])) if th is not None and th.where else what
+    event = len(current_execution().events) - 1
+    raise ViolationError(
+        "use-after-free",
+        f"use-after-free of {mm.name}'s address space",
+        f"BUG: {what} by {who} ({calls}, event {event}) uses the address space of {mm.name} "
+        f"after its last mmput: mm_users reached 0 {gone}, and exit_mmap tears the VMAs and "
+        "page tables down; a user of another task's mm must hold mm_users "
+        "(mmget_not_zero) for as long as it uses it",
+    )
 
 
 # --- vm_area_struct -----------------------------------------------------------

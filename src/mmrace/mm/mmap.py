@@ -167,9 +167,12 @@ def shmem_zero_setup(mm: MmStruct) -> File:
 def mmap_region(mm: MmStruct, file: File | None, addr: int, length: int, vm_flags: int,
                 pgoff: int) -> int:
     """``mmap_region`` / ``__mmap_region``: unmap what is in the way, then merge
-    the new range into a neighbour or link a new VMA. The mmap write lock is
-    held. Left out: the ordering trick of gathering the old VMAs first and
-    completing their removal after the new VMA is in place."""
+    the new range into a neighbour or link a new VMA, calling the file's
+    ``f_op->mmap`` on the new VMA before it is linked (its error fails the
+    mmap). The mmap write lock is held. Left out: the ordering trick of
+    gathering the old VMAs first and completing their removal after the new
+    VMA is in place; ``f_op->mmap_prepare``; the second merge attempt after
+    a hook changed the flags; the hook's VM_MAYWRITE warning."""
     mmap_assert_write_locked(mm)
     end = addr + length
     if find_vma_intersection(mm, addr, end) is not None:
@@ -181,16 +184,18 @@ def mmap_region(mm: MmStruct, file: File | None, addr: int, length: int, vm_flag
         file = shmem_zero_setup(mm)
         pgoff = 0
     vm_ops = None
+    hook = None
     if file is not None:
         vm_flags |= file.special
         vm_ops = file.vm_ops
+        hook = file.f_op_mmap
     nxt, prev = find_vma_prev(mm, addr)
     if nxt is not None and nxt.vm_start != end:
         nxt = None
     if prev is not None and prev.vm_end != addr:
         prev = None
     vma: VmAreaStruct | None = None
-    if vm_ops is None:
+    if vm_ops is None and hook is None:
         # A file whose ->mmap installs vm_ops is mapped first, then merged
         # (the model keeps such VMAs separate, as VM_SPECIAL ones are).
         vmg = VmaMergeStruct(mm, prev, None, nxt, addr, end, pgoff, vm_flags, file)
@@ -206,6 +211,13 @@ def mmap_region(mm: MmStruct, file: File | None, addr: int, length: int, vm_flag
         vma._f_vm_file = file
         vma._f_vm_ops = vm_ops
         vma._f_vm_page_prot = vm_get_page_prot(vm_flags)
+        if hook is not None and file is not None:
+            # __mmap_new_file_vma -> mmap_file: the driver's f_op->mmap sees
+            # the VMA before it is in the tree (nobody else can reach it).
+            err = hook(file, vma)
+            if err:
+                raise errno_error(-err, "f_op->mmap")
+            vm_flags = vma.raw("vm_flags")  # map->flags = vma->vm_flags
         vma_link(mm, vma)
     mm.total_vm += length >> PAGE_SHIFT
     if vm_flags & VM_LOCKED:

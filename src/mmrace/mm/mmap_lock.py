@@ -45,7 +45,13 @@ from mmrace.mm.locks import (
     up_read,
     up_write,
 )
-from mmrace.mm.mm_types import VMA_LOCK_OFFSET, VMA_REF_LIMIT, MmStruct, VmAreaStruct
+from mmrace.mm.mm_types import (
+    VMA_LOCK_OFFSET,
+    VMA_REF_LIMIT,
+    MmStruct,
+    VmAreaStruct,
+    mm_assert_users,
+)
 
 
 def _assert(cond: bool, title: str, what: str) -> None:
@@ -54,6 +60,11 @@ def _assert(cond: bool, title: str, what: str) -> None:
 
 
 def _took(mm: MmStruct, mode: str) -> None:
+    # The lock lives in the mm_struct: taking it after the last mmdrop freed
+    # the struct is a use-after-free (the free is not ordered against the
+    # lock's own operations: a caller without an mm reference is caught when
+    # the free came first in the execution explored).
+    mm.check_alive(f"take {mm.mmap_lock.name}")
     h = held()
     h.mmap[mm.serial] = mode
     h.names[mm.serial] = mm.mmap_lock.name
@@ -313,6 +324,7 @@ def lock_vma_under_rcu(mm: MmStruct, address: int) -> VmAreaStruct | None:
     h = held()
     h.rcu += 1
     vma: Any = mm.mm_mt.load(address)
+    mm_assert_users(mm, "lock_vma_under_rcu")
     if vma is not None and not vma_start_read(mm, vma):
         vma = None
     # The VMA may have been freed and reused (SLAB_TYPESAFE_BY_RCU) or

@@ -34,6 +34,7 @@ from mmrace.mm.mm_types import (
     VM_WRITE,
     MmStruct,
     VmAreaStruct,
+    mm_assert_users,
     vm_get_page_prot,
 )
 from mmrace.mm.mmap_lock import (
@@ -158,14 +159,20 @@ def vma_set_page_prot(vma: VmAreaStruct) -> None:
 
 @kfunc
 def vma_lookup(mm: MmStruct, addr: int) -> VmAreaStruct | None:
-    """``vma_lookup``: the VMA containing *addr*, or None."""
-    return mm.mm_mt.load(addr)  # type: ignore[no-any-return]
+    """``vma_lookup``: the VMA containing *addr*, or None. A lookup in an
+    address space whose users are gone is a use-after-free
+    (``mm_assert_users``)."""
+    vma = mm.mm_mt.load(addr)
+    mm_assert_users(mm, "vma_lookup")
+    return vma  # type: ignore[no-any-return]
 
 
 @kfunc
 def find_vma(mm: MmStruct, addr: int) -> VmAreaStruct | None:
-    """``find_vma``: the first VMA ending above *addr* (it may start above)."""
+    """``find_vma``: the first VMA ending above *addr* (it may start above);
+    checked like :func:`vma_lookup`."""
     found = mm.mm_mt.find_after(addr)
+    mm_assert_users(mm, "find_vma")
     return None if found is None else found[2]
 
 

@@ -27,10 +27,11 @@ _CATALOG: dict[str, Scenario] | None = None
 def _catalog() -> dict[str, Scenario]:
     global _CATALOG
     if _CATALOG is None:
+        from mmrace.scenarios.binder import CATALOG as BINDER
         from mmrace.scenarios.deferred_flush import CATALOG
         from mmrace.scenarios.gup_cow import CATALOG as GUP_COW
 
-        _CATALOG = {sc.name: sc for sc in (*CATALOG, *GUP_COW)}
+        _CATALOG = {sc.name: sc for sc in (*CATALOG, *GUP_COW, *BINDER)}
     return _CATALOG
 
 

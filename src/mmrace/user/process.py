@@ -25,6 +25,7 @@ from mmrace.mm.mm_types import (
     VM_READ,
     VM_WRITE,
     File,
+    MmapHook,
     MmStruct,
     VmAreaStruct,
     VmOperations,
@@ -112,10 +113,13 @@ class System:
         return proc.open(name)
 
     def create_file(self, path: str, size: int = 1 << 20,
-                    vm_ops: VmOperations | None = None, special: int = 0) -> File:
+                    vm_ops: VmOperations | None = None, special: int = 0,
+                    mmap: MmapHook | None = None) -> File:
         """A file that processes can ``open`` and map; *vm_ops* and *special*
-        (VM_* flags) are what the file's ->mmap would install."""
-        f = File(path, size, vm_ops)
+        (VM_* flags) are what the file's ->mmap would install, or *mmap* is
+        the ->mmap itself (``f_op->mmap(file, vma)``, see
+        ``mmrace.kapi.vma.f_op_mmap`` for a typed one)."""
+        f = File(path, size, vm_ops, mmap)
         f.special = special
         self.files[path] = f
         return f
@@ -132,6 +136,7 @@ class Process(PageRefCalls):
         self.mm.kernel = system.kernel
         self.mm.oracles_off = system.oracles_off
         self.fds: dict[int, File] = {}
+        self.exited = False
 
     # -- threads -------------------------------------------------------------
 
@@ -213,10 +218,15 @@ class Process(PageRefCalls):
         return child
 
     def exit(self) -> None:
-        """Process exit: ``exit_mmap`` tears the address space down."""
-        from mmrace.mm.mmap import exit_mmap
+        """Process exit (``do_exit`` -> ``exit_mm``): drop the process's
+        reference to its mm (``mmput``); the last reference tears the
+        address space down (``exit_mmap``). A second exit is a ValueError."""
+        from mmrace.mm.fork import exit_mm
 
-        exit_mmap(self.mm)
+        if self.exited:
+            raise ValueError(f"process {self.pid} has already exited")
+        self.exited = True
+        exit_mm(self.mm)
 
     def ftruncate(self, fd: int, length: int) -> None:
         """``ftruncate(2)``: truncate the file, zapping its mappings under
