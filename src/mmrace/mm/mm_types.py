@@ -18,6 +18,7 @@ from typing import Any
 
 from mmrace.engine import SharedObject, Var
 from mmrace.mm.locks import KObject, RwSemaphore, Spinlock
+from mmrace.sync import SeqCount
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
@@ -124,6 +125,7 @@ class AddressSpace(SharedObject):
         self.i_mmap_rwsem = RwSemaphore(f"{name}.i_mmap_rwsem")
         self.i_mmap: dict[int, Any] = {}
         self.i_pages: dict[int, Any] = {}  # the page cache: index -> folio (mm/filemap.py)
+        self.backing: dict[int, list[int]] = {}  # the file's blocks: index -> words written back
         self.host: Any = None  # the File
 
 
@@ -218,6 +220,7 @@ class MmStruct(SharedObject):
         self.mm_count = Var(1, f"{name}.mm_count")
         self.has_pinned = Var(0, f"{name}.has_pinned")
         self.tlb_flush_pending = Var(0, f"{name}.tlb_flush_pending")
+        self.write_protect_seq = SeqCount(f"{name}.write_protect_seq")
         self.mm_cpumask: Var[frozenset[int]] = Var(frozenset(), f"{name}.cpumask")
         self.task_size = task_size
         self.mmap_base = 0x7F0000000000 if task_size == 1 << 47 else task_size // 3 * 2

@@ -344,6 +344,8 @@ def __split_vma(mm: MmStruct, vma: VmAreaStruct, addr: int, new_below: bool) -> 
     vma_start_write(new)
     vp = _Prep([vma])
     vma_prepare(vp)
+    # A huge PMD straddling the new boundary is split first.
+    huge_memory.vma_adjust_trans_huge(vma, vma.vm_start, addr)
     if new_below:
         vma.vm_pgoff = vma.vm_pgoff + ((addr - vma.vm_start) >> PAGE_SHIFT)
         vma.vm_start = addr
@@ -764,3 +766,7 @@ __all__ = [
     "vma_next",
     "vma_prev",
 ]
+
+# THP splitting on boundary changes (mm/huge_memory.py) calls back into the
+# fault and rmap code that imports this module: imported last (the seam).
+from mmrace.mm import huge_memory  # noqa: E402
