@@ -28,8 +28,9 @@ def _catalog() -> dict[str, Scenario]:
     global _CATALOG
     if _CATALOG is None:
         from mmrace.scenarios.deferred_flush import CATALOG
+        from mmrace.scenarios.thp_reclaim import CATALOG as THP_RECLAIM
 
-        _CATALOG = {sc.name: sc for sc in CATALOG}
+        _CATALOG = {sc.name: sc for sc in (*CATALOG, *THP_RECLAIM)}
     return _CATALOG
 
 
