@@ -143,3 +143,24 @@ def test_private_mapping_of_a_huge_folio_cows_per_page() -> None:
         check_accounting([p])
 
     run1(program)
+
+
+def test_recipe_pte_mapped_large_folio_in_an_aligned_vma() -> None:
+    """The docs' recipe for what collapse_pte_mapped_thp works on: a
+    2 MiB-aligned VMA whose large folio is mapped by PTEs."""
+    from mmrace.user import PROT_READ, for_each_vma
+
+    def program() -> None:
+        p, fd = _tmpfs()
+        a = p.mmap(THP_BASE, HUGE, RW, SHARED, fd, 0)
+        p.poke(a, 1)  # the large folio, mapped by a PMD
+        p.mprotect(a + HUGE // 2, HUGE // 2, PROT_READ)  # split VMA: PMD cleared
+        assert p.peek(a) == 1  # fault-around maps the folio by PTEs
+        p.mprotect(a + HUGE // 2, HUGE // 2, RW)
+        assert len(list(for_each_vma(p.mm))) == 1
+        assert not pmd_trans_huge(peek_pmd(p.mm, a))
+        f = p.folio_at(a)
+        assert f.order == 9 and f._entire_mapcount == 0 and f._mapcount >= 1
+        check_accounting([p])
+
+    run1(program)

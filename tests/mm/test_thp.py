@@ -210,3 +210,24 @@ def test_a_thp_fault_costs_about_one_small_fault() -> None:
     thp_ops = steps_of(lambda: setup("always"), fault)
     small_ops = steps_of(lambda: setup("never"), fault)
     assert thp_ops <= small_ops + 5, (thp_ops, small_ops)
+
+
+def test_clear_refs_and_pagemap_walk_a_huge_pmd() -> None:
+    from mmrace.user import CLEAR_REFS_SOFT_DIRTY
+
+    def program() -> None:
+        p = System(thp="always").process()
+        a = thp_anon(p)
+        p.poke(a, 1)
+        f = p.folio_at(a)
+        e = p.pagemap(a + 7 * PAGE_SIZE)
+        assert e.present and e.soft_dirty and e.pfn == f.pfn + 7
+        p.clear_refs(CLEAR_REFS_SOFT_DIRTY)
+        pmd = peek_pmd(p.mm, a)
+        assert pmd_trans_huge(pmd) and not pmd_write(pmd)
+        assert not p.pagemap(a).soft_dirty
+        p.touch(a + PAGE_SIZE, 0, write=True)  # write fault: the THP is reused
+        assert pmd_trans_huge(peek_pmd(p.mm, a)) and p.pagemap(a).soft_dirty
+        check_accounting([p])
+
+    run1(program)

@@ -43,9 +43,11 @@ from mmrace.mm.mman import PROT_EXEC, PROT_GROWSDOWN, PROT_GROWSUP, PROT_READ, P
 from mmrace.mm.mmap import PAGE_ALIGN, calc_vm_prot_bits, offset_in_page
 from mmrace.mm.mmap_lock import mmap_write_lock, mmap_write_unlock, vma_start_write
 from mmrace.mm.mmu_gather import MmuGather, tlb_finish_mmu, tlb_gather_mmu
+from mmrace.mm.page_alloc import pfn_folio
 from mmrace.mm.pgtable import set_pte_at, vm_prot_to_pte
 from mmrace.mm.swapops import (
     is_writable_migration_entry,
+    make_readable_exclusive_migration_entry,
     make_readable_migration_entry,
     pte_swp_flags,
     pte_to_swp_entry,
@@ -306,12 +308,17 @@ def change_pte_range(tlb: MmuGather, vma: VmAreaStruct, pmd: Any, mi: int, addr:
 def change_nonpresent_pte(vma: VmAreaStruct, addr: int, table: Any, idx: int, oldpte: int,
                           newprot: int) -> None:
     """The non-present branch of ``change_pte_range``: a writable migration
-    entry in a VMA that loses write permission becomes readable, so the
-    page is not mapped writable when the migration completes. Swap entries
-    keep their bits (the uffd-wp bit of a swap PTE is left out)."""
+    entry becomes readable ("a protection check is difficult so just be
+    safe"; readable-exclusive for an anonymous page), so the page is not
+    mapped writable against the new protection when the migration
+    completes. Swap entries keep their bits (changing the uffd-wp bit of a
+    swap PTE is left out)."""
     entry = pte_to_swp_entry(oldpte)
-    if is_writable_migration_entry(entry) and not vm_prot_to_pte(newprot) & 0x2:
-        new = swp_entry_to_pte(make_readable_migration_entry(entry.offset))
+    if is_writable_migration_entry(entry):
+        folio = pfn_folio(entry.offset)
+        make = (make_readable_exclusive_migration_entry if folio.anon
+                else make_readable_migration_entry)
+        new = swp_entry_to_pte(make(entry.offset))
         set_pte_at(vma.vm_mm, addr, table, idx, new | pte_swp_flags(oldpte))
 
 

@@ -473,6 +473,10 @@ def _rearrange(mm: MmStruct, changes: list[tuple[VmAreaStruct, int, int, int]],
             dup_anon_vma(changes[0][0], vma)
     vp = _Prep([c[0] for c in changes] + remove)
     vma_prepare(vp)
+    for vma, start, end, _pgoff in changes:
+        # Split huge PMDs that a moving boundary cuts (while the VMA still
+        # has its old range).
+        huge_memory.vma_adjust_trans_huge(vma, start, end)
     for vma, start, end, pgoff in changes:
         if vma.vm_start != start:
             vma.vm_start = start
