@@ -34,6 +34,7 @@ from mmrace.mm.page_alloc import (
     folio_unlock,
 )
 from mmrace.mm.pgtable import (
+    PageTable,
     pfn_pte,
     pmd_none,
     pmd_trans_huge,
@@ -185,8 +186,6 @@ def filemap_map_folio_range(vmf: VmFault, table: object, folio: Folio, start: in
     is empty (PTL held): each run gets its PTEs, one rmap update and one
     reference per page. ``VM_FAULT_NOPAGE`` if the faulting address was
     among them."""
-    from mmrace.mm.pgtable import PageTable
-
     assert isinstance(table, PageTable)
     vma = vmf.vma
     mm = vma.vm_mm

@@ -343,8 +343,6 @@ def folio_add_anon_rmap_ptes(folio: Any, idx: int, nr: int, vma: Any, address: i
     folio gain a PTE mapping each (a PMD split, a swap-in of a cached
     folio); with RMAP_EXCLUSIVE they are marked ``PageAnonExclusive``. One
     visible RMW."""
-    from mmrace.mm.page_alloc import folio_inc_mapcount
-
     folio_inc_mapcount(folio, "folio_add_anon_rmap_ptes", idx, nr)
     if exclusive:
         for i in range(idx, idx + nr):
@@ -355,8 +353,6 @@ def folio_add_anon_rmap_ptes(folio: Any, idx: int, nr: int, vma: Any, address: i
 def folio_add_file_rmap_ptes(folio: Any, idx: int, nr: int, vma: Any) -> None:
     """``folio_add_file_rmap_ptes``: *nr* pages from *idx* of a page-cache
     folio gain a PTE mapping each (``filemap_map_pages``)."""
-    from mmrace.mm.page_alloc import folio_inc_mapcount
-
     folio_inc_mapcount(folio, "folio_add_file_rmap_ptes", idx, nr)
 
 
@@ -364,8 +360,6 @@ def folio_add_file_rmap_ptes(folio: Any, idx: int, nr: int, vma: Any) -> None:
 def folio_remove_rmap_ptes(folio: Any, idx: int, nr: int, vma: Any) -> None:
     """``folio_remove_rmap_ptes``: *nr* PTE mappings fewer. Left out: the
     deferred-split queue for partially mapped anonymous folios."""
-    from mmrace.mm.page_alloc import folio_dec_mapcount
-
     folio_dec_mapcount(folio, "folio_remove_rmap_ptes", idx, nr)
 
 
@@ -373,16 +367,12 @@ def folio_remove_rmap_ptes(folio: Any, idx: int, nr: int, vma: Any) -> None:
 def folio_add_file_rmap_pmd(folio: Any, vma: Any) -> None:
     """``folio_add_file_rmap_pmd``: a PMD-sized page-cache folio gains a
     PMD mapping (``_entire_mapcount`` and the total, one visible RMW)."""
-    from mmrace.mm.page_alloc import folio_entire_mapcount_add
-
     folio_entire_mapcount_add(folio, 1, "folio_add_file_rmap_pmd")
 
 
 @kfunc
 def folio_remove_rmap_pmd(folio: Any, vma: Any) -> None:
     """``folio_remove_rmap_pmd``: a PMD mapping fewer."""
-    from mmrace.mm.page_alloc import folio_entire_mapcount_add
-
     folio_entire_mapcount_add(folio, -1, "folio_remove_rmap_pmd")
 
 
@@ -392,9 +382,6 @@ def folio_try_dup_anon_rmap_pmd(folio: Any, src_vma: Any) -> int:
     folio is exclusive and may be pinned (the caller splits the PMD and
     copies page by page instead); otherwise every page becomes shared and
     the folio gains a PMD mapping."""
-    from mmrace.mm.internal import kernel_config
-    from mmrace.mm.page_alloc import PageAnonExclusive, folio_entire_mapcount_add
-
     if PageAnonExclusive(folio, 0):
         if (kernel_config(src_vma.raw("vm_mm")).has("fork-copy-pinned")
                 and folio_needs_cow_for_dma(src_vma, folio)):
@@ -412,8 +399,6 @@ def folio_try_share_anon_rmap_pte(folio: Any, idx: int) -> int:
     first), give up exclusivity -- unless the page may be pinned
     (-EBUSY). The clear-then-check order pairs with GUP-fast's
     pin-then-recheck: one of them sees the other."""
-    from mmrace.mm.page_alloc import ClearPageAnonExclusive, folio_maybe_dma_pinned
-
     if folio_maybe_dma_pinned(folio):
         return -16
     ClearPageAnonExclusive(folio, idx)
@@ -492,8 +477,13 @@ def rmap_walk(folio: Any, rwc: RmapWalkControl, locked: bool = False) -> None:
 from mmrace.mm.internal import kernel_config  # noqa: E402
 from mmrace.mm.mm_types import VM_LOCKED, VM_SHARED  # noqa: E402
 from mmrace.mm.page_alloc import (  # noqa: E402
+    ClearPageAnonExclusive,
     PageAnonExclusive,
+    folio_dec_mapcount,
+    folio_entire_mapcount_add,
+    folio_inc_mapcount,
     folio_mapcount,
+    folio_maybe_dma_pinned,
     folio_put,
     folio_ref_count,
     folio_test_flag,
