@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mmrace.engine import current_execution
 from mmrace.mm.huge_memory import HPAGE_PMD_SIZE
 from mmrace.mm.mm_types import PAGE_SIZE
 from mmrace.mm.mman import (
@@ -38,6 +39,20 @@ from mmrace.mm.mman import (
 from mmrace.oracles.memory import wrong_data
 from mmrace.scenarios.api import Explore, Kernel, scenario
 from mmrace.user import Thread
+
+
+def cite(where: str, label: str) -> str:
+    """``event N (...)`` of the last operation *label* (a prefix) done in
+    kernel function *where*, for a violation message (the trace then shows
+    it); empty if there is none."""
+    events = current_execution().events
+    for i in range(len(events) - 1, -1, -1):
+        ev = events[i]
+        if ev.where == where and (ev.label or "").startswith(label):
+            detail = f" = {ev.detail}" if ev.detail is not None else ""
+            return f"event {i} ({ev.label} in {where}{detail})"
+    return "(not in this execution)"
+
 
 RW = PROT_READ | PROT_WRITE
 ANON = MAP_PRIVATE | MAP_ANONYMOUS
@@ -86,8 +101,13 @@ def madv_free_reclaim_dio(kernel: Kernel) -> Any:
         t.direct_io_read(a, 42)
         seen = t.load(a)
         if seen != 42:
-            raise wrong_data(f"the O_DIRECT read put 42 in the buffer, the process reads "
-                             f"{seen}: reclaim discarded the page while the read was in flight")
+            raise wrong_data(
+                f"the O_DIRECT read put 42 in the buffer, the process reads {seen}: reclaim "
+                "discarded the page while the read was in flight\n"
+                f"GUP reference: {cite('try_grab_folio_fast', 'folio_ref_try_add')}\n"
+                f"reclaim cleared the PTE: {cite('ptep_clear_flush', 'ptep_get_and_clear')}\n"
+                f"and found the page clean: {cite('_lazyfree_discardable', 'folio_test_dirty')}\n"
+                f"the DMA wrote the old page: {cite('blkdev_direct_io_read', 'store word')}")
 
     def reclaim(t: Thread) -> None:
         t.reclaim(folio)
@@ -138,8 +158,12 @@ def thp_madv_free_dontneed(kernel: Kernel) -> Any:
         t.madvise(a, HPAGE_PMD_SIZE, MADV_DONTNEED)
         seen = t.load(a)
         if seen != 0:
-            raise wrong_data(f"read {seen} after MADV_DONTNEED returned: the THP was "
-                             "still mapped (MADV_DONTNEED skipped its PMD)")
+            raise wrong_data(
+                f"read {seen} after MADV_DONTNEED returned: the THP was still mapped\n"
+                "MADV_FREE cleared the PMD: "
+                f"{cite('madvise_free_huge_pmd', 'pmdp_get_and_clear')}\n"
+                f"MADV_DONTNEED read it without the lock: {cite('unmap_page_range', 'pmdp_get')}\n"
+                f"MADV_FREE set it again: {cite('madvise_free_huge_pmd', 'set_pmd')}")
 
     p.thread(free, cpu=0, name="cpu0")
     p.thread(dontneed, cpu=1, name="cpu1")
