@@ -147,13 +147,12 @@ def _gup_fast_vs_munmap() -> None:
 def test_gup_fast_racing_munmap_is_clean(k: int) -> None:
     """GUP-fast against munmap of the page it walks to (the zap flushes, and
     the table is freed after RCU): no use-after-free, and a page it pinned
-    stays valid until unpinned (clean within K=3: 19,038 executions; K=2 in
-    the default run)."""
+    stays valid until unpinned (clean within K=3, a slow test; K=2 in the
+    default run)."""
     r = explore(_gup_fast_vs_munmap, strategy="bounded", preemption_bound=k, shrink=False)
     assert r.violation is None and r.complete, r.violation and r.violation.message
 
 
-@pytest.mark.slow
 def test_gup_fast_pin_racing_fork_never_shares_a_pinned_page() -> None:
     """A pin taken with GUP-fast while fork copies the page tables: either the
     page was pinned before fork looked (fork copies it for the child) or

@@ -70,13 +70,11 @@ from mmrace.mm.pgtable import (
     pte_access_permitted,
     pte_dirty,
     pte_index,
-    pte_offset_map,
     pte_offset_map_lock,
     pte_pfn,
     pte_present,
     pte_same,
     pte_special,
-    pte_unmap,
     pte_unmap_unlock,
     pte_write,
     ptep_get,
@@ -399,21 +397,21 @@ def try_grab_folio_fast(folio: Folio, refs: int, flags: int) -> Folio | None:
 @kfunc
 def gup_fast_pte_range(pmdval: int, pmd: PageTable, mi: int, addr: int, end: int, flags: int,
                        pages: list[Folio]) -> bool:
-    """``gup_fast_pte_range``: map the PTE table under RCU (it cannot be
-    freed: the caller also has interrupts off), then for each page:
+    """``gup_fast_pte_range``: map the PTE table the PMD value read by the
+    caller points to (``pte_offset_map(&pmd, ...)`` of the local copy: no
+    second read; the table cannot be freed under the caller's RCU and
+    interrupts-off section), then for each page:
     ``ptep_get_lockless``; refuse PROT_NONE and non-user entries, writes to
     read-only ones (``pte_access_permitted``), special ones (the zero
     page); take the reference or pin; recheck that neither the PMD nor the
     PTE changed (else drop it and stop); refuse a read-only pin of an anon
     page that is not exclusive (``gup_must_unshare``: the slow path will
     unshare it). False stops GUP-fast (the slow path takes over)."""
-    pm = pte_offset_map(pmd, mi, addr)
-    if pm is None:
-        return False
+    table = table_of(pmdval)
     ret = True
     while addr != end:
         idx = pte_index(addr)
-        pte = ptep_get_lockless(pm.table, idx)
+        pte = ptep_get_lockless(table, idx)
         if not pte_access_permitted(pte, bool(flags & FOLL_WRITE)) or pte_special(pte):
             ret = False
             break
@@ -426,7 +424,7 @@ def gup_fast_pte_range(pmdval: int, pmd: PageTable, mi: int, addr: int, end: int
             ret = False
             break
         if (not pmd_same(pmdval, pmdp_get(pmd, mi))
-                or not pte_same(pte, ptep_get(pm.table, idx))):
+                or not pte_same(pte, ptep_get(table, idx))):
             gup_put_folio(folio, 1, flags)
             ret = False
             break
@@ -438,7 +436,6 @@ def gup_fast_pte_range(pmdval: int, pmd: PageTable, mi: int, addr: int, end: int
         folio_test_set_flag(folio, "referenced", True, "folio_set_referenced")
         pages.append(folio)
         addr += 1 << PAGE_SHIFT
-    pte_unmap(pm)
     return ret
 
 
