@@ -187,3 +187,37 @@ def test_gup_fast_pin_racing_fork_never_shares_a_pinned_page() -> None:
 
     r = explore(program, strategy="bounded", preemption_bound=2, shrink=False)
     assert r.violation is None and r.complete, r.violation and r.violation.message
+
+
+def test_tlb_remove_table_sync_one_waits_for_interrupts_off_sections() -> None:
+    """khugepaged's sync before freeing a retracted table: it returns only
+    once no other CPU is inside an interrupts-off (GUP-fast) section that
+    started before it."""
+    from mmrace.mm.mmu_gather import tlb_remove_table_sync_one
+
+    waited: list[bool] = []
+
+    def program() -> None:
+        s = System(cpus=2)
+        p = s.process()
+        v = Var(0, name="v")
+        in_section = [False]
+
+        def gup_like(t: Thread) -> None:
+            flags = local_irq_save()
+            in_section[0] = True
+            v.load()
+            in_section[0] = False
+            local_irq_restore(flags)
+
+        def syncer(t: Thread) -> None:
+            tlb_remove_table_sync_one()
+            require(not in_section[0], "sync returned while cpu0 had interrupts off")
+            waited.append("wait" in (current_execution().events[-1].label or ""))
+
+        p.thread(gup_like, cpu=0)
+        p.thread(syncer, cpu=1)
+
+    r = explore(program, strategy="dpor", shrink=False)
+    assert r.violation is None and r.complete, r.violation and r.violation.message
+    assert any(waited) and not all(waited)
