@@ -681,7 +681,9 @@ def folio_referenced_one(folio: Any, vma: Any, address: int, acc: list[int]) -> 
 def folio_referenced(folio: Any) -> tuple[int, int]:
     """``folio_referenced``: how many mappings had the accessed bit (now
     cleared), and the union of the flags of the VMAs walked. The caller
-    holds the folio lock."""
+    holds the folio lock. Left out: reclaim's trylock of the rmap lock
+    (``rwc.try_lock``: a contended lock counts as referenced); the model
+    waits for it."""
     acc = [0, 0]
     if not folio_mapcount(folio):
         return 0, 0
