@@ -84,7 +84,6 @@ THP_BASE = 0x7E0000000000  # 2 MiB aligned, below the mmap base
         "current": "try_to_unmap_one sees ref_count != 1 + map_count and puts the PTE back",
     },
     explore=K3,
-    ci=("current", "base", "current-madv-free-reclaim-gup-refcount"),
 )
 def madv_free_reclaim_dio(kernel: Kernel) -> Any:
     """cpu0 reads a block into its MADV_FREE'd buffer with O_DIRECT, then
@@ -140,7 +139,6 @@ def madv_free_reclaim_dio(kernel: Kernel) -> Any:
         "current": "pmdp_invalidate keeps the PMD huge: zap_huge_pmd waits for its lock",
     },
     explore=K3,
-    ci=("current", "base", "current-thp-madv-free-pmdp-invalidate"),
 )
 def thp_madv_free_dontneed(kernel: Kernel) -> Any:
     """A dirty anonymous THP; cpu0 MADV_FREEs it while cpu1 MADV_DONTNEEDs
