@@ -441,7 +441,7 @@ def __split_huge_pmd_locked(vma: VmAreaStruct, pmd: PageTable, mi: int, haddr: i
     if not vma_is_anonymous(vma):
         old = pmdp_huge_clear_flush(vma, haddr, pmd, mi)
         folio = pfn_folio(pmd_pfn(old))
-        if pmd_dirty(old) and not folio.dirty:
+        if pmd_dirty(old):
             folio_mark_dirty(folio)
         folio_remove_rmap_pmd(folio, vma)
         mm.rss -= HPAGE_PMD_NR
