@@ -191,3 +191,5 @@ __all__ = [
     "UFFD_WP_RESOLVE_SKIP",
     "WP_FAULT_FLUSH_PENDING",
 ]
+
+from mmrace.fixes import thp_reclaim as _thp_reclaim  # noqa: E402,F401  (issue 15's switches)

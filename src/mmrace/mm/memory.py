@@ -22,12 +22,14 @@ from typing import Any
 
 from mmrace.engine import ViolationError
 from mmrace.mm.internal import errno_error, held, kernel_config, kfunc
+from mmrace.mm.locks import rcu_read_lock, rcu_read_unlock
 from mmrace.mm.mm_types import (
     PAGE_MASK,
     PAGE_SHIFT,
     PAGE_SIZE,
     VM_EXEC,
     VM_GROWSDOWN,
+    VM_LOCKED,
     VM_MAYSHARE,
     VM_MIXEDMAP,
     VM_PFNMAP,
@@ -55,12 +57,14 @@ from mmrace.mm.mmu_gather import (
     tlb_remove_tlb_entry,
 )
 from mmrace.mm.page_alloc import (
+    HPAGE_PMD_ORDER,
     Folio,
     PageAnonExclusive,
     SetPageAnonExclusive,
     copy_user_highpage,
     folio_alloc,
     folio_get,
+    folio_lock,
     folio_mapcount,
     folio_put,
     folio_ref_count,
@@ -73,17 +77,24 @@ from mmrace.mm.page_alloc import (
     pfn_folio,
 )
 from mmrace.mm.pgtable import (
+    PTRS_PER_PTE,
     PageTable,
     PteMap,
     flush_tlb_fix_spurious_fault,
+    mk_huge_pmd,
     pfn_pte,
     pmd_alloc,
+    pmd_lock,
     pmd_none,
     pmd_trans_huge,
     pmdp_get,
     pte_alloc,
+    pte_clear,
+    pte_index,
     pte_mkdirty,
+    pte_mksoft_dirty,
     pte_mkspecial,
+    pte_mkuffd_wp,
     pte_mkwrite,
     pte_mkyoung,
     pte_none,
@@ -102,6 +113,8 @@ from mmrace.mm.pgtable import (
     ptep_get_stable_bits,
     ptep_set_access_flags,
     ptl_lock,
+    ptl_unlock,
+    set_pmd_at,
     set_pte_at,
     update_mmu_cache,
     vm_prot_to_pte,
@@ -109,13 +122,36 @@ from mmrace.mm.pgtable import (
 )
 from mmrace.mm.rmap import (
     __anon_vma_prepare,
+    folio_add_anon_rmap_ptes,
+    folio_add_file_rmap_pmd,
     folio_add_file_rmap_pte,
     folio_add_new_anon_rmap,
     folio_move_anon_rmap,
     folio_remove_rmap_pte,
     linear_page_index,
 )
+from mmrace.mm.swap_state import (
+    folio_free_swap,
+    free_swap_and_cache,
+    read_swap_cache_async,
+    swap_cache_get_folio,
+)
+from mmrace.mm.swapfile import swap_duplicate, swap_free
+from mmrace.mm.swapops import (
+    is_migration_entry,
+    is_writable_migration_entry,
+    make_readable_migration_entry,
+    non_swap_entry,
+    pte_swp_exclusive,
+    pte_swp_flags,
+    pte_swp_mkexclusive,
+    pte_swp_soft_dirty,
+    pte_swp_uffd_wp,
+    pte_to_swp_entry,
+    swp_entry_to_pte,
+)
 from mmrace.mm.vma import vm_flags_set
+from mmrace.sync import write_seqcount_begin, write_seqcount_end
 
 # --- fault flags and results (include/linux/mm_types.h) ----------------------------
 
@@ -327,6 +363,8 @@ def __do_fault(vmf: VmFault) -> int:
     else:
         ret, folio = filemap_fault(vmf)
     vmf.page_folio = folio
+    if folio is not None:
+        vmf.page_idx = vmf.pgoff - folio.index  # the page in a large folio
     return int(ret)
 
 
@@ -340,7 +378,12 @@ def finish_fault(vmf: VmFault) -> int:
     write = bool(vmf.flags & FAULT_FLAG_WRITE)
     cow = write and not vma.vm_flags & VM_SHARED
     folio = vmf.cow_folio if cow else vmf.page_folio
+    idx = 0 if cow else vmf.page_idx
     assert folio is not None and vmf.pmd is not None
+    if folio.order == HPAGE_PMD_ORDER and pmd_none(pmdp_get(vmf.pmd, vmf.pmd_index)):
+        ret = do_set_pmd(vmf, folio)
+        if ret != VM_FAULT_FALLBACK:
+            return ret
     pte_alloc(mm, vmf.pmd, vmf.pmd_index)
     pm = pte_offset_map_lock(mm, vmf.pmd, vmf.pmd_index, vmf.address)
     if pm is None:
@@ -348,23 +391,93 @@ def finish_fault(vmf: VmFault) -> int:
     if not pte_none(ptep_get(pm.table, pm.index)):
         pte_unmap_unlock(pm)
         return VM_FAULT_NOPAGE
-    entry = pte_mkyoung(mk_pte(folio, vma))
+    entry = pte_mkyoung(pfn_pte(folio.pfn + idx, vm_prot_to_pte(vma.vm_page_prot)))
     if write:
         entry = maybe_mkwrite(pte_mkdirty(entry), vma)
     _map_count(mm, 1)
     if cow:
         folio_add_new_anon_rmap(folio, vma, vmf.address, True)
     else:
-        folio_add_file_rmap_pte(folio, 0, vma)
+        folio_add_file_rmap_pte(folio, idx, vma)
     set_pte_at(mm, vmf.address, pm.table, pm.index, entry)
     update_mmu_cache(vma, vmf.address, pm.table, pm.index)
     pte_unmap_unlock(pm)
     return 0
 
 
+def should_fault_around(vmf: VmFault) -> bool:
+    """``should_fault_around``: the file has ``->map_pages`` (the page
+    cache's, or shmem's; a driver's own ``->fault`` has none), the VMA is
+    not registered with uffd, and ``fault_around_bytes`` is above a page."""
+    ops = vmf.vma.vm_ops
+    if ops is not None and getattr(ops, "map_pages", None) is None:
+        return False
+    if vmf.vma.vm_flags & (VM_UFFD_MISSING | VM_UFFD_WP):
+        return False
+    return filemap.fault_around_pages() > 1
+
+
+@kfunc
+def do_fault_around(vmf: VmFault) -> int:
+    """``do_fault_around``: map the cached pages around the faulting one
+    (``fault_around_bytes``, clamped to the VMA and the PTE table) with
+    ``->map_pages`` under RCU; ``VM_FAULT_NOPAGE`` if that mapped the
+    faulting page itself."""
+    vma = vmf.vma
+    nr_pages = filemap.fault_around_pages()
+    pte_off = pte_index(vmf.address)
+    vma_off = vmf.pgoff - vma.vm_pgoff
+    from_pte = max(pte_off - pte_off % nr_pages, pte_off - min(pte_off, vma_off))
+    to_pte = min(from_pte + nr_pages, PTRS_PER_PTE,
+                 pte_off + ((vma.vm_end - vma.vm_start) >> PAGE_SHIFT) - vma_off) - 1
+    rcu_read_lock()
+    ret = filemap.filemap_map_pages(vmf, vmf.pgoff + from_pte - pte_off,
+                                    vmf.pgoff + to_pte - pte_off)
+    rcu_read_unlock()
+    return ret
+
+
+@kfunc
+def do_set_pmd(vmf: VmFault, folio: Folio) -> int:
+    """``do_set_pmd``: map a PMD-sized page-cache folio with one huge PMD if
+    THP is not disabled for the VMA, the PMD block fits in it with the
+    file offset aligned, and (under the PMD lock) the PMD is still empty;
+    ``VM_FAULT_FALLBACK`` otherwise (the caller maps by PTEs). The fault's
+    folio reference passes to the mapping. No table is deposited (x86 does
+    not need one for file THPs)."""
+    vma = vmf.vma
+    mm = vma.vm_mm
+    haddr = vmf.address & ~(huge_memory.HPAGE_PMD_SIZE - 1)
+    if huge_memory.vma_thp_disabled(vma, vma.vm_flags):
+        return VM_FAULT_FALLBACK
+    if not huge_memory.thp_vma_suitable_order(vma, haddr):
+        return VM_FAULT_FALLBACK
+    if folio.order != HPAGE_PMD_ORDER:
+        return VM_FAULT_FALLBACK
+    assert vmf.pmd is not None
+    ptl = pmd_lock(mm, vmf.pmd)
+    ret = VM_FAULT_FALLBACK
+    if pmd_none(pmdp_get(vmf.pmd, vmf.pmd_index)):
+        entry = pte_mkyoung(mk_huge_pmd(folio.pfn, vm_prot_to_pte(vma.vm_page_prot)))
+        if vmf.flags & FAULT_FLAG_WRITE:
+            entry = huge_memory.maybe_pmd_mkwrite(pte_mkdirty(entry), vma)
+        _map_count(mm, huge_memory.HPAGE_PMD_NR)
+        folio_add_file_rmap_pmd(folio, vma)
+        set_pmd_at(mm, haddr, vmf.pmd, vmf.pmd_index, entry)
+        ret = 0
+    ptl_unlock(ptl)
+    return ret
+
+
 @kfunc
 def do_read_fault(vmf: VmFault) -> int:
-    """``do_read_fault``: map the page-cache folio read-only."""
+    """``do_read_fault``: map the cached pages around the address first
+    (``do_fault_around``); if that did not map the faulting page, get it
+    with ``->fault`` and map it read-only."""
+    if should_fault_around(vmf):
+        ret = do_fault_around(vmf)
+        if ret:
+            return ret
     ret = vmf_can_call_fault(vmf)
     if ret:
         return ret
@@ -396,7 +509,7 @@ def do_cow_fault(vmf: VmFault) -> int:
         return ret
     page = vmf.page_folio
     assert page is not None
-    copy_user_highpage(vmf.cow_folio, 0, page, 0)
+    copy_user_highpage(vmf.cow_folio, 0, page, vmf.page_idx)
     ret |= finish_fault(vmf)
     folio_unlock(page)
     folio_put(page)
@@ -644,6 +757,99 @@ def do_wp_page(vmf: VmFault) -> int:
     return wp_page_copy(vmf)
 
 
+# --- swap and migration entries ---------------------------------------------------------
+
+
+def should_try_to_free_swap(folio: Folio, vma: VmAreaStruct, fault_flags: int) -> bool:
+    """``should_try_to_free_swap``: drop the swap copy of a folio faulted
+    back in when the VMA is locked, or when this write fault is likely its
+    only user (its references are ours plus the swap cache's)."""
+    if not folio.swapcache:
+        return False
+    if vma.vm_flags & VM_LOCKED:
+        return True
+    return bool(fault_flags & FAULT_FLAG_WRITE) and folio_ref_count(folio) == 1 + folio.nr_pages
+
+
+@kfunc
+def do_swap_page(vmf: VmFault) -> int:
+    """``do_swap_page``: a fault on a non-present, non-none PTE.
+
+    A migration entry waits for the migration to finish
+    (``migration_entry_wait``) and the fault is retried. A swap entry: find
+    the folio in the swap cache or read it in (``read_swap_cache_async``),
+    lock it, and under the PTL, if the PTE is still that entry, drop the
+    entry's swap count (freeing the swap copy if that was the last user and
+    the folio can do without it), then map the page -- writable at once if
+    the entry was exclusive or nobody else holds the folio -- and go on to
+    ``do_wp_page`` for a write the PTE still does not allow. The folio's
+    lookup reference passes to the mapping. Left out: readahead, the
+    ``SWP_SYNCHRONOUS_IO`` path that skips the swap cache, large folios,
+    device-private and hwpoison entries, PTE markers."""
+    vma = vmf.vma
+    mm = vma.vm_mm
+    assert vmf.pmd is not None
+    entry = pte_to_swp_entry(vmf.orig_pte)
+    if non_swap_entry(entry):
+        if is_migration_entry(entry):
+            migrate.migration_entry_wait(mm, vmf.pmd, vmf.pmd_index, vmf.address)
+        return 0
+    ret = vmf_anon_prepare(vmf) if vma.anon_vma is None else 0
+    if ret:
+        return ret
+    folio = swap_cache_get_folio(entry)
+    if folio is None:
+        folio = read_swap_cache_async(entry)
+        if folio is None:
+            # The entry was freed (the PTE changed meanwhile): nothing to do.
+            return 0
+    folio_lock(folio)
+    if not folio.swapcache or folio.swap != entry:
+        folio_unlock(folio)
+        folio_put(folio)
+        return 0
+    pm = pte_offset_map_lock(mm, vmf.pmd, vmf.pmd_index, vmf.address)
+    if pm is None or not pte_same(ptep_get(pm.table, pm.index), vmf.orig_pte):
+        if pm is not None:
+            pte_unmap_unlock(pm)
+        folio_unlock(folio)
+        folio_put(folio)
+        return 0
+    swap_free(entry)
+    exclusive = pte_swp_exclusive(vmf.orig_pte)
+    if should_try_to_free_swap(folio, vma, vmf.flags):
+        folio_free_swap(folio)
+    _map_count(mm, 1)
+    pte = pfn_pte(folio.pfn, vm_prot_to_pte(vma.vm_page_prot))
+    if pte_swp_soft_dirty(vmf.orig_pte):
+        pte = pte_mksoft_dirty(pte)
+    if pte_swp_uffd_wp(vmf.orig_pte):
+        pte = pte_mkuffd_wp(pte)
+    write = bool(vmf.flags & FAULT_FLAG_WRITE)
+    if exclusive or folio_ref_count(folio) == 1:
+        if vma.vm_flags & VM_WRITE and not (pte_swp_uffd_wp(vmf.orig_pte)
+                                            and vma.vm_flags & VM_UFFD_WP):
+            pte = pte_mkwrite(pte)
+            if write:
+                pte = pte_mkdirty(pte)
+                write = False
+        exclusive = True
+    pte = pte_mkyoung(pte)
+    if not folio_test_anon(folio):
+        folio_add_new_anon_rmap(folio, vma, vmf.address, exclusive)
+    else:
+        folio_add_anon_rmap_ptes(folio, 0, 1, vma, vmf.address, exclusive)
+    set_pte_at(mm, vmf.address, pm.table, pm.index, pte)
+    folio_unlock(folio)
+    if write:
+        vmf.pte = pm
+        vmf.orig_pte = pte
+        return do_wp_page(vmf)
+    update_mmu_cache(vma, vmf.address, pm.table, pm.index)
+    pte_unmap_unlock(pm)
+    return 0
+
+
 # --- the fault entry points ------------------------------------------------------------
 
 
@@ -672,7 +878,7 @@ def handle_pte_fault(vmf: VmFault) -> int:
         return do_pte_missing(vmf)
     if not pte_present(vmf.orig_pte):
         pte_unmap(pm)
-        return 0  # swap/migration entries: not modelled
+        return do_swap_page(vmf)
     assert pm.ptl is not None
     ptl_lock(pm.ptl)
     vmf.pte = pm
@@ -697,8 +903,12 @@ def handle_pte_fault(vmf: VmFault) -> int:
 
 @kfunc
 def __handle_mm_fault(vma: VmAreaStruct, address: int, flags: int) -> int:
-    """``__handle_mm_fault``: allocate the upper tables down to the PMD, then
-    ``handle_pte_fault``. Huge PMDs (THP) are not faulted in the model."""
+    """``__handle_mm_fault``: allocate the upper tables down to the PMD; an
+    empty PMD in a THP-enabled anonymous VMA faults in a huge page
+    (``create_huge_pmd``, unless it falls back); a huge PMD is handled
+    whole (``wp_huge_pmd`` for a write to a read-only one, else
+    ``huge_pmd_set_accessed``) unless that falls back too; everything else
+    goes to ``handle_pte_fault``."""
     from mmrace.mm.pgtable import pud_alloc
 
     mm = vma.vm_mm
@@ -706,8 +916,22 @@ def __handle_mm_fault(vma: VmAreaStruct, address: int, flags: int) -> int:
     pud, ui = pud_alloc(mm, address)
     pmd, mi = pmd_alloc(mm, pud, ui, address)
     vmf.pmd, vmf.pmd_index = pmd, mi
-    if pmd_trans_huge(pmdp_get(pmd, mi)):
-        return 0
+    orig_pmd = pmdp_get(pmd, mi)
+    if pmd_none(orig_pmd) and huge_memory.thp_vma_allowable_order(vma, vma.vm_flags, address):
+        ret = huge_memory.create_huge_pmd(vmf)
+        if not ret & VM_FAULT_FALLBACK:
+            return ret
+    elif pmd_trans_huge(orig_pmd):
+        # (One made not-present by a split or protection change in progress
+        # takes the same paths: they wait for the PMD lock its changer
+        # holds, find it changed, and the fault is retried.)
+        if flags & (FAULT_FLAG_WRITE | FAULT_FLAG_UNSHARE) and not pte_write(orig_pmd):
+            ret = huge_memory.wp_huge_pmd(vmf, orig_pmd)
+            if not ret & VM_FAULT_FALLBACK:
+                return ret
+        else:
+            huge_memory.huge_pmd_set_accessed(vmf, orig_pmd)
+            return 0
     return handle_pte_fault(vmf)
 
 
@@ -797,6 +1021,28 @@ class ZapDetails:
 
 
 @kfunc
+def zap_nonpresent_pte(tlb: MmuGather, vma: VmAreaStruct, table: PageTable, idx: int, addr: int,
+                       ptent: int, details: ZapDetails | None) -> None:
+    """``zap_nonpresent_ptes`` (PTL held): a swap entry gives back its swap
+    count (``free_swap_and_cache``); a migration entry is just cleared (its
+    folio's mapping went when it was installed). A truncation that spares
+    private COW copies (``!even_cows``) keeps anonymous ones here too."""
+    mm = vma.vm_mm
+    entry = pte_to_swp_entry(ptent)
+    spare_cows = details is not None and not details.even_cows
+    if not non_swap_entry(entry):
+        if spare_cows:
+            return
+        free_swap_and_cache(entry)
+    elif is_migration_entry(entry):
+        if spare_cows and pfn_folio(entry.offset).anon:
+            return
+    else:
+        return
+    pte_clear(mm, addr, table, idx)
+
+
+@kfunc
 def zap_pte_range(tlb: MmuGather, vma: VmAreaStruct, pmd: PageTable, mi: int, addr: int,
                   end: int, details: ZapDetails | None) -> None:
     """``zap_pte_range``: under the PTE lock, clear every present entry in
@@ -815,7 +1061,10 @@ def zap_pte_range(tlb: MmuGather, vma: VmAreaStruct, pmd: PageTable, mi: int, ad
         # (An entry never touched is skipped without a visible read: filling
         # it needs this PTL, which we hold, so the lock orders us against it.)
         ptent = ptep_get(pm.table, idx)
-        if pte_none(ptent) or not pte_present(ptent):
+        if pte_none(ptent):
+            continue
+        if not pte_present(ptent):
+            zap_nonpresent_pte(tlb, vma, pm.table, idx, a, ptent, details)
             continue
         folio = vm_normal_page(vma, a, ptent)
         if (details is not None and not details.even_cows and folio is not None
@@ -854,6 +1103,16 @@ def unmap_page_range(tlb: MmuGather, vma: VmAreaStruct, addr: int, end: int,
         if found is not None:
             pmd, mi = found
             pmdval = pmdp_get(pmd, mi)
+            # zap_pmd_range: a huge PMD is zapped whole (or split, for part
+            # of it) under its lock, which rechecks it; an empty one --
+            # read without the lock -- is skipped.
+            if pmd_trans_huge(pmdval):
+                if nxt - addr != PMD_SIZE:
+                    huge_memory.__split_huge_pmd(vma, pmd, mi, addr, False)
+                elif huge_memory.zap_huge_pmd(tlb, vma, pmd, mi, addr):
+                    addr = nxt
+                    continue
+                pmdval = pmdp_get(pmd, mi)
             if not pmd_none(pmdval) and not pmd_trans_huge(pmdval):
                 zap_pte_range(tlb, vma, pmd, mi, addr, nxt, details)
         addr = nxt
@@ -1155,6 +1414,29 @@ def folio_try_dup_anon_rmap_pte_(folio: Folio, pte: int, src_vma: VmAreaStruct) 
 
 
 @kfunc
+def copy_nonpresent_pte(dst_vma: VmAreaStruct, src_vma: VmAreaStruct, dst: PteMap,
+                        src: PteMap, idx: int, addr: int, pte: int) -> None:
+    """``copy_nonpresent_pte``: a swap entry is shared with the child
+    (``swap_duplicate``; the exclusive marker is dropped from both); a
+    writable migration entry in a COW mapping becomes readable in both, so
+    the page is write-protected once migration completes."""
+    src_mm = src_vma.vm_mm
+    dst_mm = dst_vma.raw("vm_mm")
+    entry = pte_to_swp_entry(pte)
+    if not non_swap_entry(entry):
+        if swap_duplicate(entry) < 0:
+            return
+        if pte_swp_exclusive(pte):
+            pte = pte & ~pte_swp_mkexclusive(0)
+            set_pte_at(src_mm, addr, src.table, idx, pte)
+    elif is_writable_migration_entry(entry) and is_cow_mapping(src_vma.vm_flags):
+        pte = swp_entry_to_pte(make_readable_migration_entry(entry.offset)) | (
+            pte_swp_flags(pte) & ~pte_swp_mkexclusive(0))
+        set_pte_at(src_mm, addr, src.table, idx, pte)
+    set_pte_at(dst_mm, addr, dst.table, idx, pte)
+
+
+@kfunc
 def copy_pte_range(dst_vma: VmAreaStruct, src_vma: VmAreaStruct, dst_pmd: PageTable, dmi: int,
                    src_pmd: PageTable, smi: int, addr: int, end: int) -> None:
     """``copy_pte_range``: allocate the child's PTE table, lock it, then the
@@ -1177,7 +1459,10 @@ def copy_pte_range(dst_vma: VmAreaStruct, src_vma: VmAreaStruct, dst_pmd: PageTa
         if idx not in src.table.entries and idx not in src.table.slots:
             continue
         pte = ptep_get(src.table, idx)
-        if pte_none(pte) or not pte_present(pte):
+        if pte_none(pte):
+            continue
+        if not pte_present(pte):
+            copy_nonpresent_pte(dst_vma, src_vma, dst, src, idx, addr + (i << PAGE_SHIFT), pte)
             continue
         copy_present_pte(dst_vma, src_vma, dst, src, idx, addr + (i << PAGE_SHIFT), pte)
     pte_unmap_unlock(src)
@@ -1204,15 +1489,29 @@ def copy_page_range(dst_vma: VmAreaStruct, src_vma: VmAreaStruct) -> int:
         return 0
     src_mm = src_vma.vm_mm
     dst_mm = dst_vma.raw("vm_mm")
+    is_cow = is_cow_mapping(src_vma.vm_flags)
+    if is_cow:
+        # GUP-fast pinning concurrently (FOLL_PIN) rechecks this counter and
+        # backs off: a page write-protected here must not get a new pin.
+        write_seqcount_begin(src_mm.write_protect_seq)
     addr, end = src_vma.vm_start, src_vma.vm_end
     while addr < end:
         nxt = min((addr & ~(PMD_SIZE - 1)) + PMD_SIZE, end)
         found = walk_to_pmd(src_mm, addr)
-        if found is not None and not pmd_none(pmdp_get(*found)):
-            pud, ui = pud_alloc(dst_mm, addr)
-            dpmd, dmi = pmd_alloc(dst_mm, pud, ui, addr)
-            copy_pte_range(dst_vma, src_vma, dpmd, dmi, found[0], found[1], addr, nxt)
+        if found is not None:
+            src_pmdval = pmdp_get(*found)
+            if not pmd_none(src_pmdval):
+                pud, ui = pud_alloc(dst_mm, addr)
+                dpmd, dmi = pmd_alloc(dst_mm, pud, ui, addr)
+                if pmd_trans_huge(src_pmdval) and huge_memory.copy_huge_pmd(
+                        dst_mm, src_mm, dpmd, dmi, found[0], found[1], addr, dst_vma,
+                        src_vma) == 0:
+                    addr = nxt
+                    continue  # -EAGAIN: the source was split; copy its PTEs
+                copy_pte_range(dst_vma, src_vma, dpmd, dmi, found[0], found[1], addr, nxt)
         addr = nxt
+    if is_cow:
+        write_seqcount_end(src_mm.write_protect_seq)
     return 0
 
 
@@ -1229,3 +1528,8 @@ __all__ = [
 ]
 
 _ = (Any, PAGE_SIZE)
+
+# The THP, page-cache and migration parts of the fault path live in their
+# kernel files, which call back into this one: they are imported last, as
+# modules, and used through their module objects (the seam of the cycle).
+from mmrace.mm import filemap, huge_memory, migrate  # noqa: E402

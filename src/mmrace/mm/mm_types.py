@@ -18,6 +18,7 @@ from typing import Any
 
 from mmrace.engine import SharedObject, Var, ViolationError, current_execution, current_thread
 from mmrace.mm.locks import KObject, RwSemaphore, Spinlock
+from mmrace.sync import SeqCount
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
@@ -124,6 +125,8 @@ class AddressSpace(SharedObject):
         self.i_mmap_rwsem = RwSemaphore(f"{name}.i_mmap_rwsem")
         self.i_mmap: dict[int, Any] = {}
         self.i_pages: dict[int, Any] = {}  # the page cache: index -> folio (mm/filemap.py)
+        # the file's blocks: index -> the (sparse) words written back
+        self.backing: dict[int, dict[int, int]] = {}
         self.host: Any = None  # the File
 
 
@@ -243,6 +246,7 @@ class MmStruct(KObject):
         self.teardown_tid: int | None = None  # the thread in __mmput (exit_mmap) now
         self.has_pinned = Var(0, f"{name}.has_pinned")
         self.tlb_flush_pending = Var(0, f"{name}.tlb_flush_pending")
+        self.write_protect_seq = SeqCount(f"{name}.write_protect_seq")
         self.mm_cpumask: Var[frozenset[int]] = Var(frozenset(), f"{name}.cpumask")
         self.task_size = task_size
         self.mmap_base = 0x7F0000000000 if task_size == 1 << 47 else task_size // 3 * 2

@@ -14,9 +14,13 @@ the same without an ``mmu_gather`` (``inc_tlb_flush_pending``,
 (EINVAL on any other); ``PROT_GROWSUP`` is EINVAL (x86 has no grows-up
 VMAs), and so are both together.
 
-Left out: pkeys, arch-specific VM_FLAGS_CLEAR bits, RLIMIT_AS, NUMA hinting (MM_CP_PROT_NUMA),
-huge PMDs, swap/migration entries and uffd-wp PTE markers on empty entries,
-hugetlb, mmu notifiers, large folio batching.
+A huge PMD covered whole is changed in place (``change_huge_pmd``), one
+covered in part is split first; a writable migration entry loses write
+permission with its VMA.
+
+Left out: pkeys, arch-specific VM_FLAGS_CLEAR bits, RLIMIT_AS, NUMA hinting
+(MM_CP_PROT_NUMA), uffd-wp bits of swap entries and PTE markers on empty
+entries, hugetlb, mmu notifiers, large folio batching.
 """
 
 from __future__ import annotations
@@ -43,7 +47,16 @@ from mmrace.mm.mman import PROT_EXEC, PROT_GROWSDOWN, PROT_GROWSUP, PROT_READ, P
 from mmrace.mm.mmap import PAGE_ALIGN, calc_vm_prot_bits, offset_in_page, ulong
 from mmrace.mm.mmap_lock import mmap_write_lock, mmap_write_unlock, vma_start_write
 from mmrace.mm.mmu_gather import MmuGather, tlb_finish_mmu, tlb_gather_mmu
-from mmrace.mm.pgtable import vm_prot_to_pte
+from mmrace.mm.page_alloc import pfn_folio
+from mmrace.mm.pgtable import set_pte_at, vm_prot_to_pte
+from mmrace.mm.swapops import (
+    is_writable_migration_entry,
+    make_readable_exclusive_migration_entry,
+    make_readable_migration_entry,
+    pte_swp_flags,
+    pte_to_swp_entry,
+    swp_entry_to_pte,
+)
 from mmrace.mm.vma import (
     find_vma,
     find_vma_prev,
@@ -285,6 +298,7 @@ def change_pte_range(tlb: MmuGather, vma: VmAreaStruct, pmd: Any, mi: int, addr:
             continue  # never touched: filling it needs the PTL we hold
         oldpte = ptep_get(pm.table, idx)
         if not pte_present(oldpte):
+            change_nonpresent_pte(vma, a, pm.table, idx, oldpte, newprot)
             continue
         if uffd_wp_resolve and not pte_uffd_wp(oldpte) and cfg.has("uffd-wp-resolve-skip"):
             continue
@@ -309,6 +323,23 @@ def change_pte_range(tlb: MmuGather, vma: VmAreaStruct, pmd: Any, mi: int, addr:
     return pages
 
 
+def change_nonpresent_pte(vma: VmAreaStruct, addr: int, table: Any, idx: int, oldpte: int,
+                          newprot: int) -> None:
+    """The non-present branch of ``change_pte_range``: a writable migration
+    entry becomes readable ("a protection check is difficult so just be
+    safe"; readable-exclusive for an anonymous page), so the page is not
+    mapped writable against the new protection when the migration
+    completes. Swap entries keep their bits (changing the uffd-wp bit of a
+    swap PTE is left out)."""
+    entry = pte_to_swp_entry(oldpte)
+    if is_writable_migration_entry(entry):
+        folio = pfn_folio(entry.offset)
+        make = (make_readable_exclusive_migration_entry if folio.anon
+                else make_readable_migration_entry)
+        new = swp_entry_to_pte(make(entry.offset))
+        set_pte_at(vma.vm_mm, addr, table, idx, new | pte_swp_flags(oldpte))
+
+
 @kfunc
 def change_protection_range(tlb: MmuGather, vma: VmAreaStruct, start: int, end: int,
                             newprot: int, cp_flags: int) -> int:
@@ -326,6 +357,19 @@ def change_protection_range(tlb: MmuGather, vma: VmAreaStruct, start: int, end: 
         if found is not None:
             pmd, mi = found
             pmdval = pmdp_get(pmd, mi)
+            # change_pmd_range: a huge PMD covered whole is changed in place;
+            # one covered in part is split and handled by PTEs.
+            if pmd_trans_huge(pmdval):
+                if nxt - addr != PMD_SIZE:
+                    huge_memory.__split_huge_pmd(vma, pmd, mi, addr, False)
+                else:
+                    ret = huge_memory.change_huge_pmd(tlb, vma, pmd, mi, addr, newprot,
+                                                      cp_flags)
+                    if ret:
+                        pages += ret
+                        addr = nxt
+                        continue
+                pmdval = pmdp_get(pmd, mi)
             if not pmd_none(pmdval) and not pmd_trans_huge(pmdval):
                 pages += change_pte_range(tlb, vma, pmd, mi, addr, nxt, newprot, cp_flags)
         addr = nxt
@@ -343,3 +387,7 @@ def change_protection(tlb: MmuGather, vma: VmAreaStruct, start: int, end: int,
     changed."""
     assert (cp_flags & MM_CP_UFFD_WP_ALL) != MM_CP_UFFD_WP_ALL
     return change_protection_range(tlb, vma, start, end, vma.vm_page_prot, cp_flags)
+
+# change_huge_pmd (mm/huge_memory.py) reads this module's MM_CP_* flags:
+# imported last (the seam of that cycle).
+from mmrace.mm import huge_memory  # noqa: E402

@@ -138,7 +138,21 @@ class Folio(KObject):
     (``_mapcount`` here is the number of mappings, not the kernel's -1 based
     field); ``_pincount`` is the large-folio pin count. ``mapping`` is the
     anon_vma of an anonymous folio (``PageAnon``) or the file's
-    address_space; ``anon_exclusive`` holds ``PageAnonExclusive`` per page."""
+    address_space; ``anon_exclusive`` holds ``PageAnonExclusive`` per page.
+
+    Large folios keep the mapcounts of kernels with ``CONFIG_PAGE_MAPCOUNT``
+    (up to 6.14 by default): ``_mapcount`` is then the folio's total
+    (``_large_mapcount``: one per PTE and one per PMD mapping, what
+    ``folio_mapcount`` returns), ``_entire_mapcount`` counts PMD mappings
+    and ``page_mapcount[i]`` the PTE mappings of page *i*.
+
+    Flags (PG_*): ``isolated`` (PG_lru cleared: taken off the LRU by reclaim
+    or migration; a folio is on the LRU otherwise), ``active``,
+    ``referenced``, ``swapbacked``
+    (anonymous memory that needs swap to be reclaimed; cleared by
+    MADV_FREE), ``swapcache`` with ``swap`` its entry, ``dirty``,
+    ``uptodate``, ``locked``. Waiters for the lock bit without taking it
+    (``folio_wait_locked``) are in ``unlock_waiters``."""
 
     def __init__(self, name: str, order: int, pfn: int) -> None:
         super().__init__(name)
@@ -159,6 +173,15 @@ class Folio(KObject):
         self.mapping: Any = None
         self.index = 0
         self.is_zero = False
+        self._entire_mapcount = 0
+        self.page_mapcount = [0] * self.nr_pages if order else []
+        self.isolated = False
+        self.active = False
+        self.referenced = False
+        self.swapbacked = False
+        self.swapcache = False
+        self.swap: Any = None  # the swap entry (folio->swap) while in the swap cache
+        self.unlock_waiters: list[list[bool]] = []
         self.contents = FolioContents(self, self.nr_pages)
 
     def __repr__(self) -> str:
@@ -301,12 +324,52 @@ def folio_ref_add(folio: Folio, nr: int) -> None:
 
 
 def folio_try_get(folio: Folio) -> bool:
-    """``folio_try_get``: increment unless zero (speculative lookups)."""
-    folio.access(RMW, "folio_try_get")
-    if folio._refcount == 0:
+    """``folio_try_get``: increment unless zero (speculative lookups).
+    ``struct page`` is never freed, so a speculative reference on a freed
+    (or frozen) folio fails instead of being a use-after-free."""
+    visible(folio, RMW, "folio_try_get")
+    if folio._refcount == 0 or folio.freed_at is not None:
         return False
     folio._refcount += 1
     return True
+
+
+def folio_ref_try_add(folio: Folio, nr: int) -> bool:
+    """``folio_ref_try_add``: add *nr* unless the count is zero (GUP-fast's
+    ``try_get_folio``); fails on a freed or frozen folio."""
+    ev = visible(folio, RMW, f"folio_ref_try_add({nr})")
+    if folio._refcount == 0 or folio.freed_at is not None:
+        if ev is not None:
+            ev.detail = "failed: refcount 0"
+        return False
+    folio._refcount += nr
+    return True
+
+
+def folio_ref_freeze(folio: Folio, count: int) -> bool:
+    """``folio_ref_freeze``: atomically replace a refcount of exactly
+    *count* by 0 (so speculative ``folio_try_get`` fails); False if other
+    references exist."""
+    ev = visible(folio, RMW, f"folio_ref_freeze({count})")
+    folio.check_alive("folio_ref_freeze")
+    if folio._refcount != count:
+        if ev is not None:
+            ev.detail = f"failed: refcount {folio._refcount}"
+        return False
+    folio._refcount = 0
+    return True
+
+
+def folio_ref_unfreeze(folio: Folio, count: int) -> None:
+    """``folio_ref_unfreeze``: set the refcount of a frozen folio."""
+    folio.access(RMW, f"folio_ref_unfreeze({count})")
+    folio._refcount = count
+
+
+def folio_free_frozen(folio: Folio) -> None:
+    """Free a folio whose refcount reclaim or migration froze to zero
+    (``free_unref_folios`` of the frozen folio)."""
+    free_folio(folio)
 
 
 @kfunc
@@ -357,20 +420,51 @@ def folio_mapped(folio: Folio) -> bool:
     return folio_mapcount(folio) > 0
 
 
-def folio_inc_mapcount(folio: Folio, what: str) -> None:
-    """The ``atomic_inc(&page->_mapcount)`` of the rmap functions."""
+def folio_inc_mapcount(folio: Folio, what: str, idx: int = 0, nr: int = 1) -> None:
+    """The ``atomic_inc(&page->_mapcount)`` of the rmap functions: *nr* PTE
+    mappings of pages *idx*.. (a large folio's per-page counts and its
+    total) in one visible RMW."""
     folio.access(RMW, what)
-    folio._mapcount += 1
+    folio._mapcount += nr
+    if folio.order:
+        for i in range(idx, idx + nr):
+            folio.page_mapcount[i] += 1
 
 
-def folio_dec_mapcount(folio: Folio, what: str) -> int:
+def folio_dec_mapcount(folio: Folio, what: str, idx: int = 0, nr: int = 1) -> int:
     """The ``atomic_add_negative(-1, &page->_mapcount)`` of the rmap
-    functions; returns the new count. Below zero is a violation."""
+    functions, for *nr* PTE mappings of pages *idx*..; returns the new
+    total. Below zero is a violation."""
     folio.access(RMW, what)
-    folio._mapcount -= 1
+    folio._mapcount -= nr
+    if folio.order:
+        for i in range(idx, idx + nr):
+            folio.page_mapcount[i] -= 1
+            if folio.page_mapcount[i] < 0:
+                raise _refcount_violation(folio, f"page {i} mapcount underflow")
     if folio._mapcount < 0:
         raise _refcount_violation(folio, "mapcount underflow")
     return folio._mapcount
+
+
+def folio_entire_mapcount_add(folio: Folio, delta: int, what: str) -> int:
+    """A PMD mapping added (+1) or removed (-1): ``_entire_mapcount`` and
+    the total, in one visible RMW; returns the new entire mapcount."""
+    folio.access(RMW, what)
+    folio._entire_mapcount += delta
+    folio._mapcount += delta
+    if folio._entire_mapcount < 0 or folio._mapcount < 0:
+        raise _refcount_violation(folio, "entire mapcount underflow")
+    return folio._entire_mapcount
+
+
+def page_mapcount(folio: Folio, idx: int) -> int:
+    """``page_mapcount``: how often page *idx* is mapped (its PTE mappings
+    plus the folio's PMD mappings); one visible read."""
+    folio.access(READ, "page_mapcount")
+    if not folio.order:
+        return folio._mapcount
+    return folio.page_mapcount[idx] + folio._entire_mapcount
 
 
 # --- flags and the folio lock --------------------------------------------------------
@@ -432,12 +526,59 @@ def folio_lock(folio: Folio) -> None:
 
 
 def folio_unlock(folio: Folio) -> None:
-    """``folio_unlock``: clear PG_locked, or hand it to the first waiter."""
+    """``folio_unlock``: clear PG_locked, or hand it to the first waiter;
+    wake every ``folio_wait_locked`` waiter either way."""
     folio.access(RMW, "folio_unlock")
+    for w in folio.unlock_waiters:
+        w[0] = True
+    folio.unlock_waiters = []
     if folio.lock_waiters:
         folio.lock_waiters.pop(0)[0] = True  # stays locked, now by the waiter
     else:
         folio.locked = False
+
+
+def folio_wait_locked_prepare(folio: Folio) -> list[bool]:
+    """Queue for the next ``folio_unlock`` of *folio* (the first half of
+    ``folio_wait_bit_common`` without taking the bit); the caller holds a
+    lock or a reference that keeps *folio* from being unlocked before it
+    is queued, then drops it and calls :func:`folio_wait_locked_finish`."""
+    woken = [False]
+    folio.unlock_waiters.append(woken)
+    return woken
+
+
+@kfunc
+def folio_wait_locked_finish(folio: Folio, woken: list[bool]) -> None:
+    """Sleep until the ``folio_unlock`` that *woken* was queued for (a
+    visible WAIT: its guard, "woken", is monotone)."""
+    visible(folio, WAIT, "folio_wait_locked", guard=lambda: woken[0])
+
+
+@kfunc
+def folio_wait_locked(folio: Folio) -> None:
+    """``folio_wait_locked``: one visible read; if PG_locked is set, sleep
+    until the next unlock (without taking the lock)."""
+    folio.access(READ, "folio_test_locked")
+    if not folio.locked:
+        return
+    folio_wait_locked_finish(folio, folio_wait_locked_prepare(folio))
+
+
+def folio_test_set_flag(folio: Folio, flag: str, value: bool, what: str) -> bool:
+    """Set (or clear) the PG_* flag *flag* as one visible RMW of the folio's
+    flags; returns the old value (``folio_test_set_*`` /
+    ``folio_test_clear_*``)."""
+    folio.access(RMW, what)
+    old = bool(getattr(folio, flag))
+    setattr(folio, flag, value)
+    return old
+
+
+def folio_test_flag(folio: Folio, flag: str, what: str) -> bool:
+    """Read the PG_* flag *flag* (one visible read of the folio)."""
+    folio.access(READ, what)
+    return bool(getattr(folio, flag))
 
 
 # --- data ------------------------------------------------------------------------------------

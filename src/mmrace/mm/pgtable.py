@@ -51,6 +51,7 @@ from mmrace.mm.locks import (
 )
 from mmrace.mm.mm_types import PAGE_SHIFT, MmStruct
 from mmrace.mm.page_alloc import alloc_pfns, pfn_to_obj
+from mmrace.mm.swapops import swap_pte_str
 from mmrace.sync import SINGLE_DEPTH_NESTING, spin_lock_nested
 
 # --- x86-64 layout ----------------------------------------------------------------
@@ -102,9 +103,12 @@ _BIT_NAMES = [(_PAGE_PRESENT, "P"), (_PAGE_RW, "W"), (_PAGE_USER, "U"), (_PAGE_A
 
 
 def pte_str(pte: int) -> str:
-    """``pfn 0x1000 P|W|U|A|D`` for traces."""
+    """``pfn 0x1000 P|W|U|A|D`` for traces (``swap 0:0x1`` for a swap or
+    migration entry)."""
     if not pte:
         return "none"
+    if not pte & (_PAGE_PRESENT | _PAGE_PSE):
+        return swap_pte_str(pte)
     bits = "|".join(n for b, n in _BIT_NAMES if pte & b)
     return f"pfn {pte_pfn(pte):#x} {bits}"
 
@@ -219,12 +223,17 @@ def pmd_none(pmd: int) -> bool:
 
 
 def pmd_present(pmd: int) -> bool:
-    return bool(pmd & _PAGE_PRESENT)
+    """x86 ``pmd_present``: ``_PAGE_PRESENT`` or ``_PAGE_PSE``, so a huge PMD
+    made not-present by ``pmdp_invalidate`` (during a split or a change of
+    protection) still counts as present and huge for software walkers; the
+    MMU faults on it."""
+    return bool(pmd & (_PAGE_PRESENT | _PAGE_PSE))
 
 
 def pmd_trans_huge(pmd: int) -> bool:
-    """A PMD leaf (``_PAGE_PSE``): maps a 2 MiB folio."""
-    return bool(pmd & _PAGE_PSE) and pmd_present(pmd)
+    """A PMD leaf (``_PAGE_PSE``): maps a 2 MiB folio (also while
+    invalidated, as on x86)."""
+    return bool(pmd & _PAGE_PSE)
 
 
 def pmd_leaf(pmd: int) -> bool:
@@ -233,6 +242,49 @@ def pmd_leaf(pmd: int) -> bool:
 
 def pmd_mkhuge(pmd: int) -> int:
     return pmd | _PAGE_PSE
+
+
+# Huge-PMD bits are the PTE bits at the same positions (x86); these name
+# them as the kernel's huge_memory.c does.
+pmd_pfn = pte_pfn
+pmd_write = pte_write
+pmd_dirty = pte_dirty
+pmd_young = pte_young
+pmd_soft_dirty = pte_soft_dirty
+pmd_uffd_wp = pte_uffd_wp
+pmd_mkwrite = pte_mkwrite
+pmd_wrprotect = pte_wrprotect
+pmd_mkdirty = pte_mkdirty
+pmd_mkclean = pte_mkclean
+pmd_mkyoung = pte_mkyoung
+pmd_mkold = pte_mkold
+pmd_mkuffd_wp = pte_mkuffd_wp
+pmd_clear_uffd_wp = pte_clear_uffd_wp
+pmd_clear_soft_dirty = pte_clear_soft_dirty
+
+
+def mk_huge_pmd(pfn: int, prot: int) -> int:
+    """``mk_huge_pmd``: a present PMD leaf mapping the 2 MiB folio at *pfn*."""
+    return pmd_mkhuge(pfn_pte(pfn, prot))
+
+
+def pmd_mkinvalid(pmd: int) -> int:
+    """``pmd_mkinvalid``: clear ``_PAGE_PRESENT`` (x86 also clears
+    PROTNONE); ``_PAGE_PSE`` stays, so the entry is still ``pmd_trans_huge``."""
+    return pmd & ~_PAGE_PRESENT
+
+
+def pmd_hw_present(pmd: int) -> bool:
+    """Whether the MMU would use the entry (``_PAGE_PRESENT`` set)."""
+    return bool(pmd & _PAGE_PRESENT)
+
+
+def pte_access_permitted(pte: int, write: bool) -> bool:
+    """x86 ``pte_access_permitted`` / ``pmd_access_permitted``: present,
+    user-accessible and, for a write, writable (so GUP-fast refuses
+    PROT_NONE mappings, as the MMU does)."""
+    return bool(pte & _PAGE_PRESENT) and bool(pte & _PAGE_USER) and (
+        not write or bool(pte & _PAGE_RW))
 
 
 def pmd_same(a: int, b: int) -> bool:
@@ -294,6 +346,9 @@ class PageTable(KObject):
         self.entries: dict[int, int] = {}
         self.slots: dict[int, PteSlot] = {}
         self.installed = False
+        # PMD tables: the PTE table deposited for each huge PMD
+        # (pgtable_trans_huge_deposit), touched only under this table's lock.
+        self.deposited: dict[int, PageTable] = {}
         self.pfn = alloc_pfns(self, 1)
         key = "ptlock" if level == LEVEL_PTE else "pmd_ptlock"
         self.ptl: Spinlock | None = (
@@ -538,6 +593,22 @@ def set_pte_at(mm: MmStruct, addr: int, table: PageTable, index: int, pte: int) 
 set_pmd_at = set_pte_at
 
 
+def set_pte_at_cleared(mm: MmStruct, addr: int, table: PageTable, index: int, pte: int,
+                       cleared: int) -> None:
+    """``set_pte_at`` of an entry that this thread cleared (``ptep_clear_flush``)
+    under the PTL it still holds -- the rmap actors' replacement of a PTE by
+    a swap or migration entry, or putting it back. Nobody could see the
+    entry empty, so the rules judge it as a change of *cleared*, not as
+    filling an empty entry (which would need the mmap or VMA lock)."""
+    ev = _entry(table, index, WRITE, "set_pte")
+    old = table.entries.get(index, 0)
+    assert old == 0 and holds(table.ptl), "set_pte_at_cleared: the entry was not cleared here"
+    check_entry_write(table, index, cleared, pte)
+    _store(table, index, pte)
+    if ev is not None:
+        ev.detail = pte_str(pte)
+
+
 def pte_clear(mm: MmStruct, addr: int, table: PageTable, index: int) -> None:
     """``pte_clear`` / ``pmd_clear``: one visible write."""
     set_pte_at(mm, addr, table, index, 0)
@@ -681,6 +752,94 @@ def ptep_clear_flush(vma: Any, addr: int, table: PageTable, index: int) -> int:
     return pte
 
 
+# --- huge PMDs (mm/pgtable-generic.c, include/linux/pgtable.h) ---------------------------
+
+pmdp_huge_get_and_clear_full = ptep_get_and_clear
+pmdp_set_wrprotect = ptep_set_wrprotect
+pmdp_set_access_flags = ptep_set_access_flags
+pmdp_test_and_clear_young = ptep_test_and_clear_young
+
+
+@kfunc
+def flush_pmd_tlb_range(vma: Any, start: int, end: int) -> None:
+    """``flush_pmd_tlb_range`` (x86: ``flush_tlb_mm_range`` with the PMD
+    stride; a 2 MiB range is beyond the single-page ceiling, so every CPU
+    in ``mm_cpumask`` flushes the mm)."""
+    flush_tlb_mm_range(vma.raw("vm_mm"), start, end, LEVEL_SHIFT[LEVEL_PMD], False)
+
+
+@kfunc
+def pmdp_invalidate(vma: Any, addr: int, table: PageTable, index: int) -> int:
+    """``pmdp_invalidate``: atomically replace a huge PMD by its
+    not-present version (``pmdp_establish`` with ``pmd_mkinvalid``: the
+    entry stays ``pmd_trans_huge`` and never becomes none, so a lockless
+    ``pmd_none`` check cannot skip it), then flush the range; returns the
+    old entry, with the accessed and dirty bits the MMU set."""
+    ev = _entry(table, index, RMW, "pmdp_invalidate")
+    old = table.entries.get(index, 0)
+    new = pmd_mkinvalid(old)
+    check_entry_write(table, index, old, new)
+    _store(table, index, new)
+    if ev is not None:
+        ev.detail = pte_str(new)
+    flush_pmd_tlb_range(vma, addr, addr + (1 << PMD_SHIFT))
+    return old
+
+
+@kfunc
+def pmdp_invalidate_ad(vma: Any, addr: int, table: PageTable, index: int) -> int:
+    """``pmdp_invalidate_ad`` (x86): ``pmdp_invalidate`` without the flush,
+    for callers whose ``mmu_gather`` flushes later (``change_huge_pmd``):
+    the returned entry has the accessed and dirty bits the MMU set."""
+    ev = _entry(table, index, RMW, "pmdp_invalidate_ad")
+    old = table.entries.get(index, 0)
+    new = pmd_mkinvalid(old)
+    check_entry_write(table, index, old, new)
+    _store(table, index, new)
+    if ev is not None:
+        ev.detail = pte_str(new)
+    return old
+
+
+@kfunc
+def pmdp_huge_clear_flush(vma: Any, addr: int, table: PageTable, index: int) -> int:
+    """``pmdp_huge_clear_flush``: clear a huge PMD and flush its range."""
+    old = ptep_get_and_clear(vma.raw("vm_mm"), addr, table, index)
+    flush_pmd_tlb_range(vma, addr, addr + (1 << PMD_SHIFT))
+    return old
+
+
+def pgtable_trans_huge_deposit(mm: MmStruct, pmd: PageTable, index: int,
+                               pgtable: PageTable) -> None:
+    """``pgtable_trans_huge_deposit``: keep a preallocated PTE table with a
+    huge PMD, so that splitting it never allocates. Called under the PMD
+    lock; the deposit list is touched only under that lock, so it is not a
+    visible operation of its own."""
+    assert (pmd.ptl is not None and holds(pmd.ptl)) or not pmd.installed, "PMD lock not held"
+    pmd.deposited[index] = pgtable
+
+
+def pgtable_trans_huge_withdraw(mm: MmStruct, pmd: PageTable, index: int) -> PageTable:
+    """``pgtable_trans_huge_withdraw``: take the deposited PTE table back
+    (PMD lock held; see :func:`pgtable_trans_huge_deposit`)."""
+    return pmd.deposited.pop(index)
+
+
+def pmd_populate(mm: MmStruct, pmd: PageTable, index: int, pgtable: PageTable) -> None:
+    """``pmd_populate``: point a PMD entry at a PTE table that its builder
+    filled while nobody could reach it (``smp_wmb`` before: the entries
+    are visible first). One visible write of the PMD entry."""
+    pgtable.installed = True
+    set_pmd_at(mm, pmd.addr_of(index), pmd, index, pfn_pte(pgtable.pfn, _PAGE_TABLE))
+
+
+def set_pte_private(table: PageTable, index: int, pte: int) -> None:
+    """Fill an entry of a table nobody else can reach yet (a withdrawn
+    deposit being prepared for ``pmd_populate``): no visible operation."""
+    assert not table.installed, f"{table.name} is reachable"
+    _store(table, index, pte)
+
+
 # --- the hardware walker (arch/x86: the MMU's side of the page tables) ------------------
 
 
@@ -719,22 +878,27 @@ class FolioFrame:
         return name if self.folio.nr_pages == 1 else f"{name}[{self.idx}]"
 
 
-def frame_of_pte(pte: int) -> FolioFrame | None:
-    """The frame a present leaf PTE maps (None if it is not a folio's)."""
-    obj = pfn_to_obj(pte_pfn(pte))
+def frame_of_pte(pte: int, sub: int = 0) -> FolioFrame | None:
+    """The frame a present leaf PTE maps (None if it is not a folio's); for
+    a huge PMD, its page *sub*."""
+    pfn = pte_pfn(pte) + sub
+    obj = pfn_to_obj(pfn)
     if isinstance(obj, PageTable) or obj is None:
         return None
-    return FolioFrame(obj, pte_pfn(pte) - obj.pfn)
+    return FolioFrame(obj, pfn - obj.pfn)
 
 
 class X86PageWalker:
     """The hardware page walker (``mmrace.arch.walker.PageWalker``): reads
-    PGD, PUD and PMD entries (one visible read each, inside an RCU read
-    section -- see the walker contract), then accesses the PTE in one event
-    that also fills the TLB entry, setting the accessed bit (and the dirty
-    bit for a write) with an atomic RMW when they are not set yet. It does
-    not touch the soft-dirty bit (software's, set by the fault handler).
-    Huge PMDs are not walked (the model has no huge TLB entries)."""
+    PGD and PUD entries (one visible read each, inside an RCU read section
+    -- see the walker contract), then the PMD entry; a huge PMD (a present
+    ``_PAGE_PSE`` leaf) is the leaf, otherwise it accesses the PTE. The
+    leaf access is one event that also fills the TLB entry, setting the
+    accessed bit (and the dirty bit for a write) with an atomic RMW when
+    they are not set yet. It does not touch the soft-dirty bit (software's,
+    set by the fault handler). A huge leaf fills a 4 KiB entry for the page
+    accessed (the model has no 2 MiB TLB entries; flushes of a huge
+    mapping's range reach every such entry)."""
 
     def walk(self, cpu: Any, mm: Any, addr: int, write: bool, entry: TlbEntry) -> int:
         rcu_read_lock()
@@ -744,43 +908,75 @@ class X86PageWalker:
 
     def _walk(self, mm: Any, addr: int, write: bool, entry: TlbEntry) -> int:
         t = mm_pgd(mm)
-        for idxf in (pgd_index, pud_index, pmd_index):
+        want = _PAGE_ACCESSED | (_PAGE_DIRTY if write else 0)
+        for idxf in (pgd_index, pud_index):
             i = idxf(addr)
             ev = _entry(t, i, READ, f"hw walk: {LEVEL_NAMES[t.level]}")
             e = t.entries.get(i, 0)
             if ev is not None:
                 ev.detail = pte_str(e)
-            if not pte_present(e) or (t.level == LEVEL_PMD and pmd_trans_huge(e)):
+            if not pte_present(e):
                 return FAULT_NOT_PRESENT
             t = table_of(e)
-        i = pte_index(addr)
-        slot = t.slot(i)
-        want = _PAGE_ACCESSED | (_PAGE_DIRTY if write else 0)
+        i = pmd_index(addr)
         while True:
             peek = t.entries.get(i, 0)
-            needs_update = pte_present(peek) and (peek & want) != want
+            if pmd_trans_huge(peek):
+                code = self._leaf(t, i, pte_index(addr), want, write, entry)
+                if code is not None:
+                    return code
+                continue  # it stopped being a huge leaf: read it again
+            ev = _entry(t, i, READ, "hw walk: pmd")
+            e = t.entries.get(i, 0)
+            if ev is not None:
+                ev.detail = pte_str(e)
+            if pmd_trans_huge(e):
+                continue  # it became a huge leaf since the peek: access it as one
+            if not pte_present(e):
+                return FAULT_NOT_PRESENT
+            break
+        t = table_of(e)
+        while True:
+            code = self._leaf(t, pte_index(addr), 0, want, write, entry)
+            if code is not None:
+                return code
+
+    @staticmethod
+    def _leaf(t: PageTable, i: int, sub: int, want: int, write: bool,
+              entry: TlbEntry) -> int | None:
+        """Access leaf entry *i* of *t* (a PTE, or a huge PMD whose page
+        *sub* is accessed) in one event; the fault code, 0 once *entry* is
+        filled, or None if a PMD entry turned out not to be a huge leaf."""
+        slot = t.slot(i)
+        huge = t.level == LEVEL_PMD
+        while True:
+            peek = t.entries.get(i, 0)
+            needs_update = bool(peek & _PAGE_PRESENT) and (peek & want) != want
             kind = RMW if needs_update else READ
-            # One event: the PTE access (an atomic A/D update when needed)
+            # One event: the leaf access (an atomic A/D update when needed)
             # and the fill of this CPU's entry, which a shootdown must order
             # against (the IPI cannot split an instruction's walk and fill).
-            ev = tlb_footprint(slot, kind, "hw walk: pte", also=((entry, WRITE),))
+            ev = tlb_footprint(slot, kind, f"hw walk: {LEVEL_NAMES[t.level]}",
+                               also=((entry, WRITE),))
             if t.freed_at is not None:
                 raise t._uaf(f"hardware walk [{i}]")
             pte = t.entries.get(i, 0)
             if ev is not None:
                 ev.detail = pte_str(pte)
-            if not pte_present(pte):
+            if huge and not pmd_trans_huge(pte):
+                return None
+            if not pte & _PAGE_PRESENT:
                 return FAULT_NOT_PRESENT
             if not pte & _PAGE_USER or (write and not pte_write(pte)):
                 return FAULT_PROT
             new = pte | want
             if new != pte:
                 if kind != RMW:
-                    continue  # the PTE changed since the announcement: redo as an RMW
+                    continue  # the entry changed since the announcement: redo as an RMW
                 t.entries[i] = new
                 if ev is not None:
                     ev.detail = pte_str(new)
-            frame = frame_of_pte(new)
+            frame = frame_of_pte(new, sub)
             if frame is None:
                 return FAULT_PROT
             entry.fill(frame, pte_write(new), True, pte_dirty(new), new, slot, ev)
@@ -973,11 +1169,26 @@ def lookup_pte(mm: MmStruct, addr: int) -> tuple[PageTable, int] | None:
 
 
 def peek_pte(mm: MmStruct, addr: int) -> int:
-    """Debugger view: the PTE value mapping *addr* (0 if none)."""
+    """Debugger view: the PTE value mapping *addr* (0 if none); under a huge
+    PMD, the PTE that would map that page (the PMD's bits, the page's pfn)."""
+    pmdval = peek_pmd(mm, addr)
+    if pmd_trans_huge(pmdval):
+        return (pmdval & ~_PAGE_PSE) + (pte_index(addr) << PAGE_SHIFT)
     found = lookup_pte(mm, addr)
     if found is None:
         return 0
     return found[0].entries.get(found[1], 0)
+
+
+def peek_pmd(mm: MmStruct, addr: int) -> int:
+    """Debugger view: the PMD entry covering *addr* (0 if none)."""
+    t: PageTable = mm_pgd(mm)
+    for idxf in (pgd_index, pud_index):
+        e = t.entries.get(idxf(addr), 0)
+        if not pte_present(e):
+            return 0
+        t = table_of(e)
+    return t.entries.get(pmd_index(addr), 0)
 
 
 def all_tables(mm: MmStruct) -> list[PageTable]:

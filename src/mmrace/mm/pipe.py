@@ -26,11 +26,10 @@ from mmrace.engine import READ
 from mmrace.mm.gup import get_user_pages_unlocked, put_user_page
 from mmrace.mm.internal import errno_error, kfunc
 from mmrace.mm.mm_types import PAGE_MASK, PAGE_SIZE, File, MmStruct
-from mmrace.mm.page_alloc import WORDS_PER_PAGE, Folio, visible_contents
+from mmrace.mm.page_alloc import WORD_SIZE, Folio, visible_contents
 from mmrace.sync import Mutex, mutex_init, mutex_lock, mutex_unlock
 
 PIPE_DEF_BUFFERS = 16
-WORD_SIZE = PAGE_SIZE // WORDS_PER_PAGE
 EAGAIN, EBADF, EFAULT, EINVAL = 11, 9, 14, 22
 
 

@@ -351,6 +351,8 @@ def __split_vma(mm: MmStruct, vma: VmAreaStruct, addr: int, new_below: bool) -> 
     vma_start_write(new)
     vp = _Prep([vma])
     vma_prepare(vp)
+    # A huge PMD straddling the new boundary is split first.
+    huge_memory.vma_adjust_trans_huge(vma, vma.vm_start, addr)
     if new_below:
         vma.vm_pgoff = vma.vm_pgoff + ((addr - vma.vm_start) >> PAGE_SHIFT)
         vma.vm_start = addr
@@ -478,6 +480,10 @@ def _rearrange(mm: MmStruct, changes: list[tuple[VmAreaStruct, int, int, int]],
             dup_anon_vma(changes[0][0], vma)
     vp = _Prep([c[0] for c in changes] + remove)
     vma_prepare(vp)
+    for vma, start, end, _pgoff in changes:
+        # Split huge PMDs that a moving boundary cuts (while the VMA still
+        # has its old range).
+        huge_memory.vma_adjust_trans_huge(vma, start, end)
     for vma, start, end, pgoff in changes:
         if vma.vm_start != start:
             vma.vm_start = start
@@ -771,3 +777,7 @@ __all__ = [
     "vma_next",
     "vma_prev",
 ]
+
+# THP splitting on boundary changes (mm/huge_memory.py) calls back into the
+# fault and rmap code that imports this module: imported last (the seam).
+from mmrace.mm import huge_memory  # noqa: E402

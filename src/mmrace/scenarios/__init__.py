@@ -30,8 +30,9 @@ def _catalog() -> dict[str, Scenario]:
         from mmrace.scenarios.binder import CATALOG as BINDER
         from mmrace.scenarios.deferred_flush import CATALOG
         from mmrace.scenarios.gup_cow import CATALOG as GUP_COW
+        from mmrace.scenarios.thp_reclaim import CATALOG as THP_RECLAIM
 
-        _CATALOG = {sc.name: sc for sc in (*CATALOG, *GUP_COW, *BINDER)}
+        _CATALOG = {sc.name: sc for sc in (*CATALOG, *GUP_COW, *BINDER, *THP_RECLAIM)}
     return _CATALOG
 
 

@@ -25,14 +25,13 @@ from mmrace.mm.gup import (
     put_user_page,
 )
 from mmrace.mm.mm_types import PAGE_SIZE, File, MmStruct
-from mmrace.mm.page_alloc import WORDS_PER_PAGE, Folio, folio_read_word
+from mmrace.mm.page_alloc import WORD_SIZE, Folio, folio_read_word
 from mmrace.mm.pipe import PipeFile, create_pipe_files, pipe_read, vmsplice_to_pipe
 from mmrace.mm.proc_base import mem_rw
 
 if TYPE_CHECKING:
     from mmrace.user.process import System
 
-WORD_SIZE = PAGE_SIZE // WORDS_PER_PAGE
 
 
 class PageRefCalls:

@@ -13,7 +13,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from mmrace.engine import in_execution
 from mmrace.fixes import KernelConfig
+from mmrace.mm.filemap import set_fault_around_bytes
+from mmrace.mm.huge_memory import THP_ENABLED, set_transparent_hugepage
 from mmrace.mm.madvise import do_madvise
 from mmrace.mm.mlock import sys_mlock, sys_mlock2, sys_munlock
 from mmrace.mm.mm_types import (
@@ -32,6 +35,7 @@ from mmrace.mm.mm_types import (
 )
 from mmrace.mm.mmap import ksys_mmap_pgoff, sys_brk, vm_munmap
 from mmrace.mm.mprotect import do_mprotect_pkey
+from mmrace.mm.shmem import ShmemFile
 from mmrace.oracles import install_oracles, oracle_names
 from mmrace.user.page_refs import PageRefCalls
 
@@ -83,10 +87,18 @@ class System:
                  kernel: str | None = None, with_: Iterable[str] = (),
                  release: str | None = None,
                  policies: dict[str, str] | None = None, tlb_evictions: int = 0,
-                 oracles_off: Iterable[str] = ()) -> None:
+                 oracles_off: Iterable[str] = (), thp: str = "madvise",
+                 fault_around_bytes: int | None = None) -> None:
         self.oracles_off = oracle_names(oracles_off)
         install_oracles()
         self.cpus = cpus
+        # sysfs: transparent_hugepage/enabled; debugfs: fault_around_bytes
+        if thp not in THP_ENABLED:
+            raise ValueError(f"thp={thp!r}: choose from {', '.join(THP_ENABLED)}")
+        if in_execution():
+            set_transparent_hugepage(thp)
+            if fault_around_bytes is not None:
+                set_fault_around_bytes(fault_around_bytes)
         self.tlb_evictions = tlb_evictions  # TLB evictions the chooser may make per execution
         self.kernel = KernelConfig(release=kernel if kernel is not None else release,
                                    without=without, with_=with_, policies=policies)
@@ -114,11 +126,21 @@ class System:
 
     def create_file(self, path: str, size: int = 1 << 20,
                     vm_ops: VmOperations | None = None, special: int = 0,
-                    mmap: MmapHook | None = None) -> File:
+                    mmap: MmapHook | None = None, shmem: bool = False,
+                    huge: str = "never") -> File:
         """A file that processes can ``open`` and map; *vm_ops* and *special*
         (VM_* flags) are what the file's ->mmap would install, or *mmap* is
         the ->mmap itself (``f_op->mmap(file, vma)``, see
-        ``mmrace.kapi.vma.f_op_mmap`` for a typed one)."""
+        ``mmrace.kapi.vma.f_op_mmap`` for a typed one). With *shmem* it is a
+        tmpfs file on a mount with ``huge=`` *huge* (``never``, ``always``,
+        ``within_size``, ``advise``), whose page cache holds PMD-sized folios
+        where that allows (``mmrace.mm.shmem``)."""
+        if shmem:
+            if mmap is not None or vm_ops is not None:
+                raise ValueError("a shmem file has shmem's own ->mmap and vm_ops")
+            sf = ShmemFile(path, size, huge)
+            self.files[path] = sf
+            return sf
         f = File(path, size, vm_ops, mmap)
         f.special = special
         self.files[path] = f
@@ -235,7 +257,24 @@ class Process(PageRefCalls):
 
         f = self._file(fd)
         assert f is not None
-        truncate_pagecache(f, length)
+        from mmrace.mm.shmem import ShmemFile, shmem_setattr_size
+
+        if length < 0:
+            raise OSError(_errno.EINVAL, "Invalid argument")
+        if isinstance(f, ShmemFile):
+            shmem_setattr_size(f, length)
+        else:
+            truncate_pagecache(f, length)
+
+    def fallocate(self, fd: int, mode: int, offset: int, length: int) -> None:
+        """``fallocate(2)``: ``FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE`` on
+        a tmpfs file (``shmem_fallocate``); anything else EOPNOTSUPP."""
+        from mmrace.mm.shmem import ShmemFile, shmem_fallocate
+
+        f = self._file(fd)
+        if not isinstance(f, ShmemFile):
+            raise OSError(_errno.EOPNOTSUPP, "Operation not supported")
+        shmem_fallocate(f, mode, offset, length)
 
     # -- memory ----------------------------------------------------------------
 
@@ -331,6 +370,75 @@ class Process(PageRefCalls):
 
         for f in folios:
             unpin_user_page(f)
+
+    # -- GUP-fast, reclaim, migration (mm/gup.c, mm/vmscan.c, mm/migrate.c) --------
+
+    def gup_fast(self, addr: int, npages: int = 1, write: bool = False,
+                 pin: bool = True) -> list[Any]:
+        """``pin_user_pages_fast`` (*pin*) or ``get_user_pages_fast``: the
+        lockless walk with interrupts off on this thread's CPU, falling
+        back to the slow path for what it cannot take. Returns one folio
+        per page (release with :meth:`unpin` or :meth:`put_pages`); raises
+        ``OSError(EFAULT)`` if no page could be had."""
+        from mmrace.mm.gup import FOLL_WRITE, get_user_pages_fast, pin_user_pages_fast
+
+        fn = pin_user_pages_fast if pin else get_user_pages_fast
+        return fn(self.mm, addr, npages, FOLL_WRITE if write else 0)
+
+    def put_pages(self, folios: list[Any]) -> None:
+        """``put_page`` of each ``FOLL_GET`` reference."""
+        from mmrace.mm.gup import put_user_page
+
+        for f in folios:
+            put_user_page(f)
+
+    def reclaim(self, target: Any) -> int:
+        """A reclaim step on this thread's CPU. *target* is a folio (found in
+        set-up, e.g. with :meth:`folio_at`): kswapd's path -- isolate it
+        from the LRU, ``shrink_folio_list`` with its references checked.
+        Or an address: MADV_PAGEOUT of that page (its accessed bit cleared,
+        references ignored). Returns the pages reclaimed; an address in no
+        VMA raises ``OSError(ENOMEM)``, like MADV_PAGEOUT."""
+        if isinstance(target, int):
+            from mmrace.mm.madvise import madvise_pageout
+
+            start = target & ~(PAGE_SIZE - 1)
+            return madvise_pageout(self.mm, start, start + PAGE_SIZE)
+        from mmrace.mm.vmscan import reclaim_folio
+
+        return reclaim_folio(target)
+
+    def migrate(self, addr: int) -> int:
+        """``move_pages(2)`` of the page at *addr* (to the one node): its
+        status, 0 when moved or ``-errno`` (EFAULT no VMA or the zero page,
+        ENOENT nothing mapped, EACCES mapped by others, EBUSY a THP or not
+        on the LRU, EAGAIN still referenced, e.g. pinned)."""
+        from mmrace.mm.migrate import move_pages_one
+
+        return move_pages_one(self.mm, addr)
+
+    def direct_io_read(self, addr: int, value: int) -> None:
+        """An ``O_DIRECT`` ``read(2)`` of one block from a block device into
+        the page at *addr* (``__blkdev_direct_IO_simple``): the buffer's
+        page is taken with GUP-fast (``bio_iov_iter_get_pages``, FOLL_WRITE),
+        the device writes *value* into the word at *addr* by DMA, then
+        ``bio_release_pages`` marks the page dirty and drops the reference."""
+        from mmrace.mm.direct_io import blkdev_direct_io_read
+
+        word = self._word(addr)[1]
+        blkdev_direct_io_read(self.mm, addr & ~(PAGE_SIZE - 1), word, value)
+
+    def folio_at(self, addr: int) -> Any:
+        """Debugger view: the folio mapped at *addr* (None if nothing, or
+        the zero page, is mapped there)."""
+        from mmrace.mm.page_alloc import pfn_to_obj
+        from mmrace.mm.pgtable import peek_pte, pte_pfn, pte_present, pte_special
+
+        pte = peek_pte(self.mm, addr)
+        if not pte_present(pte) or pte_special(pte):
+            return None
+        folio = pfn_to_obj(pte_pfn(pte))
+        return None if folio is None or folio.is_zero else folio
 
     # -- userfaultfd, clear_refs, pagemap ------------------------------------------
 
