@@ -192,4 +192,5 @@ __all__ = [
     "WP_FAULT_FLUSH_PENDING",
 ]
 
+from mmrace.fixes import khugepaged as _khugepaged  # noqa: E402,F401  (issue 16: retraction eras)
 from mmrace.fixes import thp_reclaim as _thp_reclaim  # noqa: E402,F401  (issue 15's switches)

@@ -262,6 +262,7 @@ class MmStruct(KObject):
         self.kernel: Any = None  # the KernelConfig of the system the mm belongs to
         self.oracles_off: frozenset[str] = frozenset()  # names its System switched off
         self.rss = 0  # pages mapped (MM_ANONPAGES + MM_FILEPAGES), debugger view
+        self.pgtables_bytes = 0  # PTE tables (mm_inc/dec_nr_ptes), debugger view
 
 
 def mm_assert_users(mm: MmStruct, what: str) -> None:
