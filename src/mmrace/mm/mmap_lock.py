@@ -39,6 +39,7 @@ from mmrace.mm.locks import (
     down_read_trylock,
     down_write,
     down_write_killable,
+    down_write_trylock,
     downgrade_write,
     rcu_read_lock,
     rcu_read_unlock,
@@ -146,6 +147,16 @@ def mmap_read_trylock(mm: MmStruct) -> bool:
     """``mmap_read_trylock``."""
     if down_read_trylock(mm.mmap_lock):
         _took(mm, "R")
+        return True
+    return False
+
+
+@kfunc
+def mmap_write_trylock(mm: MmStruct) -> bool:
+    """``mmap_write_trylock`` (khugepaged's retraction before 6.6)."""
+    if down_write_trylock(mm.mmap_lock):
+        _took(mm, "W")
+        mm_lock_seqcount_begin(mm)
         return True
     return False
 

@@ -609,6 +609,51 @@ def ptep_get_stable_bits(table: PageTable, index: int) -> int:
     return table.entries.get(index, 0)
 
 
+def ptes_get_locked(table: PageTable, start: int, nr: int, label: str) -> dict[int, int]:
+    """Entries ``[start, start + nr)`` of a PTE table whose lock this thread
+    holds (a scan of 512 PTEs: khugepaged, ``collapse_pte_mapped_thp``), as
+    ``{index: value}`` for those not none, in **one** visible read whose
+    footprint is every entry of the range ever written. Under the PTL no
+    software writer can interleave with the scan (every PTE write needs
+    this lock; the rule checker reports one that does not), and the MMU
+    only sets the accessed and dirty bits of present entries -- so reading
+    the entries one by one or at once differs only in which A/D bits are
+    seen, and the scan's callers use those as a hint or not at all. An
+    entry never written is none, and filling it needs the lock held here:
+    it is not in the footprint. No entry written: no operation."""
+    ptl = table.ptl
+    assert ptl is not None and ptl.serial in held().spin, "PTL not held"
+    idxs = [i for i in range(start, start + nr) if i in table.slots or i in table.entries]
+    if idxs:
+        first = table.slot(idxs[0])
+        ev = visible(first, READ, label, also=tuple((table.slot(i), READ) for i in idxs[1:]))
+        if table.freed_at is not None:
+            raise table._uaf(f"{label} [{idxs[0]}..]")
+        if ev is not None:
+            ev.detail = f"{len(idxs)} entries of {table.name}"
+    return {i: v for i in idxs if (v := table.entries.get(i, 0))}
+
+
+def ptes_clear_locked(mm: MmStruct, table: PageTable, idxs: list[int], label: str) -> None:
+    """``ptep_clear`` of each of *idxs* (PTL held), in one visible RMW of
+    all of them: as in :func:`ptes_get_locked`, nothing but the MMU's
+    accessed/dirty updates can interleave under the lock, and a clear
+    discards those bits anyway. Each write is checked against the rules."""
+    if not idxs:
+        return
+    ptl = table.ptl
+    assert ptl is not None and ptl.serial in held().spin, "PTL not held"
+    first = table.slot(idxs[0])
+    ev = visible(first, RMW, label, also=tuple((table.slot(i), RMW) for i in idxs[1:]))
+    if table.freed_at is not None:
+        raise table._uaf(f"{label} [{idxs[0]}..]")
+    for i in idxs:
+        check_entry_write(table, i, table.entries.get(i, 0), 0)
+        _store(table, i, 0)
+    if ev is not None:
+        ev.detail = f"{len(idxs)} entries of {table.name} cleared"
+
+
 ptep_get_lockless = ptep_get
 pmdp_get = ptep_get
 pmdp_get_lockless = ptep_get

@@ -435,6 +435,41 @@ class Process(PageRefCalls):
         word = self._word(addr)[1]
         blkdev_direct_io_read(self.mm, addr & ~(PAGE_SIZE - 1), word, value)
 
+    # -- khugepaged and MADV_COLLAPSE (mm/khugepaged.c) --------------------------------
+
+    def khugepaged_scan(self, addr: int) -> int:
+        """One pass of khugepaged over this process's PMD-aligned 2 MiB at
+        *addr* (``khugepaged_scan_mm_slot``), run by the calling thread (or
+        set-up code); returns the ``ScanResult``. An address that no VMA
+        khugepaged may collapse covers: nothing happens."""
+        from mmrace.mm.khugepaged import khugepaged_scan_mm_slot
+
+        return int(khugepaged_scan_mm_slot(self.mm, addr))
+
+    def khugepaged(self, addr: int, cpu: int, passes: int = 1, name: str = "khugepaged") -> Any:
+        """Start khugepaged as a kernel thread on CPU *cpu* (not in this
+        process's ``mm_cpumask``: see ``mmrace.user.kthread``), making
+        *passes* passes of :meth:`khugepaged_scan` over *addr*; returns its
+        handle (``.result``: the results)."""
+        from mmrace.mm.khugepaged import khugepaged_scan_mm_slot
+        from mmrace.user.kthread import start_kthread
+
+        if passes < 1:
+            raise ValueError(f"passes={passes}: at least one")
+        mm = self.mm
+        return start_kthread(self, lambda: [int(khugepaged_scan_mm_slot(mm, addr))
+                                            for _ in range(passes)], cpu, name)
+
+    def khugepaged_add_pte_mapped_thp(self, addr: int) -> bool:
+        """Set-up: what ``retract_page_tables`` does when it cannot take
+        this process's mmap lock (before 6.6): queue *addr* for
+        ``collapse_pte_mapped_thp`` on khugepaged's next pass. False on a
+        kernel without the queue (6.6 on: khugepaged collapses a PTE-mapped
+        THP when its scan finds one)."""
+        from mmrace.mm.khugepaged import khugepaged_add_pte_mapped_thp
+
+        return khugepaged_add_pte_mapped_thp(self.mm, addr)
+
     def folio_at(self, addr: int) -> Any:
         """Debugger view: the folio mapped at *addr* (None if nothing, or
         the zero page, is mapped there)."""
