@@ -100,6 +100,7 @@ from mmrace.mm.page_alloc import (
     folio_lock,
     folio_put,
     folio_put_refs,
+    folio_try_get,
     folio_unlock,
     free_folio,
     visible_contents,
@@ -391,7 +392,7 @@ def hpage_collapse_scan_pmd(mm: MmStruct, vma: VmAreaStruct, address: int,
     if pm is None:
         return S.SCAN_PMD_NULL, True
     st = khugepaged_settings()
-    ptes = ptes_get_locked(pm.table, pm.index, HPAGE_PMD_NR, "hpage_collapse_scan_pmd: ptep_get")
+    ptes = ptes_get_locked(pm.table, pm.index, HPAGE_PMD_NR, "ptep_get (512)")
     none_or_zero = HPAGE_PMD_NR - len(ptes)
     unmapped = shared = referenced = 0
     writable = False
@@ -418,7 +419,7 @@ def hpage_collapse_scan_pmd(mm: MmStruct, vma: VmAreaStruct, address: int,
             break
         if folio.serial not in seen:
             seen.add(folio.serial)
-            _folio_snapshot(folio, "hpage_collapse_scan_pmd: folio checks")
+            _folio_snapshot(folio, "folio_test_lru, folio_test_locked, folio_ref_count")
         if not folio.anon:
             result = S.SCAN_PAGE_ANON
             break
@@ -455,7 +456,7 @@ def _isolate_one(folio: Folio) -> ScanResult:
     folio, as one visible RMW: a thread that takes a reference (a GUP pin)
     or the lock in between would make one of the three fail, as it does
     when it comes just before; after, it is too late either way."""
-    folio.access(RMW, "__collapse_huge_page_isolate: trylock, refcount, isolate")
+    folio.access(RMW, "folio_trylock, folio_ref_count, folio_isolate_lru")
     if folio.locked:
         return S.SCAN_PAGE_LOCK
     if not is_refcount_suitable(folio):
@@ -558,7 +559,7 @@ def __collapse_huge_page_copy(table: PageTable, folio: Folio, vma: VmAreaStruct,
     olds = [(i, table.entries[i]) for i in present]
     ptl = pte_lockptr(mm, table)
     ptl_lock(ptl)
-    ptes_clear_locked(mm, table, present, "__collapse_huge_page_copy_succeeded: ptep_clear")
+    ptes_clear_locked(mm, table, present, "ptep_clear")
     ptl_unlock(ptl)
     mm.rss += HPAGE_PMD_NR - len(present)
     for i, pteval in olds:
@@ -710,20 +711,32 @@ def _assert_rmap_write_locked(vma: VmAreaStruct) -> None:
             f"{vma!r}; held: {h.describe()}")
 
 
+@kfunc
 def filemap_lock_folio(mapping: Any, index: int) -> Folio | None:
-    """``filemap_lock_folio``: the cached folio at *index*, referenced and
-    locked, or None (one visible read of the cache)."""
-    visible(mapping, READ, f"filemap_lock_folio({index:#x})")
-    folio: Folio | None = mapping.i_pages.get(index)
-    if folio is None:
-        return None
-    folio_get(folio)
-    folio_lock(folio)
-    if folio.mapping is not mapping:
+    """``filemap_lock_folio`` (``__filemap_get_folio`` with FGP_LOCK): find
+    the folio at *index* under RCU, take a speculative reference
+    (``folio_try_get``: fails on a folio being freed), check it is still
+    there (``xas_reload``), lock it, and check it was not truncated
+    meanwhile -- retrying the lookup if any of that failed. None if the
+    index holds nothing."""
+    while True:
+        visible(mapping, READ, f"filemap_get_entry({index:#x})")
+        found: Folio | None = mapping.i_pages.get(index)
+        if found is None:
+            return None
+        folio: Folio = found
+        if not folio_try_get(folio):
+            continue
+        visible(mapping, READ, f"xas_reload({index:#x})")
+        reloaded: Folio | None = mapping.i_pages.get(index)
+        if reloaded is not folio:
+            folio_put(folio)
+            continue
+        folio_lock(folio)
+        if folio.mapping is mapping:
+            return folio
         folio_unlock(folio)
         folio_put(folio)
-        return None
-    return folio
 
 
 @kfunc
@@ -837,7 +850,7 @@ def _retract_pte_mapped_locked(mm: MmStruct, vma: VmAreaStruct, haddr: int, pmd:
             i_mmap_unlock_write(mapping)
         return S.SCAN_FAIL
     ptes = ptes_get_locked(pm.table, pm.index, HPAGE_PMD_NR,
-                           "collapse_pte_mapped_thp: ptep_get")
+                           "ptep_get (512)")
     result = _check_ptes_map(vma, haddr, ptes, pm.index, folio)
     if result != S.SCAN_SUCCEED:
         pte_unmap_unlock(pm)
@@ -867,7 +880,7 @@ def _retract_pte_mapped_rcu(mm: MmStruct, vma: VmAreaStruct, haddr: int, pmd: Pa
     if pm is None:
         return S.SCAN_FAIL
     ptes = ptes_get_locked(pm.table, pm.index, HPAGE_PMD_NR,
-                           "collapse_pte_mapped_thp: ptep_get")
+                           "ptep_get (512)")
     result = _check_ptes_map(vma, haddr, ptes, pm.index, folio)
     pte_unmap_unlock(pm)
     if result != S.SCAN_SUCCEED:
@@ -890,7 +903,7 @@ def _retract_pte_mapped_rcu(mm: MmStruct, vma: VmAreaStruct, haddr: int, pmd: Pa
         ptl_lock(ptl, nested=True)
     # Step 2 rechecks under the lock: it was dropped since step 1, and a
     # write fault may have COWed a page, reclaim or migration unmapped one.
-    ptes = ptes_get_locked(table, pm.index, HPAGE_PMD_NR, "collapse_pte_mapped_thp: ptep_get")
+    ptes = ptes_get_locked(table, pm.index, HPAGE_PMD_NR, "ptep_get (512)")
     result = _check_ptes_map(vma, haddr, ptes, pm.index, folio)
     if result != S.SCAN_SUCCEED:
         pte_unmap(pm)
@@ -901,7 +914,7 @@ def _retract_pte_mapped_rcu(mm: MmStruct, vma: VmAreaStruct, haddr: int, pmd: Pa
         return result
     idxs = sorted(ptes)
     # "Must clear entry, or a racing truncate may re-remove it."
-    ptes_clear_locked(mm, table, idxs, "collapse_pte_mapped_thp: ptep_clear")
+    ptes_clear_locked(mm, table, idxs, "ptep_clear")
     _remove_rmap(folio, vma, [i - pm.index for i in idxs])
     pte_unmap(pm)
     if pml is None:
@@ -1097,26 +1110,35 @@ def _retract_one_rcu(mm: MmStruct, vma: VmAreaStruct, addr: int) -> ScanResult:
 # --- collapse_file (shmem) ----------------------------------------------------------------------
 
 
-def _xas_lookup_lock(mapping: Any, index: int) -> tuple[str, Folio | None]:
-    """Under the xarray lock, what is at *index*: a hole, or a folio that
-    is then trylocked and referenced (``folio_trylock`` + ``folio_get``
-    before ``xas_unlock_irq``): one visible RMW of the mapping and the
-    folio. ``("hole", None)``, ``("locked", folio)`` (trylock failed) or
+def _xas_lookup_lock(mapping: Any, index: int, end: int) -> tuple[list[int], str,
+                                                                  Folio | None]:
+    """One xarray-locked stretch of ``collapse_file``'s scan, from *index*:
+    the holes met (the kernel keeps ``xas_lock_irq`` across them) up to the
+    next folio, which is trylocked and referenced (``folio_trylock`` +
+    ``folio_get`` before ``xas_unlock_irq``) -- one visible RMW of the
+    mapping and that folio. Returns the holes and ``("end", None)`` (no
+    folio before *end*), ``("locked", folio)`` (trylock failed) or
     ``("ok", folio)``."""
-    folio: Folio | None = mapping.i_pages.get(index)
-    if folio is None:
-        visible(mapping, RMW, f"xas_load({index:#x})")
-        return "hole", None
-    visible(mapping, RMW, f"xas_load({index:#x}), folio_trylock, folio_get",
-            also=((folio, RMW),))
-    if mapping.i_pages.get(index) is not folio:
-        return _xas_lookup_lock(mapping, index)  # changed since the peek: look again
-    folio.check_alive("folio_trylock")
-    if folio.locked:
-        return "locked", folio
-    folio.locked = True
-    folio._refcount += 1
-    return "ok", folio
+    while True:
+        present = [i for i in mapping.i_pages if index <= i < end]
+        nxt = min(present) if present else end
+        peek: Folio | None = mapping.i_pages.get(nxt) if present else None
+        also = ((peek, RMW),) if peek is not None else ()
+        ev = visible(mapping, RMW, f"xas_load({index:#x}..{nxt:#x})", also=also)
+        now = [i for i in mapping.i_pages if index <= i < end]
+        if (min(now) if now else end) != nxt or mapping.i_pages.get(nxt) is not peek:
+            continue  # the cache changed since the peek: look again
+        holes = list(range(index, nxt))
+        if peek is None:
+            return holes, "end", None
+        if ev is not None:
+            ev.detail = f"{len(holes)} holes, then {peek.name}"
+        peek.check_alive("folio_trylock")
+        if peek.locked:
+            return holes, "locked", peek
+        peek.locked = True
+        peek._refcount += 1
+        return holes, "ok", peek
 
 
 @kfunc
@@ -1147,11 +1169,10 @@ def collapse_file(mm: MmStruct, addr: int, file: ShmemFile, start: int,
         result = S.SCAN_TRUNCATED
     index = start
     while result == S.SCAN_SUCCEED and index < end:
-        what, folio = _xas_lookup_lock(mapping, index)
-        if what == "hole":
-            holes.append(index)
-            index += 1
-            continue
+        skipped, what, folio = _xas_lookup_lock(mapping, index, end)
+        holes.extend(skipped)
+        if what == "end":
+            break
         assert folio is not None
         if what == "locked":
             result = S.SCAN_PAGE_LOCK
@@ -1162,7 +1183,7 @@ def collapse_file(mm: MmStruct, addr: int, file: ShmemFile, start: int,
             folio_put(folio)
             break
         pagelist.append(folio)
-        index += 1
+        index = folio.index + 1
     if result == S.SCAN_SUCCEED:
         for old in pagelist:
             visible_contents(old, READ, "copy_mc_highpage (read)")
@@ -1185,7 +1206,7 @@ def collapse_file(mm: MmStruct, addr: int, file: ShmemFile, start: int,
     result = S.SCAN_SUCCEED if cc.is_khugepaged else S.SCAN_PTE_MAPPED_HUGEPAGE
     folio_unlock(new)
     for old in pagelist:
-        old.access(RMW, "collapse_file: folio->mapping = NULL, folio_clear_active")
+        old.access(RMW, "folio->mapping = NULL, folio_clear_active")
         old.mapping = None
         old.active = False
         folio_unlock(old)
@@ -1267,11 +1288,14 @@ def hpage_collapse_scan_file(mm: MmStruct, addr: int, file: ShmemFile, start: in
             continue
         seen.add(folio.serial)
         if folio.order:
+            # Recognised since the MADV_COLLAPSE series (6.1); 6.6's
+            # retraction builds on it, so it implies it.
+            cfg = kernel_config(mm)
             pte_mapped = (folio.order == HPAGE_PMD_ORDER and folio.index == start
-                          and kernel_config(mm).has("madv-collapse"))
+                          and (cfg.has("madv-collapse") or cfg.has("retract-pgtable-rcu")))
             result = S.SCAN_PTE_MAPPED_HUGEPAGE if pte_mapped else S.SCAN_PAGE_COMPOUND
             break
-        _folio_snapshot(folio, "hpage_collapse_scan_file: folio checks")
+        _folio_snapshot(folio, "folio_test_lru, folio_ref_count")
         if folio.isolated:
             result = S.SCAN_PAGE_LRU
             break

@@ -48,7 +48,7 @@ from mmrace.mm.pgtable import (
     pte_unmap,
     pte_unmap_unlock,
     ptep_get,
-    ptl_lock,
+    ptl_lock_mapped,
     ptl_unlock,
     walk_to_pmd,
 )
@@ -158,7 +158,7 @@ def _map_pte(pvmw: PageVmaMappedWalk) -> bool:
         elif not pte_present(ptent):
             return False
         assert pm.ptl is not None
-        ptl_lock(pm.ptl)
+        ptl_lock_mapped(pm, pm.ptl)
         if not pmd_unchanged_under_ptl(pm, pvmw.pmd_table, pvmw.pmd_index):
             pte_unmap_unlock(pm)
             continue
@@ -249,7 +249,7 @@ def _next_pte(pvmw: PageVmaMappedWalk) -> bool:
                 break
         if pvmw.ptl is None:
             assert pm.ptl is not None
-            ptl_lock(pm.ptl)
+            ptl_lock_mapped(pm, pm.ptl)
             assert pvmw.pmd_table is not None
             if not pmd_unchanged_under_ptl(pm, pvmw.pmd_table, pvmw.pmd_index):
                 pte_unmap_unlock(pm)

@@ -1299,13 +1299,16 @@ def pte_offset_map_nolock(mm: MmStruct, pmd: PageTable, mi: int, addr: int) -> P
     return pm
 
 
-def _lock_mapped_table(pm: PteMap, ptl: Spinlock) -> None:
-    """Take the lock of the table *pm* maps. Before 6.5 nothing keeps that
-    table alive but the higher-level lock the walker holds: if it was freed
-    meanwhile, ``spin_lock`` touched freed memory."""
+def ptl_lock_mapped(pm: PteMap, ptl: Spinlock) -> None:
+    """Take *ptl*, the lock of the table *pm* maps. Before 6.5 (*pm* holds
+    no RCU read lock) nothing keeps
+    that table alive but the higher-level lock the walker holds, and
+    ``pte_lockptr`` reads the lock's address from the table's own ``struct
+    ptdesc``: a visible read of the table object (so it is ordered against
+    the table's free), a use-after-free if it was freed meanwhile."""
+    if not pm.rcu:
+        pm.table.access(READ, "pte_lockptr (ptdesc)")
     ptl_lock(ptl)
-    if pm.table.freed_at is not None:
-        raise pm.table._uaf("spin_lock(ptl) of a PTE table")
 
 
 def pmd_unchanged_under_ptl(pm: PteMap, pmd: PageTable, mi: int) -> bool:
@@ -1314,8 +1317,6 @@ def pmd_unchanged_under_ptl(pm: PteMap, pmd: PageTable, mi: int) -> bool:
     (``pmd_same``). Before 6.5 walkers did no such recheck (they took the
     PMD as stable): True without reading it."""
     if not pm.rcu and not pte_map_revalidates(pmd.mm):
-        if pm.table.freed_at is not None:
-            raise pm.table._uaf("spin_lock(ptl) of a PTE table")
         return True
     return pmd_same(pm.pmdval, pmdp_get_lockless(pmd, mi))
 
@@ -1335,7 +1336,7 @@ def pte_offset_map_lock(mm: MmStruct, pmd: PageTable, mi: int, addr: int) -> Pte
             return None
         ptl = pte_lockptr(mm, pm.table)
         if not pm.rcu:
-            _lock_mapped_table(pm, ptl)
+            ptl_lock_mapped(pm, ptl)
             pm.ptl = ptl
             return pm
         ptl_lock(ptl)
