@@ -188,3 +188,5 @@ __all__ = [
     "UFFD_WP_RESOLVE_SKIP",
     "WP_FAULT_FLUSH_PENDING",
 ]
+
+from mmrace.fixes import rules_eras as _rules_eras  # noqa: E402,F401  (the locking rules' eras)

@@ -44,6 +44,7 @@ from mmrace.engine import (
 )
 from mmrace.mm.internal import kfunc
 from mmrace.mm.locks import KObject, kfree
+from mmrace.mm.rules_check import folio_lock_order
 
 WORDS_PER_PAGE = 8
 """Words of data the model keeps per page (``process.poke``/``peek`` address
@@ -406,7 +407,9 @@ def folio_lock(folio: Folio) -> None:
     to me" cannot turn false again, while "the lock is free" could, before
     this task runs -- the engine's DPOR relies on monotone guards. Left out:
     lock stealing by a task arriving between the unlock and the wake-up,
-    killable and async waits."""
+    killable and async waits. The folio lock's place in the documented lock
+    order is checked here (lockdep does not see PG_locked)."""
+    folio_lock_order()
     folio.access(RMW, "folio_lock")
     if not folio.locked:
         folio.locked = True
