@@ -5,6 +5,7 @@ can be rendered for, in Markdown and in reStructuredText."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from rules_witness import RELEASES, witnesses
@@ -117,3 +118,10 @@ def test_document_per_release() -> None:
     assert "Since 6.5" in new
     assert "6.6" in new and "pmd_same" in new
     assert "does not change under a reader" in old
+
+
+def test_committed_documents_are_current() -> None:
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    for name, text in (("locking.md", render_markdown()), ("locking.rst", render_rst())):
+        assert (docs / name).read_text() == text, (
+            f"docs/{name} is stale: run mmrace doc -o docs/{name}")

@@ -234,9 +234,12 @@ def _lock_usage(doc: Document) -> None:
     for row in LOCK_STATES:
         cells = row.cells()
         if not per_vma:
+            # Without a VMA lock the mmap write lock is the VMA write lock:
+            # the checker counts a VMA under mmap W as write-locked.
             if row.vma == "R":
                 continue
-            cells = [cells[0], *cells[2:]]
+            mmap = "R" if row.vma == "-/R" else cells[0]
+            cells = [mmap, *cells[2:]]
         rows.append(cells)
     if not per_vma:
         cols = [cols[0], *cols[2:]]
@@ -671,9 +674,18 @@ _RST_UNDERLINE = {1: "=", 2: "-", 3: "^"}
 
 
 def _rst_inline(text: str) -> str:
-    """Markdown's `code` to reStructuredText's ``code``; escape a lone *."""
-    text = re.sub(r"(?<![`\w])`([^`]+)`(?![`\w])", r"``\1``", text)
-    return re.sub(r"(?<!\*)\*(?!\*)", r"\\*", text)
+    """Markdown's `code` to reStructuredText's ``code``; outside literals,
+    escape what reStructuredText would read as markup (a lone ``*``, a word
+    ending in ``_``, which would be a reference)."""
+    parts = re.split(r"(?<![`\w])`([^`]+)`(?![`\w])", text)
+    out = []
+    for i, part in enumerate(parts):
+        if i % 2:
+            out.append(f"``{part}``")
+        else:
+            part = re.sub(r"(?<!\*)\*(?!\*)", r"\\*", part)
+            out.append(re.sub(r"(\w)_(?=\W|$)", r"\1\\_", part))
+    return "".join(out)
 
 
 def render_rst(release: str | None = None) -> str:
