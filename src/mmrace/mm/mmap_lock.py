@@ -240,13 +240,13 @@ def vma_start_write(vma: VmAreaStruct) -> None:
     mmap_assert_write_locked(mm)
     if not per_vma_locks(mm):
         return  # no VMA lock before 6.4: the mmap write lock is all there is
-    vma_write_lock_order()
     lock = vma.vm_lock
     # __is_vma_write_locked: vm_lock_seq is only written under mmap W (which
     # we hold), so this read races with nothing and needs no operation.
     seq = mm.mm_lock_seq.sequence
     if lock.vm_lock_seq == seq:
         return
+    vma_write_lock_order()
     visible(lock, RMW, "vm_refcnt += VMA_LOCK_OFFSET")
     if lock.vm_refcnt == 0:
         # Detached: no reader can get in; just mark it.

@@ -23,9 +23,8 @@ follows.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
-from mmrace.fixes import FIXES, KernelConfig, parse_release
+from mmrace.fixes import KernelConfig, parse_release
 
 # --- lock tokens ------------------------------------------------------------------------
 
@@ -576,7 +575,7 @@ above: (held, then taken, why). Trylocks are exempt."""
 
 
 @dataclass(frozen=True)
-class Exception_:
+class DocumentedException:
     """A documented exception to the rules above; *modelled* says whether the
     model has the code path (and *enforced_by* what checks it)."""
 
@@ -586,24 +585,24 @@ class Exception_:
     enforced_by: str = ""
 
 
-EXCEPTIONS: list[Exception_] = [
-    Exception_("uffd_move_lock",
+EXCEPTIONS: list[DocumentedException] = [
+    DocumentedException("uffd_move_lock",
                "UFFDIO_MOVE locks two VMAs: the destination with lock_vma_under_rcu and "
                "the source with a second, nested VMA read lock "
                "(vma_start_read_locked_nested under the mmap read lock on the fallback "
                "path), then takes the source's anon_vma lock for write while holding "
                "only VMA read locks -- a state outside the lock-state table",
                modelled=False),
-    Exception_("non-VMA walks",
+    DocumentedException("non-VMA walks",
                "walk_kernel_page_table_range walks kernel page tables under init_mm's "
                "mmap lock (read at least); walk_page_range_debug (ptdump) walks user "
                "ranges no VMA covers and needs the mmap write lock, because munmap "
                "frees page tables under a downgraded lock after detaching the VMAs",
                modelled=False),
-    Exception_("gate VMA",
+    DocumentedException("gate VMA",
                "the vsyscall gate VMA is a global static object that belongs to no mm; "
                "get_gate_page may see vm_mm == NULL", modelled=False),
-    Exception_("free_pgtables",
+    DocumentedException("free_pgtables",
                "page-table entries above the PTE level are cleared without page-table "
                "locks when nobody can reach the range (the 'unreachable' token)",
                modelled=True, enforced_by="mmrace.mm.pgtable.free_pgd_range"),
@@ -681,24 +680,3 @@ def rule_id(name: str, side: str, index: int) -> str:
     """The identity of one alternative (``vm_start.write.1``), used by the
     checker's consultation record and the document."""
     return f"{name}.{side}.{index}"
-
-
-def all_rule_ids() -> list[str]:
-    """Every alternative of every rule, in table order."""
-    out = []
-    for name, rule in RULES.items():
-        out += [rule_id(name, "read", i) for i in range(len(rule.read))]
-        out += [rule_id(name, "write", i) for i in range(len(rule.write))]
-    return out
-
-
-def switch_release(slug: str) -> str | None:
-    """The release the switch *slug* landed in (for the era consistency test)."""
-    fix = FIXES.get(slug)
-    return fix.release if fix is not None else None
-
-
-def describe_alt(alt: Alt) -> dict[str, Any]:
-    """One alternative as JSON-friendly data."""
-    return {"locks": list(alt.locks), "when": alt.when, "since": alt.since,
-            "until": alt.until, "via": alt.via}

@@ -722,11 +722,6 @@ def render(release: str | None = None, fmt: str = "md") -> str:
     return render_rst(release) if fmt == "rst" else render_markdown(release)
 
 
-def documented_fields() -> list[str]:
-    """The fields in the rule data (for the consistency test)."""
-    return list(RULES)
-
-
 def rendered_ids(text: str) -> list[str]:
     """The rule ids in a rendered document's rule index (Markdown or
     reStructuredText), in order."""
