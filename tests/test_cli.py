@@ -76,7 +76,10 @@ def test_replay_token_roundtrip(capsys: pytest.CaptureFixture[str]) -> None:
         ["explore", f"{EXAMPLE}:program", "--bogus-option"],
         ["frobnicate"],
         ["rules", "no_such_field"],
+        ["rules", "vm_start", "--kernel", "6.x"],
         ["doc", "-o", "/nonexistent-dir/x.md"],
+        ["doc", "--kernel", "latest"],
+        ["doc", "--format", "pdf"],
     ],
 )
 def test_bad_input_is_one_line_exit_2(argv: list[str]) -> None:
@@ -113,6 +116,12 @@ def test_rules_text_and_doc_file(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["doc", "-o", str(out)]) == 0
     text = out.read_text()
     assert "vm_start" in text and "|" in text
+    rst = tmp_path / "locking.rst"
+    assert main(["doc", "--kernel", "6.1", "-o", str(rst)]) == 0
+    text = rst.read_text()
+    assert ".. list-table::" in text and "Linux 6.1" in text
+    assert main(["doc", "--format", "rst"]) == 0
+    assert capsys.readouterr().out.startswith("=====")
 
 
 # --- the scenario catalog: check, list, fixes, replay, explore of scenario files --------

@@ -248,7 +248,7 @@ BAD: list[tuple[str, list[str], str]] = [
      "malformed"),
     ("replay-field-no-equals", ["replay", tok("wp-pinned-page-cow/custom;release")],
      "malformed"),
-    ("replay-decisions-left-over", ["replay", tok("wp-pinned-page-cow/current", (0,) * 400)],
+    ("replay-decisions-left-over", ["replay", tok("wp-pinned-page-cow/current", (0,) * 1000)],
      "does not match"),
     ("replay-option-out-of-range", ["replay", tok("wp-pinned-page-cow/base", (9,))],
      "does not match"),

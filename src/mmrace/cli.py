@@ -26,7 +26,7 @@ from mmrace.clikit import (
     search_state,
 )
 from mmrace.engine import STRATEGIES, Result, TokenError, explore, replay
-from mmrace.fixes import FIXES, FixError, all_fixes, all_policies
+from mmrace.fixes import FIXES, FixError, all_fixes, all_policies, parse_release
 from mmrace.report.explain import render_explained, trace_json
 from mmrace.report.text import render_result
 from mmrace.scenarios import Explore, Kernel, Scenario, ScenarioError, all_scenarios, get
@@ -124,6 +124,8 @@ def _build_parser() -> _Parser:
     rules = sub.add_parser("rules", help="print the locking rule table")
     rules.add_argument("field", nargs="?", default=None, help="one field, e.g. vm_start")
     rules.add_argument("--json", action="store_true", help="print a JSON list")
+    rules.add_argument("--kernel", default=None, metavar="RELEASE",
+                       help="the rules as of RELEASE (e.g. 6.1)")
 
     ck = sub.add_parser("check", help="run every variant of catalog scenarios")
     ck.add_argument("names", nargs="*", metavar="NAME", help="scenarios (default: all)")
@@ -157,15 +159,32 @@ def _build_parser() -> _Parser:
                     help="write to FILE instead of stdout")
     rp.add_argument("--all-ops", action="store_true", help="show every operation")
 
-    doc = sub.add_parser("doc", help="render the locking documentation as Markdown")
-    doc.add_argument("-o", "--output", default=None, help="write to FILE instead of stdout")
+    doc = sub.add_parser("doc", help="render the locking documentation (Markdown or "
+                         "reStructuredText)")
+    doc.add_argument("-o", "--output", default=None,
+                     help="write to FILE (.md: Markdown, .rst: reStructuredText)")
+    doc.add_argument("--format", choices=("md", "rst"), default=None,
+                     help="output format (default: from the file name, else md)")
+    doc.add_argument("--kernel", default=None, metavar="RELEASE",
+                     help="the document as of RELEASE (e.g. 6.1)")
     return parser
+
+
+def _release_arg(text: str | None) -> str | None:
+    if text is None:
+        return None
+    try:
+        parse_release(text)
+    except FixError as exc:
+        raise UsageError(str(exc)) from None
+    return text
 
 
 def _cmd_rules(args: argparse.Namespace) -> int:
     from mmrace.mm.rules import render_rules, rules_table
 
-    table = rules_table()
+    release = _release_arg(args.kernel)
+    table = rules_table(release)
     fields = [row["field"] for row in table]
     if args.field is not None and args.field not in fields:
         raise UsageError(f"no rule for field {args.field!r} (known: {', '.join(fields)})")
@@ -173,14 +192,18 @@ def _cmd_rules(args: argparse.Namespace) -> int:
         rows = [row for row in table if args.field is None or row["field"] == args.field]
         print(json.dumps(rows, indent=1))
     else:
-        print(render_rules(args.field))
+        print(render_rules(args.field, release))
     return 0
 
 
 def _cmd_doc(args: argparse.Namespace) -> int:
-    from mmrace.mm.rules_doc import render_markdown
+    from mmrace.mm.rules_doc import render
 
-    text = render_markdown()
+    release = _release_arg(args.kernel)
+    fmt = args.format
+    if fmt is None:
+        fmt = "rst" if args.output is not None and args.output.endswith(".rst") else "md"
+    text = render(release, fmt)
     if args.output is None:
         sys.stdout.write(text)
         return 0

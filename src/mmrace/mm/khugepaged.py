@@ -67,7 +67,7 @@ from typing import Any
 from mmrace.engine import READ, RMW, ViolationError, execution_local, visible
 from mmrace.fixes import KernelConfig
 from mmrace.mm import huge_memory
-from mmrace.mm.internal import errno_error, held, kernel_config, kfunc
+from mmrace.mm.internal import errno_error, kernel_config, kfunc
 from mmrace.mm.memory import VmFault, do_set_pmd, vm_normal_page, vma_is_anonymous
 from mmrace.mm.mm_types import (
     PAGE_SHIFT,
@@ -90,6 +90,7 @@ from mmrace.mm.mmap_lock import (
     mmap_write_trylock,
     mmap_write_unlock,
     vma_start_write,
+    vma_try_start_write,
 )
 from mmrace.mm.mmu_gather import tlb_remove_table_sync_one
 from mmrace.mm.page_alloc import (
@@ -108,6 +109,7 @@ from mmrace.mm.page_alloc import (
 from mmrace.mm.pgtable import (
     PMD_SIZE,
     PageTable,
+    check_retract_free,
     mk_huge_pmd,
     mm_dec_nr_ptes,
     pgtable_trans_huge_deposit,
@@ -158,6 +160,7 @@ from mmrace.mm.shmem import ShmemFile, shmem_huge_allowed
 from mmrace.mm.swapops import is_swap_pte
 from mmrace.mm.vma import find_vma, vma_lookup
 from mmrace.mm.vmscan import folio_isolate_lru, folio_putback_lru
+from mmrace.sync import lockdep_assert_held_write
 
 HPAGE_PMD_NR = 1 << HPAGE_PMD_ORDER
 HPAGE_PMD_SIZE = PMD_SIZE
@@ -680,13 +683,16 @@ def collapse_and_free_pmd(mm: MmStruct, vma: VmAreaStruct, addr: int, pmd: PageT
         mmap_assert_write_locked(mm)
         _assert_rmap_write_locked(vma)
         old = pmdp_collapse_flush(vma, addr, pmd, mi)
+        table = table_of(old)
+        check_retract_free(pmd, mi, table, False)
     else:
         ptl = pmd_lock(mm, pmd)
         old = pmdp_collapse_flush(vma, addr, pmd, mi)
+        table = table_of(old)
+        check_retract_free(pmd, mi, table, False)
         ptl_unlock(ptl)
     if cfg.has("khugepaged-gup-fast-ipi"):
         tlb_remove_table_sync_one()
-    table = table_of(old)
     table.installed = False
     mm_dec_nr_ptes(mm)
     pte_free(mm, table)
@@ -695,20 +701,14 @@ def collapse_and_free_pmd(mm: MmStruct, vma: VmAreaStruct, addr: int, pmd: PageT
 def _assert_rmap_write_locked(vma: VmAreaStruct) -> None:
     """The ``lockdep_assert_held_write`` calls of the seed's
     ``collapse_and_free_pmd``: the file's ``i_mmap_rwsem`` and the anon_vma
-    root's rwsem, if the VMA has them."""
-    h = held()
+    root's rwsem, if the VMA has them ("all anon_vmas attached to the VMA
+    have the same root")."""
     file = vma.vm_file
-    missing = []
-    if file is not None and h.rwsem.get(file.f_mapping.i_mmap_rwsem.serial) != "W":
-        missing.append("i_mmap_rwsem")
+    if file is not None:
+        lockdep_assert_held_write(file.f_mapping.i_mmap_rwsem)
     av = vma.anon_vma
-    if av is not None and h.rwsem.get(av.rwsem.serial) != "W":
-        missing.append("anon_vma->root->rwsem")
-    if missing:
-        raise ViolationError(
-            "locking-rule", "collapse_and_free_pmd without the rmap write locks",
-            f"lockdep_assert_held_write({', '.join(missing)}) in collapse_and_free_pmd of "
-            f"{vma!r}; held: {h.describe()}")
+    if av is not None:
+        lockdep_assert_held_write(av.rwsem)
 
 
 @kfunc
@@ -842,6 +842,9 @@ def _retract_pte_mapped_locked(mm: MmStruct, vma: VmAreaStruct, haddr: int, pmd:
     cfg = kernel_config(mm)
     mapping = vma.vm_file.f_mapping
     locks = cfg.has("khugepaged-retract-locks")
+    # "mm/khugepaged: write-lock VMA while collapsing a huge page" (6.4; a
+    # no-op before per-VMA locks), before i_mmap_rwsem in the lock order.
+    vma_start_write(vma)
     if locks:
         i_mmap_lock_write(mapping)
     pm = pte_offset_map_lock(mm, pmd, mi, haddr)
@@ -927,10 +930,11 @@ def _retract_pte_mapped_rcu(mm: MmStruct, vma: VmAreaStruct, haddr: int, pmd: Pa
         if ptl is not pml:
             ptl_lock(ptl, nested=True)
     old = pmdp_collapse_flush(vma, haddr, pmd, mi)
+    freed = table_of(old)
+    check_retract_free(pmd, mi, freed, True)
     if ptl is not pml:
         ptl_unlock(ptl)
     ptl_unlock(pml)
-    freed = table_of(old)
     freed.installed = False
     mm_dec_nr_ptes(mm)
     pte_free_defer(mm, freed)
@@ -1048,10 +1052,18 @@ def _retract_one_locked(mm: MmStruct, vma: VmAreaStruct, addr: int, cc: Collapse
         return result
     assert pmd is not None
     madv = kernel_config(mm).has("madv-collapse")
+    cfg = kernel_config(mm)
     if (not madv or cc.is_khugepaged or is_target) and mmap_write_trylock(mm):
-        if hpage_collapse_test_exit(mm):
+        if not vma_try_start_write(vma):
+            result = S.SCAN_PTE_MAPPED_HUGEPAGE  # trylock, for the lock inversion
+        elif cfg.has("khugepaged-retract-locks") and vma.anon_vma is not None:
+            # Rechecked under the mmap lock: a fault under the read lock may
+            # have given the VMA an anon_vma since the unlocked check, and
+            # collapse_and_free_pmd would need it locked too.
+            result = S.SCAN_PAGE_ANON
+        elif hpage_collapse_test_exit(mm):
             result = S.SCAN_ANY_PROCESS
-        elif kernel_config(mm).has("khugepaged-uffd-wp-keep-pgtable") and userfaultfd_wp(vma):
+        elif cfg.has("khugepaged-uffd-wp-keep-pgtable") and userfaultfd_wp(vma):
             result = S.SCAN_PTE_UFFD_WP
         else:
             collapse_and_free_pmd(mm, vma, addr, pmd, mi)
@@ -1094,16 +1106,16 @@ def _retract_one_rcu(mm: MmStruct, vma: VmAreaStruct, addr: int) -> ScanResult:
     # or a fault given it an anon_vma, since the checks above.
     skipped = vma.anon_vma is not None or userfaultfd_wp(vma)
     if not skipped:
-        old = pmdp_collapse_flush(vma, addr, pmd, mi)
+        pmdp_collapse_flush(vma, addr, pmd, mi)
+        check_retract_free(pmd, mi, table, True)
     if ptl is not pml:
         ptl_unlock(ptl)
     ptl_unlock(pml)
     if skipped:
         return S.SCAN_PTE_UFFD_WP
-    freed = table_of(old)
-    freed.installed = False
+    table.installed = False
     mm_dec_nr_ptes(mm)
-    pte_free_defer(mm, freed)
+    pte_free_defer(mm, table)
     return S.SCAN_SUCCEED
 
 

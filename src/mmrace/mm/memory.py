@@ -5,7 +5,9 @@ Fault order is the current kernel's: ``lock_vma_under_rcu`` first
 (``FAULT_FLAG_VMA_LOCK``), falling back to ``mmap_read_lock`` when no VMA
 could be locked or the handler returned ``VM_FAULT_RETRY`` (for example
 ``vmf_anon_prepare`` needing the mmap lock to set up the anon_vma and
-failing to trylock it). ``do_wp_page``'s reuse decision is the
+failing to trylock it). Before 6.4 (``per-vma-locks``) faults take the mmap
+read lock only; before 6.5 (``stack-expand-write-locked``) a stack grows
+under it. ``do_wp_page``'s reuse decision is the
 ``cow-reuse`` policy (``mmrace.fixes``).
 
 Left out: THP faults (huge PMDs are only walked past), swap and
@@ -797,7 +799,7 @@ def do_swap_page(vmf: VmFault) -> int:
     ret = vmf_anon_prepare(vmf) if vma.anon_vma is None else 0
     if ret:
         return ret
-    folio = swap_cache_get_folio(entry)
+    folio = swap_cache_get_folio(entry, vma, vmf.address)
     if folio is None:
         folio = read_swap_cache_async(entry)
         if folio is None:
@@ -954,8 +956,11 @@ def access_error(write: bool, vma: VmAreaStruct) -> bool:
 @kfunc
 def lock_mm_and_find_vma(mm: MmStruct, address: int) -> VmAreaStruct | None:
     """``lock_mm_and_find_vma``: mmap read lock and the VMA covering
-    *address*, expanding a stack below it. None (unlocked) if there is none."""
-    from mmrace.mm.mmap import expand_stack
+    *address*, expanding a stack below it. None (unlocked) if there is none.
+    Before ``stack-expand-write-locked`` (6.5) the fault grew the stack under
+    the read lock it holds (``expand_stack`` of that era, which was
+    ``expand_downwards`` under the read lock)."""
+    from mmrace.mm.mmap import expand_downwards, expand_stack
     from mmrace.mm.vma import find_vma
 
     mmap_read_lock(mm)
@@ -963,6 +968,11 @@ def lock_mm_and_find_vma(mm: MmStruct, address: int) -> VmAreaStruct | None:
     if vma is not None and vma.vm_start <= address:
         return vma
     if vma is None or not vma.vm_flags & VM_GROWSDOWN:
+        mmap_read_unlock(mm)
+        return None
+    if not kernel_config(mm).has("stack-expand-write-locked"):
+        if expand_downwards(vma, address) == 0:
+            return vma
         mmap_read_unlock(mm)
         return None
     return expand_stack(mm, address)
@@ -975,7 +985,8 @@ def do_user_addr_fault(mm: MmStruct, address: int, write: bool) -> int:
     Returns the fault result; raises ``OSError(EFAULT)`` for SIGSEGV and
     SIGBUS (the user program would be killed)."""
     flags = FAULT_FLAG_DEFAULT | FAULT_FLAG_USER | (FAULT_FLAG_WRITE if write else 0)
-    vma = lock_vma_under_rcu(mm, address)
+    # Before 6.4 (``per-vma-locks``) faults go straight to the mmap lock.
+    vma = lock_vma_under_rcu(mm, address) if kernel_config(mm).has("per-vma-locks") else None
     if vma is not None:
         if access_error(write, vma):
             vma_end_read(vma)

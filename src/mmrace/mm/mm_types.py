@@ -18,6 +18,13 @@ from typing import Any
 
 from mmrace.engine import SharedObject, Var, ViolationError, current_execution, current_thread
 from mmrace.mm.locks import KObject, RwSemaphore, Spinlock
+from mmrace.mm.rules_check import (
+    check_mm_field,
+    check_vma_read,
+    check_vma_write,
+    install_lock_order,
+    register_lock_level,
+)
 from mmrace.sync import SeqCount
 
 PAGE_SHIFT = 12
@@ -123,6 +130,7 @@ class AddressSpace(SharedObject):
     def __init__(self, name: str) -> None:
         super().__init__(name)
         self.i_mmap_rwsem = RwSemaphore(f"{name}.i_mmap_rwsem")
+        register_lock_level(self.i_mmap_rwsem, "mapping->i_mmap_rwsem")
         self.i_mmap: dict[int, Any] = {}
         self.i_pages: dict[int, Any] = {}  # the page cache: index -> folio (mm/filemap.py)
         # the file's blocks: index -> the (sparse) words written back
@@ -169,6 +177,7 @@ class AnonVma(KObject):
         self.parent: AnonVma = self
         self.rwsem: RwSemaphore = (
             root.rwsem if root is not None else RwSemaphore(f"{self.name}.rwsem"))
+        register_lock_level(self.rwsem, "anon_vma->rwsem")
         self.refcount = 1
         self.num_children = 0
         self.num_active_vmas = 0
@@ -239,7 +248,11 @@ class MmStruct(KObject):
         self.mmap_lock = RwSemaphore(f"{name}.mmap_lock")
         self.mm_lock_seq = MmLockSeq(f"{name}.mm_lock_seq")
         self.page_table_lock = Spinlock(f"{name}.page_table_lock")
-        self.map_count = 0  # written under mmap W only
+        install_lock_order()  # lockdep checks this execution against mm/rmap.c's order
+        register_lock_level(self.mmap_lock, "mm->mmap_lock")
+        register_lock_level(self.page_table_lock, "mm->page_table_lock or pte_lock")
+        self.ruleset: Any = None  # the compiled locking rules (mm/rules_check.py)
+        self._map_count = 0  # map_count: checked, written under mmap W only
         self.mm_users = Var(1, f"{name}.mm_users")
         self.mm_count = Var(1, f"{name}.mm_count")
         self.users_gone: str | None = None  # where the last mmput happened
@@ -263,6 +276,22 @@ class MmStruct(KObject):
         self.oracles_off: frozenset[str] = frozenset()  # names its System switched off
         self.rss = 0  # pages mapped (MM_ANONPAGES + MM_FILEPAGES), debugger view
         self.pgtables_bytes = 0  # PTE tables (mm_inc/dec_nr_ptes), debugger view
+        self.numa_next_scan = Var(0, f"{name}.numa_next_scan")  # task_numa_work's claim
+        self.numa_scan_seq = 0
+
+    @property
+    def map_count(self) -> int:
+        """``mm->map_count``, checked against the ``mm.map_count`` rule in
+        simulated threads (set-up and final checks run alone: a read there
+        races with nothing, and tests read it as a debugger would)."""
+        if current_thread() is not None:
+            check_mm_field(self, "mm.map_count", False)
+        return self._map_count
+
+    @map_count.setter
+    def map_count(self, value: int) -> None:
+        check_mm_field(self, "mm.map_count", True)
+        self._map_count = value
 
 
 def mm_assert_users(mm: MmStruct, what: str) -> None:
@@ -308,39 +337,26 @@ def mm_assert_users(mm: MmStruct, what: str) -> None:
 
 
 class _Field:
-    """A checked VMA field (see ``mm/rules.py``)."""
+    """A checked VMA field (see ``mm/rules.py``): once the VMA is visible,
+    every read and write is checked by ``mm/rules_check.py``."""
 
-    __slots__ = ("name", "raw", "label_r", "label_w")
+    __slots__ = ("name", "raw")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.raw = "_f_" + name.replace(".", "_")
-        self.label_r = f"read {name}"
-        self.label_w = f"write {name}"
 
     def __get__(self, vma: Any, owner: Any = None) -> Any:
         if vma is None:
             return self
         if vma.published:
-            _check(vma, self.name, False, None)
+            check_vma_read(vma, self.name)
         return getattr(vma, self.raw)
 
     def __set__(self, vma: Any, value: Any) -> None:
         if vma.published:
-            _check(vma, self.name, True, value)
+            check_vma_write(vma, self.name, value)
         setattr(vma, self.raw, value)
-
-
-_checker: Callable[[Any, str, bool, Any], None] | None = None
-
-
-def _check(vma: Any, field: str, write: bool, new: Any) -> None:
-    global _checker
-    if _checker is None:
-        from mmrace.mm.rules import vma_access
-
-        _checker = vma_access
-    _checker(vma, field, write, new)
 
 
 class VmAreaStruct(KObject):
@@ -367,6 +383,8 @@ class VmAreaStruct(KObject):
     anon_vma = _Field("anon_vma")
     anon_vma_chain = _Field("anon_vma_chain")
     shared_rb = _Field("shared.rb")
+    swap_readahead_info = _Field("swap_readahead_info")
+    numab_state = _Field("numab_state")
 
     def __init__(self, mm: MmStruct) -> None:
         mm.vma_serial += 1
@@ -387,6 +405,8 @@ class VmAreaStruct(KObject):
         self._f_anon_vma: AnonVma | None = None
         self._f_anon_vma_chain: list[Any] = []
         self._f_shared_rb = False  # in vm_file's i_mmap tree
+        self._f_swap_readahead_info = 0  # atomic_long_t (mm/swap_state.py)
+        self._f_numab_state: Any = None  # struct vma_numab_state * (mm/numa_balancing.py)
         self.vm_lock = VmaLock(self)
 
     @property

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from mmrace.mm.internal import errno_error, kfunc
+from mmrace.mm.internal import errno_error, kernel_config, kfunc
 from mmrace.mm.mm_types import (
     PAGE_MASK,
     PAGE_SHIFT,
@@ -57,6 +57,7 @@ from mmrace.mm.mman import (
     PROT_WRITE,
 )
 from mmrace.mm.mmap_lock import (
+    mmap_assert_locked,
     mmap_assert_write_locked,
     mmap_read_lock,
     mmap_read_unlock,
@@ -65,7 +66,8 @@ from mmrace.mm.mmap_lock import (
     mmap_write_unlock,
     vma_start_write,
 )
-from mmrace.mm.rmap import anon_vma_lock_write, anon_vma_unlock_write
+from mmrace.mm.pgtable import ptl_lock, ptl_unlock
+from mmrace.mm.rmap import __anon_vma_prepare, anon_vma_lock_write, anon_vma_unlock_write
 from mmrace.mm.vma import (
     VmaIterator,
     VmaMergeStruct,
@@ -416,11 +418,20 @@ def sys_brk(mm: MmStruct, brk: int) -> int:
 
 @kfunc
 def expand_downwards(vma: VmAreaStruct, address: int) -> int:
-    """``expand_downwards``: grow a VM_GROWSDOWN VMA down to *address*, under
-    the mmap write lock and the VMA write lock. Returns 0 or -errno.
-    Left out: ``anon_vma_prepare`` (no faults yet), rlimits, accounting."""
+    """``expand_downwards``: grow a VM_GROWSDOWN VMA down to *address*.
+    Returns 0 or -errno. Since ``stack-expand-write-locked`` (6.5): under the
+    mmap write lock and the VMA write lock. Before it: under the mmap *read*
+    lock held by the fault, with the anon_vma prepared and write-locked and
+    ``mm->page_table_lock`` serialising concurrent expansions around the
+    writes of vm_start, vm_pgoff and the VMA tree (the rules of that era
+    allow exactly this). Left out: rlimits, accounting, the stack guard of
+    the other direction."""
     mm: MmStruct = vma.vm_mm
-    mmap_assert_write_locked(mm)
+    write_locked = kernel_config(mm).has("stack-expand-write-locked")
+    if write_locked:
+        mmap_assert_write_locked(mm)
+    else:
+        mmap_assert_locked(mm)
     if not vma.vm_flags & VM_GROWSDOWN:
         return -EFAULT
     address &= PAGE_MASK
@@ -430,16 +441,23 @@ def expand_downwards(vma: VmAreaStruct, address: int) -> int:
     if (prev is not None and not prev.vm_flags & VM_GROWSDOWN
             and prev.vm_flags & VM_ACCESS_FLAGS and address - prev.vm_end < stack_guard_gap):
         return -ENOMEM
-    vma_start_write(vma)
+    if write_locked:
+        vma_start_write(vma)
+    elif __anon_vma_prepare(vma):
+        return -ENOMEM  # the read-locked expansion needed the anon_vma first
     av: Any = vma.anon_vma
     if av is not None:
         anon_vma_lock_write(av)
     if address < vma.vm_start:
         grow = (vma.vm_start - address) >> PAGE_SHIFT
+        if not write_locked:
+            ptl_lock(mm.page_table_lock)
         mm.total_vm += grow
         vma.vm_pgoff = vma.vm_pgoff - grow
         vma.vm_start = address
         vma_iter_store(mm, vma)
+        if not write_locked:
+            ptl_unlock(mm.page_table_lock)
     if av is not None:
         anon_vma_unlock_write(av)
     return 0

@@ -45,6 +45,7 @@ from mmrace.engine import (
 from mmrace.mm.internal import kfunc
 from mmrace.mm.locks import KObject, kfree
 from mmrace.mm.mm_types import PAGE_SIZE
+from mmrace.mm.rules_check import folio_lock_order
 
 WORD_SIZE = 8
 """Bytes per word of user data: a user load or store addresses one naturally
@@ -514,7 +515,9 @@ def folio_lock(folio: Folio) -> None:
     to me" cannot turn false again, while "the lock is free" could, before
     this task runs -- the engine's DPOR relies on monotone guards. Left out:
     lock stealing by a task arriving between the unlock and the wake-up,
-    killable and async waits."""
+    killable and async waits. The folio lock's place in the documented lock
+    order is checked here (lockdep does not see PG_locked)."""
+    folio_lock_order()
     folio.access(RMW, "folio_lock")
     if not folio.locked:
         folio.locked = True

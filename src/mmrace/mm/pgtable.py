@@ -18,9 +18,11 @@ positions, the page frame number from bit 12. Upper-level entries point at
 the next table by its pfn (``pmd_page``), leaves at a folio's page.
 
 Locks: PGD/PUD entries are guarded by ``mm->page_table_lock``; each PMD
-table and each PTE table has its own split lock (``ptlock``). The rule
-checker (``RULES`` entries ``pte``, ``pmd``, ``pud``, ``pgtables``) is
-enforced on every entry write.
+table and each PTE table has its own split lock (``ptlock``). The rules
+(``RULES`` entries ``pte``, ``pmd``, ``pud``, ``pgtables`` of
+``mm/rules.py``) are enforced on every entry read and write by
+``check_entry_read`` / ``check_entry_write``, which hand them to
+``mm/rules_check.py``: no rule is written down here.
 
 Left out: P4D (folded, 4-level paging), 32-bit highmem mapping of PTE
 tables (``pte_offset_map`` only takes the RCU read lock), PUD-sized
@@ -51,6 +53,15 @@ from mmrace.mm.locks import (
 )
 from mmrace.mm.mm_types import PAGE_SHIFT, MmStruct
 from mmrace.mm.page_alloc import alloc_pfns, pfn_to_obj
+from mmrace.mm.rules_check import (
+    PtAccess,
+    check_atomicity,
+    check_free_pgtables,
+    check_pgtable_read,
+    check_pgtable_write,
+    check_pte_table_free,
+    entry_read_fast,
+)
 from mmrace.mm.swapops import swap_pte_str
 from mmrace.sync import SINGLE_DEPTH_NESTING, spin_lock_nested
 
@@ -472,116 +483,84 @@ def holds(lock: Spinlock | None) -> bool:
 # --- the page-table rules --------------------------------------------------------------
 
 
-def _rules_off() -> bool:
-    from mmrace.engine import current_execution
-
-    return bool(current_execution().locals.get("mm.rules_off"))
+_KIND = {LEVEL_PTE: "pte", LEVEL_PMD: "pmd", LEVEL_PUD: "pud", LEVEL_PGD: "pud"}
 
 
-def _has_fault_lock(mm: MmStruct, addr: int, size: int = 1 << PAGE_SHIFT) -> bool:
-    """mmap lock (any mode) or a VMA read lock on a VMA overlapping
-    ``[addr, addr + size)``."""
-    h = held()
-    if mm.serial in h.mmap:
-        return True
-    for vma in h.vma_read.values():
-        if (vma.raw("vm_mm") is mm and vma.raw("vm_start") < addr + size
-                and addr < vma.raw("vm_end")):
-            return True
-    return False
+def _access(table: PageTable, index: int, old: int, vma: Any = None) -> PtAccess:
+    lo = table.addr_of(index)
+    child = None
+    if table.level != LEVEL_PTE and pte_present(old) and not (
+            table.level == LEVEL_PMD and pmd_trans_huge(old)):
+        child = table_of(old).ptl
+    return PtAccess(_KIND[table.level], table.mm, lo, lo + (1 << LEVEL_SHIFT[table.level]),
+                    table.ptl if table.level <= LEVEL_PMD else None, child, vma)
 
 
-def _breach(what: str, table: PageTable, index: int, needs: str) -> None:
-    if _rules_off():
-        return
-    addr = table.addr_of(index)
-    raise ViolationError(
-        "locking-rule",
-        f"locking rule: {what} of {LEVEL_NAMES[table.level]} entry without the required locks",
-        f"{what} of {table.name}[{index}] (address {addr:#x}) needs {needs}; "
-        f"held: {held().describe()}",
-    )
+def _points_to_table(table: PageTable, entry: int) -> bool:
+    return table.level != LEVEL_PTE and pte_present(entry) and not (
+        table.level == LEVEL_PMD and pmd_trans_huge(entry))
 
 
-def _holds_every_walk_lock(mm: MmStruct, addr: int) -> bool:
-    """Every lock a page-table walk of *addr* can start under, held for
-    write: the mmap lock, and the rmap locks of each VMA mapping *addr*
-    (its file's ``i_mmap_rwsem``, its anon_vma root's rwsem) -- what
-    ``free_pgtables`` gets by unlinking the VMA, and what retraction takes
-    from 6.1 ("mm/khugepaged: take the right locks for page table
-    retraction"). A debugger-view lookup of the VMA (no visible operation:
-    the mmap write lock held excludes every writer of the tree)."""
-    h = held()
-    if h.mmap.get(mm.serial) != "W":
-        return False
-    for start, end, vma in mm.mm_mt.entries():
-        if not start <= addr < end:
-            continue
-        f = vma._f_vm_file
-        if f is not None and vma._f_shared_rb and (
-                h.rwsem.get(f.f_mapping.i_mmap_rwsem.serial) != "W"):
-            return False
-        av = vma._f_anon_vma
-        if av is not None and h.rwsem.get(av.rwsem.serial) != "W":
-            return False
-    return True
-
-
-def _check_table_pointer_change(table: PageTable, index: int, old: int) -> None:
-    """The ``pmd`` rule for changing (or clearing) a PMD entry that points
-    to a PTE table, as each era had it: the PMD lock and that table's lock
-    (6.6 on: walkers revalidate under the PTE lock); or every high-level lock
-    held for write (anon collapse; file retraction from 6.1); or, before
-    "mm/khugepaged: take the right locks for page table retraction" (6.1),
-    the PMD lock and the mmap write lock, which is what khugepaged held."""
-    mm = table.mm
-    child = table_of(old)
-    if holds(table.ptl) and holds(child.ptl):
-        return
-    addr = table.addr_of(index)
-    if _holds_every_walk_lock(mm, addr):
-        return
-    if (not kernel_config(mm).has("khugepaged-retract-locks") and holds(table.ptl)
-            and held().mmap.get(mm.serial) == "W"):
-        return
-    _breach("change of a PMD pointing to a PTE table", table, index,
-            "pmd ptl + pte ptl, or every walk-starting lock for write (mmap W + rmap W)")
-
-
-def check_entry_write(table: PageTable, index: int, old: int, new: int) -> None:
-    """The page-table rules of ``mm/rules.py`` for one entry write.
-
-    R1: changing an entry needs that table's lock (unless nobody else can
-    reach the table). R4: filling an empty entry with a leaf needs the mmap
-    lock or the VMA lock as well. A PMD entry that points to a PTE table is
-    changed only under the PMD lock *and* that PTE table's lock."""
+def check_entry_write(table: PageTable, index: int, old: int, new: int, *,
+                      plain: bool = False, vma: Any = None) -> None:
+    """The ``pte`` / ``pmd`` / ``pud`` rules of ``mm/rules.py`` for one entry
+    write (``mm/rules_check.py`` judges it by the mm's kernel): filling an
+    empty entry (``fill``), changing a present leaf (``change``) or an entry
+    that points to a page table (``table``). A table nobody can reach yet
+    (being built) is written freely. *plain*: the write is a plain store
+    (``set_pte_at``), which must not drop an accessed or dirty bit the entry
+    has (the hardware sets them concurrently: only an atomic RMW may clear
+    them). *vma*: the VMA whose tables free_pgtables is tearing down."""
     if not table.installed or old == new:
         return
-    mm = table.mm
-    if table.level >= LEVEL_PUD:
-        if not holds(mm.page_table_lock):
-            _breach("write", table, index, "page_table_lock")
+    if old == 0:
+        cond = "fill"
+    elif _points_to_table(table, old):
+        cond = "table"
+    else:
+        cond = "change"
+    check_pgtable_write(_access(table, index, old, vma), cond, table, index)
+    if plain and cond == "change" and pte_present(old):
+        lost = old & (_PAGE_ACCESSED | _PAGE_DIRTY) & ~new
+        if lost:
+            check_atomicity(table.mm, f"{table.name}[{index}]", pte_str(old), pte_str(new))
+
+
+def check_entry_read(table: PageTable, index: int) -> None:
+    """The read column of the ``pte`` / ``pmd`` / ``pud`` rules: a lock that
+    keeps the VMA stable, or RCU (since 6.5). Cached per table against the
+    thread's lock record. Reads outside simulated threads (set-up, final
+    checks) are not checked: nothing runs concurrently with them."""
+    if not table.installed:
         return
-    if table.level == LEVEL_PMD and pmd_present(old) and not pmd_trans_huge(old):
-        _check_table_pointer_change(table, index, old)
+    h = held()
+    if h.setup or entry_read_fast(table, index, _KIND[table.level], h):
         return
-    if not holds(table.ptl):
-        _breach("write", table, index, f"{LEVEL_NAMES[table.level]} ptl")
-    if old == 0 and new:
-        leaf = table.level == LEVEL_PTE or pmd_trans_huge(new)
-        if leaf and not _has_fault_lock(mm, table.addr_of(index)):
-            _breach("fill of an empty entry", table, index,
-                    "ptl + (mmap R | VMA R): rmap locks alone are not enough")
-        if not leaf and not _has_fault_lock(mm, table.addr_of(index),
-                                            1 << LEVEL_SHIFT[table.level]):
-            _breach("install of a page table", table, index, "pmd ptl + (mmap R | VMA R)")
+    key = -((table.serial << 9) | index) - 1
+    if h.cache.get(key) == h.version:
+        return
+    check_pgtable_read(_access(table, index, 0), key, table, index)
+
+
+def check_retract_free(pmd: PageTable, index: int, table: PageTable, deferred: bool) -> None:
+    """The ``pgtables`` rule's ``retract`` alternatives, for freeing a PTE
+    table that was unlinked from PMD entry *index* of *pmd* outside
+    free_pgtables (khugepaged retraction): before 6.6 with every high-level
+    lock held; since 6.6 under the PMD and PTE locks, freed by RCU
+    (*deferred*: ``pte_free_defer``). Call it before ``pte_free`` /
+    ``pte_free_defer``, with the locks still held."""
+    lo = pmd.addr_of(index)
+    acc = PtAccess("pmd", pmd.mm, lo, lo + (1 << LEVEL_SHIFT[LEVEL_PMD]), pmd.ptl, table.ptl)
+    check_pte_table_free(acc, deferred)
 
 
 # --- entry accessors ---------------------------------------------------------------------
 
 
 def ptep_get(table: PageTable, index: int) -> int:
-    """``ptep_get`` / ``pmdp_get`` / ``READ_ONCE(*pudp)``: one visible read."""
+    """``ptep_get`` / ``pmdp_get`` / ``READ_ONCE(*pudp)``: one visible read,
+    checked against the rule's read column (``check_entry_read``)."""
+    check_entry_read(table, index)
     ev = _entry(table, index, READ, f"{LEVEL_NAMES[table.level]}p_get")
     v = table.entries.get(index, 0)
     if ev is not None:
@@ -593,7 +572,7 @@ def ptep_get_stable_bits(table: PageTable, index: int) -> int:
     """A re-read of a PTE whose PTL this thread holds, for bits that only
     software changes (the uffd-wp, soft-dirty, present and pfn bits; not
     accessed/dirty): not a visible operation. Every software write of a PTE
-    needs its PTL (the rule table; ``_breach`` reports one that does not;
+    needs its PTL (the rule table; ``check_entry_write`` reports one that does not;
     with the checker off this is a plain ``ptep_get``), and the hardware
     walker's atomic updates touch only the accessed and dirty bits, so no
     other thread can change the bits the caller uses while it holds the
@@ -601,8 +580,9 @@ def ptep_get_stable_bits(table: PageTable, index: int) -> int:
     Callers must not use the A/D bits of the result (those can change under
     the PTL: use ``ptep_get``)."""
     ptl = table.ptl
-    assert ptl is not None and ptl.serial in held().spin, "PTL not held"
-    if _rules_off():
+    h = held()
+    assert ptl is not None and ptl.serial in h.spin, "PTL not held"
+    if h.rules_off:
         return ptep_get(table, index)
     if table.freed_at is not None:
         raise table._uaf(f"pte re-read [{index}]")
@@ -625,6 +605,7 @@ def ptes_get_locked(table: PageTable, start: int, nr: int, label: str) -> dict[i
     assert ptl is not None and ptl.serial in held().spin, "PTL not held"
     idxs = [i for i in range(start, start + nr) if i in table.slots or i in table.entries]
     if idxs:
+        check_entry_read(table, idxs[0])
         first = table.slot(idxs[0])
         ev = visible(first, READ, label, also=tuple((table.slot(i), READ) for i in idxs[1:]))
         if table.freed_at is not None:
@@ -672,7 +653,7 @@ def set_pte_at(mm: MmStruct, addr: int, table: PageTable, index: int, pte: int) 
     """``set_pte_at`` / ``set_ptes`` (one) / ``set_pmd_at``: one visible write."""
     ev = _entry(table, index, WRITE, f"set_{LEVEL_NAMES[table.level]}")
     old = table.entries.get(index, 0)
-    check_entry_write(table, index, old, pte)
+    check_entry_write(table, index, old, pte, plain=True)
     _store(table, index, pte)
     if ev is not None:
         ev.detail = pte_str(pte)
@@ -1433,10 +1414,12 @@ def _rmap_reachable(vma: Any) -> str:
     return ""
 
 
-def _clear_unreachable(table: PageTable, index: int) -> None:
+def _clear_unreachable(table: PageTable, index: int, vma: Any) -> None:
     """``pmd_clear``/``pud_clear`` in ``free_pgd_range``: no lock (nobody can
-    reach the range any more), but still a visible write of the entry."""
+    reach the range any more: the ``unreachable`` alternative of the rule),
+    but still a visible write of the entry."""
     ev = _entry(table, index, WRITE, f"{LEVEL_NAMES[table.level]}_clear (free_pgtables)")
+    check_entry_write(table, index, table.entries.get(index, 0), 0, vma=vma)
     table.entries.pop(index, None)
     if ev is not None:
         ev.detail = "none"
@@ -1446,24 +1429,13 @@ def _clear_unreachable(table: PageTable, index: int) -> None:
 def free_pgd_range(tlb: Any, vma: Any, addr: int, end: int, floor: int, ceiling: int) -> None:
     """``free_pgd_range``: free every page table that maps only addresses in
     ``[floor, ceiling)`` and part of ``[addr, end)``, clearing the entries
-    above them. The rule (``pgtables``): the VMA must no longer be reachable
-    through any rmap tree (an rmap-locked zapper such as truncate could
-    otherwise walk into the freed tables) and the mmap lock is held. A PTE
-    table that is not empty means an entry was installed after the zap."""
+    above them. The rule (``pgtables``, checked by ``check_free_pgtables``):
+    the VMA must no longer be reachable through any rmap tree (an
+    rmap-locked zapper such as truncate could otherwise walk into the freed
+    tables) and the mmap lock is held. A PTE table that is not empty means an
+    entry was installed after the zap."""
     mm: MmStruct = vma.raw("vm_mm")
-    where = _rmap_reachable(vma)
-    if where and not _rules_off():
-        raise ViolationError(
-            "locking-rule",
-            "locking rule: free_pgtables on a VMA still reachable through the rmap",
-            f"free_pgtables of {vma!r} while it is still reachable through {where}: "
-            f"page tables may be freed only once no rmap walker can reach them "
-            f"(or with mmap W + VMA W + rmap W held); held: {held().describe()}",
-        )
-    if mm.serial not in held().mmap and not _rules_off():
-        raise ViolationError(
-            "locking-rule", "locking rule: free_pgtables without the mmap lock",
-            f"free_pgtables of {vma!r} needs the mmap lock; held: {held().describe()}")
+    check_free_pgtables(vma, mm)
     top = ceiling or (1 << 48)
     pgd: PageTable | None = mm.pgd
     if pgd is None:
@@ -1491,7 +1463,7 @@ def free_pgd_range(tlb: Any, vma: Any, addr: int, end: int, floor: int, ceiling:
                     "(under an rmap lock alone?); the pages leak")
             if child.entries:
                 continue
-            _clear_unreachable(t, i)
+            _clear_unreachable(t, i, vma)
             child.installed = False
             if child.level == LEVEL_PTE:
                 mm_dec_nr_ptes(mm)

@@ -21,68 +21,81 @@ from typing import Any
 
 from mmrace.mm.internal import held, kfunc
 from mmrace.mm.locks import down_read, down_write, up_read, up_write
+from mmrace.mm.rules_check import check_lock_state
 
 
-def _took(sem: Any, mode: str) -> None:
+def _took(sem: Any, mode: str, owner: Any) -> None:
     h = held()
     h.rwsem[sem.serial] = mode
     h.names[sem.serial] = sem.name
+    h.rmap[sem.serial] = owner
+    check_lock_state(f"rmap lock ({mode})", rmap=owner)
+
+
+def _dropped(sem: Any, owner: Any) -> None:
+    h = held()
+    h.rwsem.pop(sem.serial, None)
+    h.rmap.pop(sem.serial, None)
 
 
 @kfunc
 def i_mmap_lock_write(mapping: Any) -> None:
     """``i_mmap_lock_write``."""
     down_write(mapping.i_mmap_rwsem)
-    _took(mapping.i_mmap_rwsem, "W")
+    _took(mapping.i_mmap_rwsem, "W", mapping)
 
 
 @kfunc
 def i_mmap_unlock_write(mapping: Any) -> None:
     """``i_mmap_unlock_write``."""
-    held().rwsem.pop(mapping.i_mmap_rwsem.serial, None)
+    _dropped(mapping.i_mmap_rwsem, mapping)
     up_write(mapping.i_mmap_rwsem)
+    check_lock_state("i_mmap_unlock_write", rmap=mapping)
 
 
 @kfunc
 def i_mmap_lock_read(mapping: Any) -> None:
     """``i_mmap_lock_read``."""
     down_read(mapping.i_mmap_rwsem)
-    _took(mapping.i_mmap_rwsem, "R")
+    _took(mapping.i_mmap_rwsem, "R", mapping)
 
 
 @kfunc
 def i_mmap_unlock_read(mapping: Any) -> None:
     """``i_mmap_unlock_read``."""
-    held().rwsem.pop(mapping.i_mmap_rwsem.serial, None)
+    _dropped(mapping.i_mmap_rwsem, mapping)
     up_read(mapping.i_mmap_rwsem)
+    check_lock_state("i_mmap_unlock_read", rmap=mapping)
 
 
 @kfunc
 def anon_vma_lock_write(anon_vma: Any) -> None:
     """``anon_vma_lock_write``: the root's rwsem (shared by the fork tree)."""
     down_write(anon_vma.rwsem)
-    _took(anon_vma.rwsem, "W")
+    _took(anon_vma.rwsem, "W", anon_vma)
 
 
 @kfunc
 def anon_vma_unlock_write(anon_vma: Any) -> None:
     """``anon_vma_unlock_write``."""
-    held().rwsem.pop(anon_vma.rwsem.serial, None)
+    _dropped(anon_vma.rwsem, anon_vma)
     up_write(anon_vma.rwsem)
+    check_lock_state("anon_vma_unlock_write", rmap=anon_vma)
 
 
 @kfunc
 def anon_vma_lock_read(anon_vma: Any) -> None:
     """``anon_vma_lock_read``."""
     down_read(anon_vma.rwsem)
-    _took(anon_vma.rwsem, "R")
+    _took(anon_vma.rwsem, "R", anon_vma)
 
 
 @kfunc
 def anon_vma_unlock_read(anon_vma: Any) -> None:
     """``anon_vma_unlock_read``."""
-    held().rwsem.pop(anon_vma.rwsem.serial, None)
+    _dropped(anon_vma.rwsem, anon_vma)
     up_read(anon_vma.rwsem)
+    check_lock_state("anon_vma_unlock_read", rmap=anon_vma)
 
 
 # --- anon_vma lifetime and chains ------------------------------------------------------

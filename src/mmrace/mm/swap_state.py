@@ -11,8 +11,17 @@ I/O is synchronous, as to a RAM disk: ``swap_writepage`` copies the
 folio's data into the slot (a visible read of the folio's contents) and
 ``swap_read_folio`` copies it back into a new folio.
 
-Left out: readahead, the ``SWP_SYNCHRONOUS_IO`` path that skips the swap
-cache, shadow entries and workingset detection, large folios.
+A swap-in that finds its folio in the swap cache records the fault in the
+VMA's readahead state, ``vma->swap_readahead_info``: one ``atomic_long_t``
+packing the page address of the last fault, the window size and the hits
+(``SWAP_RA_VAL``). It is written with atomic operations under whatever lock
+the fault holds -- the mmap read lock, or since 6.6 the per-VMA lock -- the
+rule table's ``atomic`` token: the one VMA field several readers of the
+same VMA may write at once.
+
+Left out: readahead itself (no folio is ever marked for readahead, so hits
+stay 0) and the window heuristics, the ``SWP_SYNCHRONOUS_IO`` path that
+skips the swap cache, shadow entries and workingset detection, large folios.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from typing import Any
 
 from mmrace.engine import READ, RMW, WAIT, WRITE, visible
 from mmrace.mm.internal import kfunc
+from mmrace.mm.mm_types import PAGE_MASK, PAGE_SHIFT
 from mmrace.mm.page_alloc import (
     Folio,
     folio_alloc,
@@ -32,6 +42,7 @@ from mmrace.mm.page_alloc import (
     folio_unlock,
     visible_contents,
 )
+from mmrace.mm.rules_check import check_vma_write
 from mmrace.mm.swapfile import (
     EEXIST,
     SwapSlot,
@@ -43,6 +54,49 @@ from mmrace.mm.swapfile import (
     swapcache_prepare,
 )
 from mmrace.mm.swapops import SwpEntry
+
+# --- the VMA's readahead state ---------------------------------------------------------
+
+SWAP_RA_WIN_SHIFT = PAGE_SHIFT // 2
+SWAP_RA_HITS_MASK = (1 << SWAP_RA_WIN_SHIFT) - 1
+SWAP_RA_HITS_MAX = SWAP_RA_HITS_MASK
+SWAP_RA_WIN_MASK = ~PAGE_MASK & ~SWAP_RA_HITS_MASK
+
+
+def SWAP_RA_VAL(addr: int, win: int, hits: int) -> int:
+    return (addr & PAGE_MASK) | (win << SWAP_RA_WIN_SHIFT) | hits
+
+
+def swap_ra_hits(val: int) -> int:
+    return val & SWAP_RA_HITS_MASK
+
+
+def swap_ra_win(val: int) -> int:
+    return (val & SWAP_RA_WIN_MASK) >> SWAP_RA_WIN_SHIFT
+
+
+def get_swap_ra_val(vma: Any) -> int:
+    """``GET_SWAP_RA_VAL``: ``atomic_long_read(&vma->swap_readahead_info)``
+    (a checked read of the field)."""
+    return int(vma.swap_readahead_info)
+
+
+def swap_update_readahead(vma: Any, addr: int, readahead: bool) -> None:
+    """``swap_update_readahead`` (the VMA half of ``swap_cache_get_folio``
+    before 6.16): count a readahead hit and record the fault address with
+    ``atomic_long_set`` (checked as an atomic write)."""
+    val = get_swap_ra_val(vma)
+    win = swap_ra_win(val)
+    hits = swap_ra_hits(val)
+    if readahead:
+        hits = min(hits + 1, SWAP_RA_HITS_MAX)
+    new = SWAP_RA_VAL(addr, win, hits)
+    if vma.published:
+        check_vma_write(vma, "swap_readahead_info", new, atomic=True)
+    vma._f_swap_readahead_info = new
+
+
+# --- the swap cache ------------------------------------------------------------------------
 
 
 @kfunc
@@ -85,9 +139,10 @@ def delete_from_swap_cache(folio: Folio) -> None:
 
 
 @kfunc
-def swap_cache_get_folio(entry: SwpEntry) -> Folio | None:
+def swap_cache_get_folio(entry: SwpEntry, vma: Any = None, addr: int = 0) -> Folio | None:
     """``swap_cache_get_folio``: the cached folio for *entry* with a
-    reference (``folio_try_get``), or None."""
+    reference (``folio_try_get``), or None. A fault (*vma*, *addr*) that
+    finds it updates the VMA's readahead state."""
     slot = swap_slot(entry)
     visible(slot, READ, "swap_cache_get_folio")
     folio: Any = slot.folio
@@ -95,6 +150,8 @@ def swap_cache_get_folio(entry: SwpEntry) -> Folio | None:
         return None
     if not folio_try_get(folio):
         return None
+    if vma is not None:
+        swap_update_readahead(vma, addr, False)
     return folio  # type: ignore[no-any-return]
 
 
@@ -230,14 +287,17 @@ def read_swap_cache_async(entry: SwpEntry, name: str = "") -> Folio | None:
 
 
 __all__ = [
+    "SWAP_RA_VAL",
     "add_to_swap",
     "add_to_swap_cache",
     "delete_from_swap_cache",
     "folio_alloc_swap",
     "folio_free_swap",
     "free_swap_and_cache",
+    "get_swap_ra_val",
     "read_swap_cache_async",
     "swap_cache_get_folio",
     "swap_read_folio",
+    "swap_update_readahead",
     "swap_writepage",
 ]

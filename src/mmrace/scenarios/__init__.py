@@ -66,6 +66,14 @@ NOT_COVERED: dict[str, str] = {
     "'current' variants of the uffd scenarios (unprotect keeps RW on an exclusive page)",
     "madv-collapse": "not a race: MADV_COLLAPSE exists (EINVAL before 6.1) and khugepaged "
     "recognises a PTE-mapped THP; tests/mm/test_khugepaged.py covers both eras",
+    # The locking rules' era switches (mmrace.fixes.rules_eras): the 5.10 base
+    # variants run without them and the current variants with them;
+    # tests/mm/test_rules_eras.py checks each era's behaviour and rules.
+    "per-vma-locks": "an era switch: every base variant (5.10) runs without per-VMA locks",
+    "stack-expand-write-locked": "an era switch (no catalog entry grows a stack); "
+    "tests/mm/test_rules_eras.py",
+    "vma-slab-typesafe-rcu": "an era switch (the read of vm_mm under RCU before 6.15); "
+    "tests/mm/test_rules_eras.py",
 }
 
 __all__ = [
