@@ -106,6 +106,38 @@ RETRACT_PGTABLE_RCU = register_fix(
     )
 )
 
+RETRACT_PTL_RECHECK = register_fix(
+    Fix(
+        "retract-ptl-recheck",
+        "mm/khugepaged: retract_page_tables() without mmap or vma lock",
+        "the v2 change of that commit (\"repeat checks under ptl because UFFD, per "
+        "PeterX and JannH\"): once it holds the PMD and PTE locks, retract_page_tables "
+        "checks the VMA's anon_vma and uffd-wp registration again. Holding no mmap lock, "
+        "it can race with UFFDIO_REGISTER + UFFDIO_WRITEPROTECT: the first check sees an "
+        "unregistered VMA, the monitor then installs a uffd-wp marker in the still "
+        "empty table, and v1 freed the table with the marker in it. Separate from "
+        "retract-pgtable-rcu only so the review's point can be switched off",
+        release="6.6",
+        commit="1d65b771bc08",
+    )
+)
+
+UFFD_WP_POPULATE_RECHECK = register_fix(
+    Fix(
+        "uffd-wp-populate-recheck",
+        "(proposal, mmrace) change_pmd_range: populate again when the PMD went empty",
+        "never posted: the fix for a window mmrace's exploration found in the 6.6+ code. "
+        "change_pmd_range populates the PTE table of file-backed memory being uffd-wp "
+        "protected (change_pmd_prepare), then skips the PMD if it is empty (\"if "
+        "(pmd_none(*pmd)) goto next\"): a retract_page_tables that rechecked the VMA "
+        "under its locks before UFFDIO_REGISTER, and clears the PMD between the two, "
+        "makes UFFDIO_WRITEPROTECT leave the range without markers, so a later write "
+        "does not trap. With this switch an empty PMD goes back to change_pmd_prepare "
+        "when a table is needed (pgtable_populate_needed)",
+        merged=False,
+    )
+)
+
 MADV_COLLAPSE_FILE = register_fix(
     Fix(
         "madv-collapse",
@@ -127,7 +159,8 @@ KHUGEPAGED_UFFD_WP_KEEP_PGTABLE = register_fix(
         "retract_page_tables and collapse_pte_mapped_thp leave the PTE table of a VMA "
         "registered for uffd-wp in place: it may hold uffd-wp PTE markers, which "
         "freeing it would lose (the range would fault in as a writable huge PMD "
-        "without a userfault)",
+        "without a userfault). Part of the series that let shmem register for "
+        "uffd-wp (5.19)",
         release="5.19",
     )
 )
@@ -140,4 +173,6 @@ __all__ = [
     "MADV_COLLAPSE_FILE",
     "PTE_MAP_REVALIDATE",
     "RETRACT_PGTABLE_RCU",
+    "RETRACT_PTL_RECHECK",
+    "UFFD_WP_POPULATE_RECHECK",
 ]

@@ -1087,7 +1087,9 @@ def _retract_one_rcu(mm: MmStruct, vma: VmAreaStruct, addr: int) -> ScanResult:
     assert pmd is not None
     if hpage_collapse_test_exit(mm):
         return S.SCAN_ANY_PROCESS
-    if userfaultfd_wp(vma):
+    cfg = kernel_config(mm)
+    keep_uffd = cfg.has("khugepaged-uffd-wp-keep-pgtable")
+    if keep_uffd and userfaultfd_wp(vma):
         return S.SCAN_PTE_UFFD_WP
     pml = pmd_lock(mm, pmd)
     # pte_lockptr(mm, pmd): the entry is stable under the PMD lock. (The
@@ -1104,7 +1106,8 @@ def _retract_one_rcu(mm: MmStruct, vma: VmAreaStruct, addr: int) -> ScanResult:
     # Rechecked under the locks: without the mmap lock a racing
     # userfaultfd_ioctl may have registered the VMA and installed markers,
     # or a fault given it an anon_vma, since the checks above.
-    skipped = vma.anon_vma is not None or userfaultfd_wp(vma)
+    skipped = cfg.has("retract-ptl-recheck") and (
+        vma.anon_vma is not None or (keep_uffd and userfaultfd_wp(vma)))
     if not skipped:
         pmdp_collapse_flush(vma, addr, pmd, mi)
         check_retract_free(pmd, mi, table, True)
@@ -1470,7 +1473,9 @@ def madvise_collapse(vma: VmAreaStruct, start: int, end: int) -> tuple[int, bool
         addr += HPAGE_PMD_SIZE
     if not mmap_locked:
         mmap_read_lock(mm)
-    if thps == (hend - hstart) >> 21:
+    # (unsigned long arithmetic: a range holding no aligned 2 MiB makes
+    # hend < hstart, a huge count, so EINVAL; hend == hstart returns 0)
+    if thps == ((hend - hstart) & ((1 << 64) - 1)) >> 21:
         return 0, dropped
     return madvise_collapse_errno(last_fail), dropped
 

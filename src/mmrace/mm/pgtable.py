@@ -402,8 +402,12 @@ def pte_alloc_one(mm: MmStruct, level: int, base: int) -> PageTable:
 
 
 def _free_table_now(table: PageTable) -> None:
-    for idx in sorted(table.slots):
-        visible(table.slots[idx], WRITE, "free page table")
+    # One visible write of every entry ever touched (so each earlier access
+    # of an entry is ordered against the free), then the free itself.
+    idxs = sorted(table.slots)
+    if idxs:
+        visible(table.slots[idxs[0]], WRITE, "free page table",
+                also=tuple((table.slots[i], WRITE) for i in idxs[1:]))
     kfree(table)  # its frame stays in the memory map: a stale pfn is a use-after-free
 
 

@@ -45,6 +45,7 @@ from mmrace.mm.mman import (
     PROT_WRITE,
 )
 from mmrace.mm.shmem import FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE
+from mmrace.mm.userfaultfd import UFFD_FEATURE_PAGEFAULT_FLAG_WP, UFFDIO_REGISTER_MODE_WP
 from mmrace.oracles.memory import wrong_data
 from mmrace.scenarios.api import Explore, Kernel, scenario
 from mmrace.scenarios.thp_reclaim import cite
@@ -53,6 +54,7 @@ from mmrace.user import Thread
 RW = PROT_READ | PROT_WRITE
 THP_BASE = 0x7E0000000000  # 2 MiB aligned, below the mmap base
 K2 = Explore(strategy="bounded", preemption_bound=2)
+K1 = Explore(strategy="bounded", preemption_bound=1)
 
 
 @scenario(
@@ -247,8 +249,126 @@ def khugepaged_gup_fast_retract(kernel: Kernel) -> Any:
     return None
 
 
+@scenario(
+    name="khugepaged-retract-uffd-wp",
+    summary="retract_page_tables, holding no mmap lock, frees a shmem PTE table in which "
+    "a monitor just installed a uffd-wp marker: the protected page is then written "
+    "without a userfault",
+    references=(
+        "1d65b771bc08 mm/khugepaged: retract_page_tables() without mmap or vma lock (6.6); "
+        "v2: \"repeat checks under ptl because UFFD, per PeterX and JannH\"",
+        "mm/khugepaged: don't recycle vma pgtable if uffd-wp registered (5.19)",
+    ),
+    base=Kernel(release="6.5", with_=("retract-pgtable-rcu",)),
+    fixes=("retract-ptl-recheck", "khugepaged-uffd-wp-keep-pgtable"),
+    # K=1: the race of the review. With two preemptions the current kernel
+    # shows another window (khugepaged-uffd-wp-populate).
+    expect={
+        "current": "clean",
+        "base": "wrong-data",
+        "base+retract-ptl-recheck": "clean",
+        "base+khugepaged-uffd-wp-keep-pgtable": "wrong-data",
+        "base+fixes": "clean",
+        "current-retract-ptl-recheck": "wrong-data",
+        "current-khugepaged-uffd-wp-keep-pgtable": "wrong-data",
+    },
+    notes={
+        "base": "the series as first posted on 6.5 (v1): the uffd-wp check before the "
+        "locks saw an unregistered VMA; registration and the marker came before the "
+        "PMD was cleared",
+        "base+retract-ptl-recheck": "v2 checks the registration again under the PMD and "
+        "PTE locks, which the marker's installation took",
+        "base+khugepaged-uffd-wp-keep-pgtable": "the 5.19 check alone: too early",
+        "current-khugepaged-uffd-wp-keep-pgtable": "no uffd-wp check at all: a "
+        "registered VMA's table is freed with its markers",
+        "current": "clean within one preemption; see khugepaged-uffd-wp-populate for two",
+    },
+    explore=K1,
+)
+def khugepaged_retract_uffd_wp(kernel: Kernel) -> Any:
+    """A tmpfs file (``huge=advise``) with one small page cached and mapped
+    in an aligned shared VMA (MADV_HUGEPAGE). khugepaged (a kernel thread,
+    cpu1) collapses the file's first 2 MiB; cpu0 registers the range for
+    uffd-wp, write-protects the second page (still empty: a uffd-wp marker)
+    and writes it, which must raise a userfault; cpu2, the monitor, reads
+    it and un-protects the page."""
+    s = kernel.system(cpus=3, fault_around_bytes=PAGE_SIZE)
+    s.create_file("/dev/shm/f", HPAGE_PMD_SIZE, shmem=True, huge="advise")
+    p = s.process()
+    fd = p.open("/dev/shm/f")
+    a = p.mmap(THP_BASE, HPAGE_PMD_SIZE, RW, MAP_SHARED | MAP_FIXED, fd, 0)
+    p.poke(a, 1)
+    p.madvise(a, HPAGE_PMD_SIZE, MADV_HUGEPAGE)
+    uffd = p.userfaultfd(UFFD_FEATURE_PAGEFAULT_FLAG_WP)
+    page = a + PAGE_SIZE
+    faults: list[Any] = []
+
+    def writer(t: Thread) -> None:
+        uffd.register(a, HPAGE_PMD_SIZE, UFFDIO_REGISTER_MODE_WP)
+        uffd.writeprotect(page, PAGE_SIZE, protect=True)
+        t.store(page, 7)
+        if not faults:
+            raise wrong_data(
+                "a store to a page the monitor had write-protected completed without a "
+                "userfault: the uffd-wp marker went with the PTE table khugepaged freed\n"
+                f"the marker: {cite('change_pte_range', 'set_pte')}\n"
+                f"the table cleared: {cite('pmdp_collapse_flush', 'pmdp_get_and_clear')}\n"
+                "UFFDIO_WRITEPROTECT found the PMD empty: "
+                f"{cite('change_protection_range', 'pmdp_get')}")
+
+    def monitor(t: Thread) -> None:
+        msg = uffd.read()
+        faults.append(msg)
+        uffd.writeprotect(page, PAGE_SIZE, protect=False)
+
+    p.khugepaged(a, cpu=1)
+    p.thread(writer, cpu=0, name="cpu0")
+    p.thread(monitor, cpu=2, name="monitor")
+    return None
+
+
+@scenario(
+    name="khugepaged-uffd-wp-populate",
+    summary="UFFDIO_WRITEPROTECT populates a shmem PTE table for its markers, then "
+    "skips the PMD that retract_page_tables emptied in between: the page is "
+    "protected by nothing (a window in the 6.6+ code, found by exploring)",
+    references=(
+        "1d65b771bc08 mm/khugepaged: retract_page_tables() without mmap or vma lock (6.6): "
+        "retraction no longer excludes UFFDIO_REGISTER / UFFDIO_WRITEPROTECT",
+        "mm/mprotect.c change_pmd_range: change_pmd_prepare, then \"if (pmd_none(*pmd)) "
+        "goto next\"",
+    ),
+    base=Kernel(release="6.6"),
+    fixes=("retract-pgtable-rcu",),
+    proposals=("uffd-wp-populate-recheck",),
+    expect={
+        "current": "wrong-data",
+        "base": "wrong-data",
+        "base+retract-pgtable-rcu": "wrong-data",
+        "current-retract-pgtable-rcu": "clean",
+        "base+uffd-wp-populate-recheck": "clean",
+    },
+    notes={
+        "current": "retract_page_tables rechecks the VMA (not yet registered) under its "
+        "locks; the monitor registers, UFFDIO_WRITEPROTECT's change_pmd_prepare sees the "
+        "table, khugepaged clears the PMD, change_pmd_range sees it empty and skips it",
+        "current-retract-pgtable-rcu": "6.1's retraction holds the mmap lock for write: "
+        "registration and protection wait for it",
+        "base+uffd-wp-populate-recheck": "an empty PMD after change_pmd_prepare goes back "
+        "to it: the table is populated again and gets its marker",
+    },
+    explore=K2,
+    ci=("current", "base", "base+retract-pgtable-rcu"),
+)
+def khugepaged_uffd_wp_populate(kernel: Kernel) -> Any:
+    """The set-up and threads of khugepaged-retract-uffd-wp, explored with
+    two preemptions."""
+    return khugepaged_retract_uffd_wp.fn(kernel)
+
+
 CATALOG = (khugepaged_retract_truncate, khugepaged_gup_fast_collapse,
-           khugepaged_gup_fast_retract)
+           khugepaged_gup_fast_retract, khugepaged_retract_uffd_wp, khugepaged_uffd_wp_populate)
 
 __all__ = ["CATALOG", "khugepaged_gup_fast_collapse", "khugepaged_gup_fast_retract",
-           "khugepaged_retract_truncate"]
+           "khugepaged_retract_truncate", "khugepaged_retract_uffd_wp",
+           "khugepaged_uffd_wp_populate"]
