@@ -162,6 +162,7 @@ KHUGEPAGED_UFFD_WP_KEEP_PGTABLE = register_fix(
         "without a userfault). Part of the series that let shmem register for "
         "uffd-wp (5.19)",
         release="5.19",
+        commit="deb4c93a9871",
     )
 )
 

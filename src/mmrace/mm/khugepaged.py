@@ -964,9 +964,9 @@ def khugepaged_add_pte_mapped_thp(mm: MmStruct, addr: int) -> bool:
 @kfunc
 def khugepaged_collapse_pte_mapped_thps(mm: MmStruct) -> None:
     """``khugepaged_collapse_pte_mapped_thps`` (before 6.6): with the mmap
-    lock taken for write if free (``mmap_write_trylock``), run
-    ``collapse_pte_mapped_thp`` on each queued address, then empty the
-    queue (also if the lock was busy? no: then the queue stays)."""
+    lock taken for write if it is free (``mmap_write_trylock``; if not, the
+    queue waits for the next pass), run ``collapse_pte_mapped_thp`` on each
+    queued address, then empty the queue."""
     slot = mm_slot(mm)
     if not slot.pte_mapped_thp:
         return

@@ -26,6 +26,17 @@ sending IPI" (6.1); since 6.6 the table is freed after a grace period,
 which GUP-fast's interrupts-off section holds off -- provided the other
 walkers revalidate (6.5): GUP's slow path walks the same table under the
 mmap read lock, which 6.6's retraction no longer excludes.
+
+``khugepaged-retract-uffd-wp``: retract_page_tables without the mmap lock
+(6.6) against a monitor registering a shmem range for uffd-wp and
+write-protecting an empty page (a uffd-wp marker): v1 of the series freed
+the table with the marker in it; v2 rechecks under the PTE lock.
+
+``khugepaged-uffd-wp-populate``: the same threads with two preemptions:
+UFFDIO_WRITEPROTECT's change_pmd_range populates the table, the retraction
+empties the PMD, change_pmd_range skips it -- a window the exploration
+finds in the current code, closed by the proposal
+``uffd-wp-populate-recheck``.
 """
 
 from __future__ import annotations
@@ -167,7 +178,13 @@ def khugepaged_gup_fast_collapse(kernel: Kernel) -> Any:
     MADV_HUGEPAGE); cpu0 reads a block into it with O_DIRECT (GUP-fast,
     DMA) and then reads it; khugepaged (cpu1) collapses the region. TLB
     flushes are broadcast by the hardware (``tlb_flush="broadcast"``)."""
-    s = kernel.system(cpus=2, tlb_flush="broadcast")
+    return gup_fast_collapse(kernel, "broadcast")
+
+
+def gup_fast_collapse(kernel: Kernel, tlb_flush: str) -> Any:
+    """The program of khugepaged-gup-fast-collapse on a machine whose TLB
+    flushes are *tlb_flush* (``ipi``: x86's, which wait for GUP-fast)."""
+    s = kernel.system(cpus=2, tlb_flush=tlb_flush)
     p = s.process()
     a = p.mmap(THP_BASE, HPAGE_PMD_SIZE, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED)
     p.poke(a, 1)  # one small page (not yet MADV_HUGEPAGE: no THP fault)
