@@ -116,10 +116,21 @@ def shmem_get_folio(file: ShmemFile, index: int, vma: Any = None, address: int =
     huge = shmem_huge_allowed(file, index, vm_flags) and (
         vma is None or huge_memory.thp_vma_suitable_order(vma, address))
     aligned = index - index % HPAGE_PMD_NR
-    ev = visible(mapping, RMW, f"shmem_get_folio({index:#x})")
+    # filemap_get_entry: the lookup and folio_try_get + xas_reload are one
+    # step here -- a folio still in the cache holds the cache's references,
+    # so one referenced while it is there is not freed; a folio that left
+    # the cache since the peek is looked up again.
     folio: Folio | None = mapping.i_pages.get(index)
+    while True:
+        also = ((folio, RMW),) if folio is not None else ()
+        ev = visible(mapping, RMW, f"shmem_get_folio({index:#x})", also=also)
+        now: Folio | None = mapping.i_pages.get(index)
+        if now is folio:
+            break
+        folio = now
     if folio is not None:
-        folio_get(folio)
+        folio.check_alive("folio_try_get")
+        folio._refcount += 1
         return folio
     if huge and not any(aligned + i in mapping.i_pages for i in range(HPAGE_PMD_NR)):
         folio = folio_alloc(HPAGE_PMD_ORDER, f"{mapping.name}[{aligned:#x}+512]")
@@ -141,13 +152,20 @@ def shmem_get_folio(file: ShmemFile, index: int, vma: Any = None, address: int =
 @kfunc
 def shmem_fault(vmf: VmFault) -> tuple[int, Folio | None]:
     """``shmem_fault``: SIGBUS beyond EOF, else the folio for the offset,
-    locked, with a reference (``VM_FAULT_LOCKED``)."""
+    locked, with a reference (``VM_FAULT_LOCKED``); a folio that left the
+    cache while the fault waited for its lock is looked up again (the
+    ``folio->mapping`` check of ``shmem_get_folio_gfp``)."""
     file = vmf.vma.vm_file
     if vmf.pgoff >= (file.size + PAGE_SIZE - 1) >> PAGE_SHIFT:
         return VM_FAULT_SIGBUS, None
-    folio = shmem_get_folio(file, vmf.pgoff, vmf.vma, vmf.address)
-    folio_lock(folio)
-    return VM_FAULT_LOCKED, folio
+    while True:
+        folio = shmem_get_folio(file, vmf.pgoff, vmf.vma, vmf.address)
+        folio_lock(folio)
+        if folio.mapping is file.f_mapping:
+            return VM_FAULT_LOCKED, folio
+        # Truncated, or replaced by a collapse, while we waited for the lock.
+        folio_unlock(folio)
+        folio_put(folio)
 
 
 # --- splitting a page-cache folio ----------------------------------------------------------------

@@ -18,8 +18,12 @@ Left out (seams for a later issue): UFFDIO_COPY/ZEROPAGE/CONTINUE/MOVE,
 UFFDIO_UNREGISTER, events (fork, remap, remove, unmap) and the
 ``mmap_changing`` protocol with ``map_changing_lock`` (the counter is read,
 nothing raises it yet), minor faults, async wp (``UFFD_FEATURE_WP_ASYNC``),
-``UFFD_FEATURE_SIGBUS``/``THREAD_ID``, uffd-wp PTE markers on empty
-entries, hugetlb and shmem, poll, non-blocking read, signals while waiting.
+``UFFD_FEATURE_SIGBUS``/``THREAD_ID``, uffd-wp markers on anonymous
+memory (``UFFD_FEATURE_WP_UNPOPULATED``), hugetlb, shmem in MISSING or
+MINOR mode (shmem registers for WP, with markers on its empty entries),
+markers kept by truncation and MADV_DONTNEED of a present protected page
+(``zap_install_uffd_wp_if_needed``), poll, non-blocking read, signals while
+waiting.
 """
 
 from __future__ import annotations
@@ -131,8 +135,18 @@ def userfaultfd_pte_wp(vma: VmAreaStruct, pte: int) -> bool:
 
 def vma_can_userfault(vma: VmAreaStruct, vm_flags: int) -> bool:
     """``vma_can_userfault``: the model supports private and shared
-    anonymous memory only."""
-    return vma.vm_file is None and vma.vm_ops is None
+    anonymous memory, and shmem for write-protect tracking (5.19: "mm/shmem:
+    allow uffd wr-protect none pte for file-backed mem"), whose empty
+    entries then keep uffd-wp markers."""
+    if vma.vm_file is None and vma.vm_ops is None:
+        return True
+    return vma_is_shmem(vma) and not vm_flags & (VM_UFFD_MISSING | VM_UFFD_MINOR)
+
+
+def vma_is_shmem(vma: VmAreaStruct) -> bool:
+    """``vma_is_shmem``: ``vma->vm_ops == &shmem_vm_ops``."""
+    ops = vma.vm_ops
+    return ops is not None and ops.name == "shmem_vm_ops"
 
 
 # --- the fault side (fs/userfaultfd.c) -----------------------------------------------

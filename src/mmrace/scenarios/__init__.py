@@ -30,9 +30,11 @@ def _catalog() -> dict[str, Scenario]:
         from mmrace.scenarios.binder import CATALOG as BINDER
         from mmrace.scenarios.deferred_flush import CATALOG
         from mmrace.scenarios.gup_cow import CATALOG as GUP_COW
+        from mmrace.scenarios.khugepaged import CATALOG as KHUGEPAGED
         from mmrace.scenarios.thp_reclaim import CATALOG as THP_RECLAIM
 
-        _CATALOG = {sc.name: sc for sc in (*CATALOG, *GUP_COW, *BINDER, *THP_RECLAIM)}
+        _CATALOG = {sc.name: sc for sc in (*CATALOG, *GUP_COW, *BINDER, *THP_RECLAIM,
+                                           *KHUGEPAGED)}
     return _CATALOG
 
 
@@ -62,6 +64,8 @@ NOT_COVERED: dict[str, str] = {
     "tests/mm/test_gup_eras.py covers both eras",
     "mprotect-exclusive-anon-writable": "exercised only indirectly: it is on in the "
     "'current' variants of the uffd scenarios (unprotect keeps RW on an exclusive page)",
+    "madv-collapse": "not a race: MADV_COLLAPSE exists (EINVAL before 6.1) and khugepaged "
+    "recognises a PTE-mapped THP; tests/mm/test_khugepaged.py covers both eras",
     # The locking rules' era switches (mmrace.fixes.rules_eras): the 5.10 base
     # variants run without them and the current variants with them;
     # tests/mm/test_rules_eras.py checks each era's behaviour and rules.
