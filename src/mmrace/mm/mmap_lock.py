@@ -23,7 +23,6 @@ from typing import Any
 from mmrace.engine import (
     READ,
     RMW,
-    WAIT,
     WRITE,
     SimThread,
     ViolationError,
@@ -44,8 +43,9 @@ from mmrace.mm.locks import (
     rcu_read_unlock,
     up_read,
     up_write,
+    wait_released,
 )
-from mmrace.mm.mm_types import VMA_LOCK_OFFSET, VMA_REF_LIMIT, MmStruct, VmAreaStruct
+from mmrace.mm.mm_types import MmStruct, VmAreaStruct
 
 
 def _assert(cond: bool, title: str, what: str) -> None:
@@ -192,7 +192,15 @@ def vma_start_write(vma: VmAreaStruct) -> None:
     """``vma_start_write``: requires the mmap write lock; excludes readers,
     waits for current ones to leave, marks the VMA write-locked until the
     mmap write lock is released or downgraded. A no-op when already
-    write-locked in this mmap write section."""
+    write-locked in this mmap write section.
+
+    One RMW of the lock state that reads every task's reader references; if
+    none is held, the offset's addition, ``vm_lock_seq``'s write and the
+    offset's removal are that one operation (a reader can only see the
+    window by failing its increment, and it fails its recheck of
+    ``vm_lock_seq`` instead). Else one WAIT per reader that holds a
+    reference (after its ``vma_refcount_put``) and one RMW that sets
+    ``vm_lock_seq`` and removes the offset."""
     mm = vma.raw("vm_mm")
     mmap_assert_write_locked(mm)
     lock = vma.vm_lock
@@ -201,58 +209,70 @@ def vma_start_write(vma: VmAreaStruct) -> None:
     seq = mm.mm_lock_seq.sequence
     if lock.vm_lock_seq == seq:
         return
-    visible(lock, RMW, "vm_refcnt += VMA_LOCK_OFFSET")
+    _ev, slots = lock.readers.look(lock, RMW, "vm_refcnt += VMA_LOCK_OFFSET")
     if lock.vm_refcnt == 0:
         # Detached: no reader can get in; just mark it.
         lock.vm_lock_seq = seq
         return
-    lock.vm_refcnt += VMA_LOCK_OFFSET
-    target = VMA_LOCK_OFFSET + 1
-    visible(lock, WAIT, "rcuwait_wait_event(vm_refcnt == OFFSET+1)",
-            guard=lambda: lock.vm_refcnt == target)
+    busy = [s for s in slots if s.count]
+    if not busy:
+        lock.vm_lock_seq = seq
+        return
+    lock.excluding = True
+    wait_released(busy, "rcuwait_wait_event(vm_refcnt == OFFSET+1)")
     # WRITE_ONCE(vm_lock_seq) and the offset's removal are one operation:
     # no reader can take a reference in between (the offset is still set).
     visible(lock, RMW, "vm_lock_seq = mm_lock_seq; vm_refcnt -= VMA_LOCK_OFFSET")
     lock.vm_lock_seq = seq
-    lock.vm_refcnt -= VMA_LOCK_OFFSET
+    lock.excluding = False
 
 
 @kfunc
 def vma_mark_attached(vma: VmAreaStruct) -> None:
     """``vma_mark_attached``: ``vm_refcnt = 1`` (the VMA is write-locked or new)."""
     visible(vma.vm_lock, WRITE, "refcount_set(vm_refcnt, 1)")
-    vma.vm_lock.vm_refcnt = 1
+    vma.vm_lock.attached = 1
 
 
 @kfunc
 def vma_mark_detached(vma: VmAreaStruct) -> None:
     """``vma_mark_detached``: drop the attach reference; if readers still hold
     temporary references (they will fail their recheck), exclude new ones and
-    wait for them to leave. Requires the VMA write lock."""
+    wait for them to leave. Requires the VMA write lock.
+
+    The drop and (if readers are left) the offset's addition are one RMW
+    that reads every task's reader references; then one WAIT per reader
+    still inside and one RMW that removes the offset."""
     vma_assert_write_locked(vma)
     lock = vma.vm_lock
-    visible(lock, RMW, "refcount_dec_and_test(vm_refcnt)")
-    lock.vm_refcnt -= 1
-    if lock.vm_refcnt == 0:
+    _ev, slots = lock.readers.look(lock, RMW, "refcount_dec_and_test(vm_refcnt)")
+    lock.attached -= 1
+    busy = [s for s in slots if s.count]
+    if not busy:
         return
-    visible(lock, RMW, "vm_refcnt += VMA_LOCK_OFFSET")
-    lock.vm_refcnt += VMA_LOCK_OFFSET
-    visible(lock, WAIT, "rcuwait_wait_event(vm_refcnt == OFFSET)",
-            guard=lambda: lock.vm_refcnt == VMA_LOCK_OFFSET)
+    lock.excluding = True
+    wait_released(busy, "rcuwait_wait_event(vm_refcnt == OFFSET)")
     visible(lock, RMW, "vm_refcnt -= VMA_LOCK_OFFSET")
-    lock.vm_refcnt -= VMA_LOCK_OFFSET
+    lock.excluding = False
 
 
 def vma_is_attached(vma: VmAreaStruct) -> bool:
-    """``vma_is_attached`` (a visible read of ``vm_refcnt``)."""
-    visible(vma.vm_lock, READ, "refcount_read(vm_refcnt)")
-    return bool(vma.vm_lock.vm_refcnt)
+    """``vma_is_attached``: ``refcount_read(vm_refcnt) != 0``, one visible
+    operation that reads every reader's references (an RMW of the lock
+    state, so that it is also ordered against the increment of a task that
+    has no slot yet)."""
+    lock = vma.vm_lock
+    lock.readers.look(lock, RMW, "refcount_read(vm_refcnt)")
+    return bool(lock.vm_refcnt)
 
 
 def _refcount_put(vma: VmAreaStruct) -> None:
-    lock = vma.vm_lock
-    visible(lock, RMW, "vma_refcount_put")
-    lock.vm_refcnt -= 1  # a waiting writer's guard sees this (rcuwait_wake_up)
+    """``vma_refcount_put``: drop this task's reference, one visible write of
+    its own slot (a writer waiting for it wakes on that write: its guard
+    sees it, as ``rcuwait_wake_up`` makes it look)."""
+    slot = vma.vm_lock.readers.current()
+    visible(slot, WRITE, "vma_refcount_put")
+    slot.count -= 1
     held().vma_read.pop(vma.serial, None)
 
 
@@ -277,11 +297,15 @@ def vma_start_read(mm: MmStruct, vma: VmAreaStruct) -> bool:
     visible(mm.mm_lock_seq, READ, "READ_ONCE(mm_lock_seq)")
     if lock_seq == mm.mm_lock_seq.sequence:
         return False
-    visible(lock, RMW, "refcount_inc_not_zero_limited(vm_refcnt)")
-    old = lock.vm_refcnt
-    if old == 0 or old + 1 > VMA_REF_LIMIT:
+    # refcount_inc_not_zero_limited: fails on a detached VMA (0) or one a
+    # writer excludes readers from (the offset puts it over the limit); both
+    # are in the lock state, which the increment reads. The reference itself
+    # goes to this task's slot: other readers' increments commute with it.
+    slot = lock.readers.current()
+    visible(slot, WRITE, "refcount_inc_not_zero_limited(vm_refcnt)", also=((lock, READ),))
+    if not lock.attached or lock.excluding:
         return False
-    lock.vm_refcnt = old + 1
+    slot.count += 1
     h = held()
     h.vma_read[vma.serial] = vma
     add_thread_describer(_describe_vma_locks)

@@ -29,6 +29,7 @@ from __future__ import annotations
 from typing import Any
 
 from mmrace.mm.internal import kfunc
+from mmrace.mm.locks import call_rcu
 from mmrace.mm.mm_types import (
     PAGE_SIZE,
     MmStruct,
@@ -145,14 +146,30 @@ def tlb_flush_mmu_free(tlb: MmuGather) -> None:
     after a grace period) and release the gathered folio references
     (``tlb_batch_pages_flush``). Called only after the flush."""
     from mmrace.mm.page_alloc import folio_put_refs
-    from mmrace.mm.pgtable import pte_free_defer
 
     tables, tlb.tables = tlb.tables, []
-    for t in tables:
-        pte_free_defer(tlb.mm, t)
+    if tables:
+        tlb_table_flush(tables)
     folios, tlb.folios = tlb.folios, []
     for folio, nr in folios:
         folio_put_refs(folio, nr)
+
+
+def tlb_remove_table_rcu(tables: list[Any]) -> None:
+    """``tlb_remove_table_rcu``: the RCU callback of one batch of gathered
+    page-table pages: free each of them."""
+    from mmrace.mm.pgtable import pte_free
+
+    for t in tables:
+        pte_free(t.mm, t)
+
+
+@kfunc
+def tlb_table_flush(tables: list[Any]) -> None:
+    """``tlb_table_flush``: hand the batch of gathered page-table pages to
+    RCU, one ``call_rcu`` for the whole batch as the kernel does (its
+    ``struct mmu_table_batch`` carries the ``rcu_head``)."""
+    call_rcu(tables, tlb_remove_table_rcu)
 
 
 @kfunc

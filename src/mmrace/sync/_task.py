@@ -24,7 +24,7 @@ from mmrace.engine import (
 if TYPE_CHECKING:
     from mmrace.engine import Execution
     from mmrace.sync.lockdep import LockdepGraph
-    from mmrace.sync.rcu import RcuCallbacks, RcuReader
+    from mmrace.sync.rcu import RcuReader
 
 _KEY = "sync"
 
@@ -63,7 +63,7 @@ def fmt_where(fn: str | None, ev: int, after: bool = False) -> str:
 class SyncState:
     """Per-execution state of the sync layer."""
 
-    __slots__ = ("ex", "setup", "lockdep_on", "graph", "rcu_cbs", "gp_tids", "slab_free")
+    __slots__ = ("ex", "setup", "lockdep_on", "graph", "slab_free")
 
     def __init__(self, ex: Execution) -> None:
         from mmrace.sync.lockdep import LockdepGraph
@@ -72,8 +72,6 @@ class SyncState:
         self.lockdep_on = True
         self.graph: LockdepGraph = exploration_local("sync.lockdep", LockdepGraph)
         self.setup = TaskState(None, self)
-        self.rcu_cbs: RcuCallbacks | None = None
-        self.gp_tids: set[int] = set()
         self.slab_free: dict[type[Any], Any] = {}
         add_thread_describer(describe_thread)
 
