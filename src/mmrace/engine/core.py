@@ -211,12 +211,17 @@ class SimThread:
         "locals",
         "where",
         "parent",
+        "root",
     )
 
-    def __init__(self, tid: int, name: str, parent: int | None) -> None:
+    def __init__(self, tid: int, name: str, parent: int | None, root: int | None = None) -> None:
         self.tid = tid
         self.name = name
         self.parent = parent
+        # The thread the program's set-up spawned that this one descends
+        # from (itself for those): a stand-in for "its CPU", for per-CPU
+        # state whose set of owners must be known before threads run.
+        self.root = tid if root is None else root
         self.glet: greenlet.greenlet | None = None
         self.op_obj: SharedObject | None = None
         self.op_kind = READ
@@ -555,7 +560,9 @@ def spawn(fn: Callable[..., Any], *args: Any, name: str | None = None) -> SimThr
         raise _Abort()
     parent = ex.current
     tid = len(ex.threads)
-    th = SimThread(tid, name or f"T{tid}", parent.tid if parent else None)
+    th = SimThread(
+        tid, name or f"T{tid}", parent.tid if parent else None, parent.root if parent else None
+    )
     ex.threads.append(th)
     ex.live.append(th)
 

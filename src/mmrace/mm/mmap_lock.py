@@ -194,13 +194,13 @@ def vma_start_write(vma: VmAreaStruct) -> None:
     mmap write lock is released or downgraded. A no-op when already
     write-locked in this mmap write section.
 
-    One RMW of the lock state that reads every task's reader references; if
-    none is held, the offset's addition, ``vm_lock_seq``'s write and the
-    offset's removal are that one operation (a reader can only see the
-    window by failing its increment, and it fails its recheck of
-    ``vm_lock_seq`` instead). Else one WAIT per reader that holds a
-    reference (after its ``vma_refcount_put``) and one RMW that sets
-    ``vm_lock_seq`` and removes the offset."""
+    One RMW of the lock state that adds the offset (no reader can take a
+    reference after it), one WAIT per task's reader references (after that
+    task's last ``vma_refcount_put``, at once if it holds none), and one RMW
+    that sets ``vm_lock_seq`` and removes the offset. The writer does not
+    read the readers' references: whether a reader's put came before or
+    after the offset, the writer's WAIT orders it after the put (one trace,
+    not two)."""
     mm = vma.raw("vm_mm")
     mmap_assert_write_locked(mm)
     lock = vma.vm_lock
@@ -209,17 +209,19 @@ def vma_start_write(vma: VmAreaStruct) -> None:
     seq = mm.mm_lock_seq.sequence
     if lock.vm_lock_seq == seq:
         return
-    _ev, slots = lock.readers.look(lock, RMW, "vm_refcnt += VMA_LOCK_OFFSET")
-    if lock.vm_refcnt == 0:
-        # Detached: no reader can get in; just mark it.
-        lock.vm_lock_seq = seq
-        return
-    busy = [s for s in slots if s.count]
-    if not busy:
+    visible(lock, RMW, "vm_refcnt += VMA_LOCK_OFFSET")
+    others = lock.readers.others()
+    if not lock.attached or not others:
+        # Detached (vm_refcnt 0: __vma_enter_locked's refcount_add_not_zero
+        # fails), or no task has ever taken a reader reference (a slot is
+        # made by an increment, which this RMW is ordered against): nothing
+        # to wait for, and the offset's addition, vm_lock_seq's write and
+        # its removal are this one operation (a later reader fails its
+        # recheck of vm_lock_seq instead of its increment).
         lock.vm_lock_seq = seq
         return
     lock.excluding = True
-    wait_released(busy, "rcuwait_wait_event(vm_refcnt == OFFSET+1)")
+    wait_released(others, "rcuwait_wait_event(vm_refcnt == OFFSET+1)")
     # WRITE_ONCE(vm_lock_seq) and the offset's removal are one operation:
     # no reader can take a reference in between (the offset is still set).
     visible(lock, RMW, "vm_lock_seq = mm_lock_seq; vm_refcnt -= VMA_LOCK_OFFSET")
@@ -240,18 +242,21 @@ def vma_mark_detached(vma: VmAreaStruct) -> None:
     temporary references (they will fail their recheck), exclude new ones and
     wait for them to leave. Requires the VMA write lock.
 
-    The drop and (if readers are left) the offset's addition are one RMW
-    that reads every task's reader references; then one WAIT per reader
-    still inside and one RMW that removes the offset."""
+    The drop and the offset's addition are one RMW (readers that took a
+    reference after ``vma_start_write`` may hold one until their recheck
+    fails); then one WAIT per task's reader references and one RMW that
+    removes the offset. As in :func:`vma_start_write` the writer waits
+    rather than reads."""
     vma_assert_write_locked(vma)
     lock = vma.vm_lock
-    _ev, slots = lock.readers.look(lock, RMW, "refcount_dec_and_test(vm_refcnt)")
+    visible(lock, RMW, "refcount_dec_and_test(vm_refcnt); vm_refcnt += VMA_LOCK_OFFSET")
     lock.attached -= 1
-    busy = [s for s in slots if s.count]
-    if not busy:
+    others = lock.readers.others()
+    if not others:
+        # No task has ever taken a reference: nothing to wait for.
         return
     lock.excluding = True
-    wait_released(busy, "rcuwait_wait_event(vm_refcnt == OFFSET)")
+    wait_released(others, "rcuwait_wait_event(vm_refcnt == OFFSET)")
     visible(lock, RMW, "vm_refcnt -= VMA_LOCK_OFFSET")
     lock.excluding = False
 

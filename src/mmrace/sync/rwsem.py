@@ -146,14 +146,16 @@ def _read_free(sem: RwSemaphore) -> bool:
     return sem.writer is None and not sem.queue
 
 
-def _drain(sem: RwSemaphore, busy: list[Slot], label: str) -> None:
-    """A writer that owns the semaphore waits for the readers it saw hold
-    their slots: one WAIT per slot, after that reader's ``up_read``. No new
-    fast-path reader can come in meanwhile (the writer is set)."""
-    if not busy:
+def _drain(sem: RwSemaphore, slots: list[Slot], label: str) -> None:
+    """A writer that owns the semaphore waits for every other task's
+    read-hold slot to be released: one WAIT per slot, after that reader's
+    last ``up_read`` (at once for a slot that is already free, but still
+    ordered after its release). No fast-path reader can come in meanwhile
+    (the writer is set), so the guards stay true once true."""
+    if not slots:
         return
-    sem.draining = busy
-    wait_released(busy, label + " (wait for reader)")
+    sem.draining = slots
+    wait_released(slots, label + " (wait for reader)")
     sem.draining = []
 
 
@@ -197,8 +199,18 @@ def _down_write(sem: RwSemaphore, label: str, subclass: int, killable: bool) -> 
     key = sem.key if subclass == 0 else f"{sem.key}/{subclass}"
     if ts.sync.lockdep_on:
         lockdep.check_acquire(ts, sem, key, False)
-    ev, slots = sem.slots.look(sem, RMW, label, ts)
-    busy = [s for s in slots if s.count]
+    if killable:
+        # It must know now whether it would sleep for readers (it backs
+        # out instead when a fatal signal is pending): read every slot.
+        ev, slots = sem.slots.look(sem, RMW, label, ts)
+        busy = [s for s in slots if s.count]
+    else:
+        # It waits for every reader slot after its RMW, whatever it holds:
+        # no need to read them, and an up_read is then ordered before the
+        # writer by the writer's WAIT whether it came before or after the
+        # RMW -- one trace, not two.
+        ev = visible(sem, RMW, label)
+        busy = []
     if sem.writer is None and not sem.readers and not sem.queue:
         sem.writer = ts
     else:
@@ -213,15 +225,21 @@ def _down_write(sem: RwSemaphore, label: str, subclass: int, killable: bool) -> 
                 return -EINTR
         else:
             visible(sem, WAIT, label, w.is_granted)
-    if busy and killable and pending(ts):
-        # It would sleep until the readers leave: back out instead.
-        visible(sem, RMW, label + " (interrupted)")
-        sem.writer = None
-        _wake(sem)
-        return -EINTR
-    _drain(sem, busy, label)
+    if killable:
+        if busy and pending(ts):
+            # It would sleep until the readers leave: back out instead.
+            visible(sem, RMW, label + " (interrupted)")
+            sem.writer = None
+            _wake(sem)
+            return -EINTR
+        _drain(sem, busy, label)
+    else:
+        mine = sem.slots.mine(ts)
+        _drain(sem, [s for s in sem.slots.table.values() if s is not mine], label)
     push_held(ts, sem, key, False, False)
     return 0
+
+
 def down_read(sem: RwSemaphore) -> None:
     """``down_read(sem)``: take *sem* for read, sleeping while it is held for
     write or anyone is queued. Sleeping in atomic context is a violation."""

@@ -59,22 +59,34 @@ def task_key(ts: TaskState) -> int:
 
 
 class Slots:
-    """The per-task slots of one counter *owner*, made on first use."""
+    """The slots of one counter *owner*, made on first use: one per task,
+    or with *per_root*, one per thread the set-up spawned, shared by the
+    threads it spawns in turn (a CPU's share: descendants, such as RCU
+    callbacks, write their root's slot)."""
 
-    __slots__ = ("owner", "suffix", "table")
+    __slots__ = ("owner", "suffix", "table", "per_root")
 
-    def __init__(self, owner: SharedObject, suffix: str) -> None:
+    def __init__(self, owner: SharedObject, suffix: str, per_root: bool = False) -> None:
         self.owner = owner
         self.suffix = suffix
         self.table: dict[int, Slot] = {}
+        self.per_root = per_root
+
+    def _key(self, ts: TaskState) -> tuple[int, TaskState]:
+        th = ts.thread
+        if th is None:
+            return -1, ts
+        if self.per_root and th.root != th.tid:
+            return th.root, state_of(current_execution().threads[th.root])
+        return th.tid, ts
 
     def of(self, ts: TaskState) -> Slot:
         """Task *ts*'s slot."""
-        key = task_key(ts)
+        key, owner_ts = self._key(ts)
         s = self.table.get(key)
         if s is None:
-            name = f"{self.owner.name}.{self.suffix}({ts.name})"
-            s = self.table[key] = Slot(self.owner, ts, name)
+            name = f"{self.owner.name}.{self.suffix}({owner_ts.name})"
+            s = self.table[key] = Slot(self.owner, owner_ts, name)
         return s
 
     def current(self) -> Slot:
@@ -83,7 +95,12 @@ class Slots:
 
     def mine(self, ts: TaskState) -> Slot | None:
         """Task *ts*'s slot if it has one (no new object)."""
-        return self.table.get(task_key(ts))
+        return self.table.get(self._key(ts)[0])
+
+    def others(self, ts: TaskState | None = None) -> list[Slot]:
+        """Every slot but the own slot of *ts* (default: the running task)."""
+        mine = self.mine(task() if ts is None else ts)
+        return [s for s in self.table.values() if s is not mine]
 
     def held(self) -> list[Slot]:
         """The slots with a non-zero share, in creation order."""
@@ -93,11 +110,19 @@ class Slots:
         return sum(s.count for s in self.table.values())
 
     def look(
-        self, obj: SharedObject, kind: int, label: str, ts: TaskState | None = None
+        self,
+        obj: SharedObject,
+        kind: int,
+        label: str,
+        ts: TaskState | None = None,
+        *,
+        own: bool = False,
+        slot_kind: int = READ,
     ) -> tuple[Event | None, list[Slot]]:
-        """One visible operation of *kind* on *obj* that also reads every
-        slot but the own slot of task *ts* (default: the running task),
-        whose share that task knows. Returns its event and the slots it read.
+        """One visible operation of *kind* on *obj* that also accesses
+        (*slot_kind*) every slot -- but the own slot of task *ts* (default:
+        the running task), whose share that task knows, unless *own*.
+        Returns its event and the slots it accessed.
 
         A footprint is fixed when the operation is announced, while a slot is
         made on its task's first use: every existing thread gets its slot
@@ -107,11 +132,13 @@ class Slots:
         if ts is None:
             ts = task()
         for th in current_execution().threads:
-            self.of(state_of(th))
+            if not self.per_root or th.root == th.tid:
+                self.of(state_of(th))
+        mine = None if own else self.mine(ts)
         while True:
-            slots = [s for s in self.table.values() if s.ts is not ts]
+            slots = [s for s in self.table.values() if s is not mine]
             n = len(self.table)
-            ev = visible(obj, kind, label, also=tuple((s, READ) for s in slots) or None)
+            ev = visible(obj, kind, label, also=tuple((s, slot_kind) for s in slots) or None)
             if len(self.table) == n:
                 return ev, slots
             label = f"{label} (again)"
