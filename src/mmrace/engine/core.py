@@ -569,6 +569,10 @@ def spawn(fn: Callable[..., Any], *args: Any, name: str | None = None) -> SimThr
     def body() -> None:
         try:
             fn(*args)
+            # The thread returns (to user space): the layers above check
+            # what it must not still hold.
+            for check in ex.exploration_locals.get("_exit_checks", ()):
+                check(th)
         except (_Abort, greenlet.GreenletExit):
             pass
         except ViolationError as v:
@@ -617,6 +621,16 @@ def execution_local(key: str, factory: Callable[[], Any]) -> Any:
     except KeyError:
         value = ex.locals[key] = factory()
         return value
+
+
+def add_thread_exit_check(check: Callable[[SimThread], None]) -> None:
+    """Register (for this exploration) a check that runs when a simulated
+    thread's function returns normally, in that thread, before it ends; it
+    raises :class:`ViolationError` to report what the thread left behind
+    (a lock still held, say)."""
+    checks: list[Callable[[SimThread], None]] = exploration_local("_exit_checks", list)
+    if check not in checks:
+        checks.append(check)
 
 
 def add_thread_describer(describe: Callable[[SimThread], str]) -> None:

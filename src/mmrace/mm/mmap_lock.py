@@ -27,6 +27,7 @@ from mmrace.engine import (
     SimThread,
     ViolationError,
     add_thread_describer,
+    add_thread_exit_check,
     execution_local,
     visible,
 )
@@ -292,6 +293,23 @@ def _describe_vma_locks(th: SimThread) -> str:
     return f"    {th.name} holds the VMA read lock of {names} (vma_start_read)"
 
 
+def _check_vma_locks_at_exit(th: SimThread) -> None:
+    """A thread that returns to user space holding a VMA read lock (the
+    kernel's lockdep map of the VMA lock reports it as any other lock)."""
+    table = execution_local("mm.held", dict)
+    h = table.get(th.tid)
+    if h is None or not h.vma_read:
+        return
+    names = ", ".join(v.name for v in h.vma_read.values())
+    raise ViolationError(
+        "lock-held-at-exit",
+        f"lock held when returning to user space: VMA read lock of {names} held by {th.name}",
+        "WARNING: lock held when returning to user space!\n"
+        f"{th.name} is leaving the kernel with the VMA read lock of {names} still held "
+        "(vma_start_read without vma_end_read)",
+    )
+
+
 @kfunc
 def vma_start_read(mm: MmStruct, vma: VmAreaStruct) -> bool:
     """``vma_start_read``: an optimistic read lock, called under RCU. Fails
@@ -314,6 +332,7 @@ def vma_start_read(mm: MmStruct, vma: VmAreaStruct) -> bool:
     h = held()
     h.vma_read[vma.serial] = vma
     add_thread_describer(_describe_vma_locks)
+    add_thread_exit_check(_check_vma_locks_at_exit)
     # Recheck: a writer may have set vm_lock_seq before our reference.
     visible(mm.mm_lock_seq, READ, "raw_read_seqcount(mm_lock_seq)")
     if lock.vm_lock_seq == mm.mm_lock_seq.sequence:

@@ -58,6 +58,7 @@ VIOLATION_KINDS = (
     "locking-rule",
     "invariant",
     "assertion",
+    "lock-held-at-exit",
 )
 OUTCOMES = ("clean", *VIOLATION_KINDS)
 
