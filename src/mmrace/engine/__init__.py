@@ -25,6 +25,7 @@ from mmrace.engine.core import (
     kind_name,
     register_kind,
     require,
+    reset_standalone,
     spawn,
     visible,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "register_kind",
     "replay",
     "require",
+    "reset_standalone",
     "spawn",
     "visible",
 ]

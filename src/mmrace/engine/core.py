@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import greenlet
 
@@ -127,12 +127,7 @@ class SharedObject:
     __slots__ = ("serial", "name", "_acc", "_lastw", "__weakref__")
 
     def __init__(self, name: str = "") -> None:
-        ex = _current
-        if ex is None:
-            raise RuntimeError(
-                "shared objects can only be created while a program runs "
-                "(inside the program function or a simulated thread)"
-            )
+        ex = _current or _standalone_execution()
         ex.serial += 1
         self.serial = ex.serial
         self.name = name or f"{type(self).__name__.lower()}#{self.serial}"
@@ -259,6 +254,7 @@ class Execution:
         self.strategy = strategy
         self.max_steps = max_steps
         self.serial = 0
+        self.setup_steps = 0  # visible operations run at once (set-up, final check)
         self.threads: list[SimThread] = []
         self.live: list[SimThread] = []  # unfinished threads, in tid order
         self.on_event = strategy.on_event
@@ -445,6 +441,71 @@ class Execution:
 
 _current: Execution | None = None
 
+# --- the model outside an exploration ------------------------------------------
+#
+# At top level (a REPL, a notebook, a single-threaded check) there is no
+# running program. The model then runs in one implicit *standalone* context:
+# an execution that is never explored, where visible operations run at once,
+# as in set-up code, and choices take their first option. It is separate
+# from every exploration (its own serials, execution locals and exploration
+# locals), and its objects cannot be used inside one: their serials start at
+# STANDALONE_SERIALS, which visible() checks.
+
+STANDALONE_SERIALS = 1 << 48
+"""Serials of objects made outside any exploration start here."""
+STANDALONE_MAX_STEPS = 10_000_000
+"""Visible operations the standalone context may run in all (a livelock at
+top level is reported, not a hang); :func:`reset_standalone` starts over."""
+
+
+class _StandaloneStrategy:
+    """Decides the standalone context's choices: always the first option.
+    There are no threads to schedule."""
+
+    name = "standalone"
+
+    def on_event(self, ex: Execution, ev: Event) -> None:
+        pass
+
+    def choose(self, ex: Execution, n: int) -> int:
+        return 0
+
+
+_standalone: Execution | None = None
+
+
+def _no_program() -> None:
+    return None
+
+
+def _standalone_execution() -> Execution:
+    global _standalone
+    ex = _standalone
+    if ex is None:
+        ex = Execution(
+            _no_program,
+            cast("Strategy", _StandaloneStrategy()),
+            STANDALONE_MAX_STEPS,
+            {},
+        )
+        ex.serial = STANDALONE_SERIALS
+        _standalone = ex
+    return ex
+
+
+def reset_standalone() -> None:
+    """Drop the standalone context (the model state made at top level); the
+    next top-level operation starts a fresh one."""
+    global _standalone
+    _standalone = None
+
+
+def _foreign(obj: SharedObject) -> RuntimeError:
+    return RuntimeError(
+        f"{obj.name} was made outside any exploration (at top level) and cannot be used "
+        "inside one: build it in the program function"
+    )
+
 
 def _crash(exc: BaseException) -> ViolationError:
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
@@ -454,10 +515,9 @@ def _crash(exc: BaseException) -> ViolationError:
 
 
 def current_execution() -> Execution:
-    ex = _current
-    if ex is None:
-        raise RuntimeError("no program is running")
-    return ex
+    """The running execution; outside any exploration, the standalone
+    context."""
+    return _current or _standalone_execution()
 
 
 def current_thread() -> SimThread | None:
@@ -467,6 +527,8 @@ def current_thread() -> SimThread | None:
 
 
 def in_execution() -> bool:
+    """Whether an exploration's program is running (False at top level,
+    where the standalone context stands in)."""
     return _current is not None
 
 
@@ -495,10 +557,17 @@ def visible(
     """
     ex = _current
     if ex is None:
-        raise RuntimeError("visible operation outside a running program")
+        ex = _standalone_execution()
+    elif obj.serial >= STANDALONE_SERIALS:
+        raise _foreign(obj)
     th = ex.current
     if th is None:
-        # Set-up or final check: nothing runs concurrently.
+        # Set-up or final check: nothing runs concurrently. Its operations
+        # are bounded like a thread's, so a loop that makes no progress is
+        # reported, not a hang.
+        ex.setup_steps += 1
+        if ex.setup_steps > ex.max_steps:
+            raise _setup_step_limit(ex, obj, kind, label)
         if guard is not None and not guard():
             raise ViolationError(
                 "deadlock",
@@ -539,13 +608,35 @@ def visible(
     return th.event
 
 
+def _setup_step_limit(ex: Execution, obj: SharedObject, kind: int, label: str) -> ViolationError:
+    """``step-limit`` for set-up or final-check code that ran more than the
+    execution's step bound of visible operations, naming where it loops:
+    the operation and the innermost calls outside the engine."""
+    stack = traceback.extract_stack()
+    # the program's own frames: those below Execution.run, outside the engine
+    start = max(
+        (i for i, f in enumerate(stack) if f.name == "run" and f.filename == __file__),
+        default=-1,
+    )
+    frames = [f for f in stack[start + 1 :] if "/mmrace/engine/" not in f.filename][-4:]
+    where = " <- ".join(
+        f"{f.name} ({f.filename.rsplit('/', 1)[-1]}:{f.lineno})" for f in reversed(frames)
+    )
+    what = f"{label or kind_name(kind)} {obj.name}"
+    code = "top-level code" if ex is _standalone else "set-up"
+    return ViolationError(
+        "step-limit",
+        f"{code} exceeded {ex.max_steps} steps in {frames[-1].name if frames else '?'}",
+        f"the program's {code if ex is _standalone else 'set-up (or final check)'} ran "
+        f"more than {ex.max_steps} visible operations (a livelock, or an unbounded loop); "
+        f"the last was {what}, in {where}",
+    )
+
+
 def choose(n: int, label: str = "choice") -> int:
     """A nondeterministic choice in 0..n-1, made by the exploration strategy
     (so it is explored exhaustively by DPOR and reproduced by a replay)."""
-    ex = _current
-    if ex is None:
-        raise RuntimeError("choose() outside a running program")
-    return ex.choose(n, label)
+    return (_current or _standalone_execution()).choose(n, label)
 
 
 def spawn(fn: Callable[..., Any], *args: Any, name: str | None = None) -> SimThread:
@@ -555,7 +646,11 @@ def spawn(fn: Callable[..., Any], *args: Any, name: str | None = None) -> SimThr
     spawner's current step (it is thread-local by definition)."""
     ex = _current
     if ex is None:
-        raise RuntimeError("spawn() outside a running program")
+        raise RuntimeError(
+            "spawn() at top level: simulated threads run only in an exploration "
+            "(mmrace.engine.explore(program), or mmrace explore FILE.py:FUNC); "
+            "outside one the model runs single-threaded, like set-up code"
+        )
     if ex.stop:
         raise _Abort()
     parent = ex.current
