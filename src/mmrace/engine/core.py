@@ -255,6 +255,9 @@ class Execution:
         self.max_steps = max_steps
         self.serial = 0
         self.setup_steps = 0  # visible operations run at once (set-up, final check)
+        self.setup_done = False
+        # threads set-up spawned, started when it is over
+        self.deferred: list[tuple[SimThread, Callable[..., Any], tuple[Any, ...]]] = []
         self.threads: list[SimThread] = []
         self.live: list[SimThread] = []  # unfinished threads, in tid order
         self.on_event = strategy.on_event
@@ -288,6 +291,8 @@ class Execution:
             final = None
             try:
                 final = self.program()
+                self.setup_done = True
+                self._start_deferred()
             except _Abort:
                 pass
             except ViolationError as v:
@@ -307,6 +312,14 @@ class Execution:
             self.stop = True
             self._kill_threads()
             _current = prev
+
+    def _start_deferred(self) -> None:
+        """Start the threads set-up spawned, in spawn order."""
+        deferred, self.deferred = self.deferred, []
+        for th, fn, args in deferred:
+            if self.stop:
+                return
+            _start(self, th, fn, args)
 
     def _loop(self) -> None:
         while not self.stop:
@@ -642,8 +655,12 @@ def choose(n: int, label: str = "choice") -> int:
 def spawn(fn: Callable[..., Any], *args: Any, name: str | None = None) -> SimThread:
     """Start a simulated thread running ``fn(*args)``.
 
-    Its code up to its first visible operation runs now, as part of the
-    spawner's current step (it is thread-local by definition)."""
+    From a simulated thread, its code up to its first visible operation runs
+    now, as part of the spawner's current step (it is thread-local by
+    definition). From the program's set-up code it runs when set-up is over,
+    before any thread is scheduled, in spawn order: set-up then leaves no
+    half-run thread behind, which is what lets an exploration save the state
+    after set-up and start each execution from it."""
     ex = _current
     if ex is None:
         raise RuntimeError(
@@ -660,6 +677,16 @@ def spawn(fn: Callable[..., Any], *args: Any, name: str | None = None) -> SimThr
     )
     ex.threads.append(th)
     ex.live.append(th)
+    ex.strategy.on_spawn(ex, th)  # in tid order, even if it starts later
+    if parent is None and not ex.setup_done:
+        ex.deferred.append((th, fn, args))
+        return th
+    _start(ex, th, fn, args)
+    return th
+
+
+def _start(ex: Execution, th: SimThread, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    """Make *th*'s greenlet and run it up to its first visible operation."""
 
     def body() -> None:
         try:
@@ -680,14 +707,13 @@ def spawn(fn: Callable[..., Any], *args: Any, name: str | None = None) -> SimThr
         th.op_obj = None
         th.guard = None
 
+    parent = ex.current
     th.glet = greenlet.greenlet(body, parent=greenlet.getcurrent())
-    ex.strategy.on_spawn(ex, th)
     ex.current = th
     th.glet.switch()
     ex.current = parent
     if ex.stop:
         raise _Abort()
-    return th
 
 
 def require(cond: Any, message: str) -> None:
