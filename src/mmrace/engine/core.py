@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, cast
 import greenlet
 
 if TYPE_CHECKING:
+    from mmrace.engine.snapshot import SetupCache
     from mmrace.engine.strategy import Strategy
 
 # --- access kinds -----------------------------------------------------------
@@ -249,8 +250,11 @@ class Execution:
         strategy: Strategy,
         max_steps: int,
         exploration_locals: dict[str, Any],
+        setup: SetupCache | None = None,
     ) -> None:
         self.program = program
+        # the exploration's saved state after set-up (mmrace.engine.snapshot)
+        self.setup = setup
         self.strategy = strategy
         self.max_steps = max_steps
         self.serial = 0
@@ -290,7 +294,16 @@ class Execution:
         try:
             final = None
             try:
-                final = self.program()
+                restored = False
+                setup = self.setup
+                if setup is not None:
+                    restored, final = setup.restore(self)
+                    if not restored:
+                        setup.before_setup(self)
+                if not restored:
+                    final = self.program()
+                    if setup is not None:
+                        setup.after_setup(self, final)
                 self.setup_done = True
                 self._start_deferred()
             except _Abort:
