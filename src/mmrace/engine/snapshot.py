@@ -94,67 +94,62 @@ _ALWAYS_SHARED = (
 _ATOMS = frozenset({int, float, complex, str, bytes, bool, type(None)})
 
 
-class _Pickler(pickle.Pickler):
-    def __init__(self, file: io.BytesIO, shared_ids: dict[int, int], shared: list[Any],
-                 ex: Execution) -> None:
+def _reduce(obj: Any) -> Any:
+    """Copy functions (with their closure cells) and cells, which pickle
+    would otherwise save by name or refuse."""
+    t = type(obj)
+    if t is types.FunctionType:
+        state = (obj.__defaults__, obj.__kwdefaults__, obj.__dict__, obj.__qualname__)
+        return (
+            _make_function,
+            (obj.__code__, obj.__globals__, obj.__name__, obj.__closure__),
+            state,
+            None,
+            None,
+            _fill_function,
+        )
+    if t is types.CellType:
+        try:
+            value = obj.cell_contents
+        except ValueError:
+            return (_make_cell, ())
+        return (_make_cell, (), (value,), None, None, _fill_cell)
+    return NotImplemented
+
+
+class _Copier(pickle.Pickler):
+    """Pickles the state; the execution and the objects the state refers to
+    without owning them are saved as references: persistent id 0 for the
+    execution, 1.. for the shared objects in order of first use
+    (:attr:`used`)."""
+
+    def __init__(self, file: io.BytesIO, shared_ids: dict[int, Any], ex: Execution) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
         self.shared_ids = shared_ids
-        self.shared = shared
         self.ex = ex
-
-    def _share(self, obj: Any) -> int:
-        i = self.shared_ids.get(id(obj))
-        if i is None:
-            i = self.shared_ids[id(obj)] = len(self.shared)
-            self.shared.append(obj)
-        return i
+        self.used: list[Any] = []
+        self.index: dict[int, int] = {}
 
     def persistent_id(self, obj: Any) -> Any:
         if obj is self.ex:
-            return -1
-        i = self.shared_ids.get(id(obj))
+            return 0
+        i = self.index.get(id(obj))
         if i is not None:
             return i
-        if isinstance(obj, _ALWAYS_SHARED):
-            return self._share(obj)
-        if (
+        share = id(obj) in self.shared_ids or isinstance(obj, _ALWAYS_SHARED) or (
             type(obj) is types.FunctionType
             and obj.__closure__ is None
             and not obj.__defaults__
             and not obj.__kwdefaults__
-        ):
-            return self._share(obj)
-        return None
+        )
+        if not share:
+            return None
+        self.used.append(obj)
+        i = self.index[id(obj)] = len(self.used)
+        return i
 
     def reducer_override(self, obj: Any) -> Any:
-        t = type(obj)
-        if t is types.FunctionType:
-            state = (obj.__defaults__, obj.__kwdefaults__, obj.__dict__, obj.__qualname__)
-            return (
-                _make_function,
-                (obj.__code__, obj.__globals__, obj.__name__, obj.__closure__),
-                state,
-                None,
-                None,
-                _fill_function,
-            )
-        if t is types.CellType:
-            try:
-                value = obj.cell_contents
-            except ValueError:
-                return (_make_cell, ())
-            return (_make_cell, (), (value,), None, None, _fill_cell)
-        return NotImplemented
-
-
-class _Unpickler(pickle.Unpickler):
-    def __init__(self, data: bytes, shared: list[Any], ex: Execution) -> None:
-        super().__init__(io.BytesIO(data))
-        self.shared = shared
-        self.ex = ex
-
-    def persistent_load(self, pid: Any) -> Any:
-        return self.ex if pid == -1 else self.shared[pid]
+        return _reduce(obj)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -197,7 +192,11 @@ class Snapshot:
     def restore(self, ex: Execution) -> Any:
         """Put a fresh copy of the saved state into *ex* (as set-up would
         have left it); returns the program's final check."""
-        final, locals_, threads, deferred = _Unpickler(self.data, self.shared, ex).load()
+        u = pickle.Unpickler(io.BytesIO(self.data))
+        table = [ex, *self.shared]
+        # a C method, not a Python function: no frame per reference
+        u.persistent_load = table.__getitem__  # type: ignore[method-assign]
+        final, locals_, threads, deferred = u.load()
         ex.locals = locals_
         ex.threads = threads
         ex.live = [t for t in threads if not t.finished]
@@ -283,8 +282,8 @@ class SetupCache:
         self.disabled: str | None = None
         self.external: dict[int, Any] | None = None
         self.before: list[tuple[int, int, tuple[int, ...]]] | None = None
-        self.shared_ids: dict[int, int] = {}
-        self.shared: list[Any] = []
+        # what executions share rather than copy, by id (kept alive here)
+        self.shared_ids: dict[int, Any] = {}
 
     @property
     def status(self) -> str:
@@ -359,9 +358,8 @@ class SetupCache:
         self.external = {i: o for i, o in ext.items() if not stop(o)}
         for i, obj in (*values.items(), *ext.items()):
             # immutable atoms are cheaper copied than referred to
-            if i not in self.shared_ids and obj is not ex and type(obj) not in _ATOMS:
-                self.shared_ids[i] = len(self.shared)
-                self.shared.append(obj)
+            if obj is not ex and type(obj) not in _ATOMS:
+                self.shared_ids[i] = obj
 
     def _capture(self, ex: Execution, final: Any) -> Snapshot:
         if ex.stop or ex.violation is not None:
@@ -378,16 +376,12 @@ class SetupCache:
                 raise Unsnapshottable("a thread started during set-up")
         # The exploration's own state, wherever set-up stored a reference.
         for v in ex.exploration_locals.values():
-            if id(v) not in self.shared_ids:
-                self.shared_ids[id(v)] = len(self.shared)
-                self.shared.append(v)
-        buf = io.BytesIO()
-        shared = list(self.shared)
-        shared_ids = dict(self.shared_ids)
+            self.shared_ids[id(v)] = v
+        state = (final, ex.locals, ex.threads, ex.deferred)
         try:
-            _Pickler(buf, shared_ids, shared, ex).dump(
-                (final, ex.locals, ex.threads, ex.deferred)
-            )
+            buf = io.BytesIO()
+            copier = _Copier(buf, self.shared_ids, ex)
+            copier.dump(state)
         except Exception as e:  # pickle raises many kinds
             raise Unsnapshottable(f"the state cannot be copied ({type(e).__name__}: {e})") from None
-        return Snapshot(buf.getvalue(), shared, ex.serial, ex.setup_steps)
+        return Snapshot(buf.getvalue(), copier.used, ex.serial, ex.setup_steps)

@@ -109,6 +109,27 @@ def pte_str(pte: int) -> str:
     return f"pfn {pte_pfn(pte):#x} {bits}"
 
 
+class PteText:
+    """An entry as an event's detail: rendered by :func:`pte_str` only when
+    a trace is printed (the search never reads it)."""
+
+    __slots__ = ("pte",)
+
+    def __init__(self, pte: int) -> None:
+        self.pte = pte
+
+    def __str__(self) -> str:
+        return pte_str(self.pte)
+
+    __repr__ = __str__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PteText) and other.pte == self.pte
+
+    def __hash__(self) -> int:
+        return hash(self.pte)
+
+
 def pgd_index(addr: int) -> int:
     return (addr >> PGDIR_SHIFT) & (PTRS_PER_PGD - 1)
 
@@ -487,7 +508,7 @@ def ptep_get(table: PageTable, index: int) -> int:
     ev = _entry(table, index, READ, f"{LEVEL_NAMES[table.level]}p_get")
     v = table.entries.get(index, 0)
     if ev is not None:
-        ev.detail = pte_str(v)
+        ev.detail = PteText(v)
     return v
 
 
@@ -532,7 +553,7 @@ def set_pte_at(mm: MmStruct, addr: int, table: PageTable, index: int, pte: int) 
     check_entry_write(table, index, old, pte)
     _store(table, index, pte)
     if ev is not None:
-        ev.detail = pte_str(pte)
+        ev.detail = PteText(pte)
 
 
 set_pmd_at = set_pte_at
@@ -551,7 +572,7 @@ def ptep_get_and_clear(mm: MmStruct, addr: int, table: PageTable, index: int) ->
     check_entry_write(table, index, old, 0)
     _store(table, index, 0)
     if ev is not None:
-        ev.detail = pte_str(old)
+        ev.detail = PteText(old)
     return old
 
 
@@ -566,7 +587,7 @@ def ptep_set_wrprotect(mm: MmStruct, addr: int, table: PageTable, index: int) ->
     check_entry_write(table, index, old, new)
     _store(table, index, new)
     if ev is not None:
-        ev.detail = pte_str(new)
+        ev.detail = PteText(new)
 
 
 def pte_modify(pte: int, newprot: int) -> int:
@@ -587,7 +608,7 @@ def ptep_modify_prot_start(vma: Any, addr: int, table: PageTable, index: int) ->
     check_entry_write(table, index, old, 0)
     _store(table, index, 0)
     if ev is not None:
-        ev.detail = pte_str(old)
+        ev.detail = PteText(old)
     return old
 
 
@@ -599,7 +620,7 @@ def ptep_modify_prot_commit(vma: Any, addr: int, table: PageTable, index: int, o
     check_entry_write(table, index, cur, pte)
     _store(table, index, pte)
     if ev is not None:
-        ev.detail = pte_str(pte)
+        ev.detail = PteText(pte)
 
 
 def ptep_set_access_flags(vma: Any, addr: int, table: PageTable, index: int, entry: int,
@@ -613,7 +634,7 @@ def ptep_set_access_flags(vma: Any, addr: int, table: PageTable, index: int, ent
         check_entry_write(table, index, old, entry)
         _store(table, index, entry)
     if ev is not None:
-        ev.detail = pte_str(entry) if changed else "unchanged"
+        ev.detail = PteText(entry) if changed else "unchanged"
     return changed
 
 
@@ -622,7 +643,7 @@ def ptep_test_and_clear_young(vma: Any, addr: int, table: PageTable, index: int)
     ev = _entry(table, index, RMW, "ptep_test_and_clear_young")
     old = table.entries.get(index, 0)
     if ev is not None:
-        ev.detail = pte_str(old)
+        ev.detail = PteText(old)
     if not pte_young(old):
         return False
     new = pte_mkold(old)
@@ -749,7 +770,7 @@ class X86PageWalker:
             ev = _entry(t, i, READ, f"hw walk: {LEVEL_NAMES[t.level]}")
             e = t.entries.get(i, 0)
             if ev is not None:
-                ev.detail = pte_str(e)
+                ev.detail = PteText(e)
             if not pte_present(e) or (t.level == LEVEL_PMD and pmd_trans_huge(e)):
                 return FAULT_NOT_PRESENT
             t = table_of(e)
@@ -768,7 +789,7 @@ class X86PageWalker:
                 raise t._uaf(f"hardware walk [{i}]")
             pte = t.entries.get(i, 0)
             if ev is not None:
-                ev.detail = pte_str(pte)
+                ev.detail = PteText(pte)
             if not pte_present(pte):
                 return FAULT_NOT_PRESENT
             if not pte & _PAGE_USER or (write and not pte_write(pte)):
@@ -779,7 +800,7 @@ class X86PageWalker:
                     continue  # the PTE changed since the announcement: redo as an RMW
                 t.entries[i] = new
                 if ev is not None:
-                    ev.detail = pte_str(new)
+                    ev.detail = PteText(new)
             frame = frame_of_pte(new)
             if frame is None:
                 return FAULT_PROT
