@@ -4,7 +4,8 @@
 
 (a) each sync primitive's canonical program: executions under ``dpor``
     (one per Mazurkiewicz trace) against naive enumeration;
-(b) a 2-page anonymous mapping, both pages faulted in: ``munmap``,
+(b) the visible operations one uncontended operation of each primitive costs;
+(c) a 2-page anonymous mapping, both pages faulted in: ``munmap``,
     ``MADV_DONTNEED`` and ``mprotect(PROT_READ)`` alone, and each racing one
     user store from another CPU, under ``dpor`` to completion: executions,
     seconds, visible operations per execution. Target: munmap-vs-store in
@@ -156,6 +157,73 @@ PRIMITIVES: list[tuple[str, Program]] = [
 ]
 
 
+def _costs() -> list[tuple[str, Callable[[], None]]]:
+    """Uncontended operations, each run by one thread while another thread
+    (which has entered an RCU read section and taken the rwsem for read once
+    before, so that grace periods and writers have a reader to look at)
+    exists."""
+
+    def make(body: Callable[[dict[str, Any]], None]) -> Callable[[], None]:
+        def program() -> None:
+            sem = init_rwsem("sem")
+            objs: dict[str, Any] = {
+                "sem": sem, "m": mutex_init("m"), "v": ATOMIC_INIT(0, "v"),
+                "r": Refcount(1, "r"), "n": kmem_cache_alloc(_Node, "n"),
+                "c": init_completion("c"), "s": seqcount_init("s"),
+            }
+
+            def other() -> None:
+                rcu_read_lock()
+                rcu_read_unlock()
+                down_read(sem)
+                up_read(sem)
+
+            spawn(other, name="other")
+            spawn(lambda: body(objs), name="T")
+
+        return program
+
+    def both_rw(o: dict[str, Any]) -> None:
+        down_read(o["sem"])
+        up_read(o["sem"])
+
+    def both_ww(o: dict[str, Any]) -> None:
+        down_write(o["sem"])
+        up_write(o["sem"])
+
+    def both_m(o: dict[str, Any]) -> None:
+        mutex_lock(o["m"])
+        mutex_unlock(o["m"])
+
+    def both_rcu(o: dict[str, Any]) -> None:
+        rcu_read_lock()
+        rcu_read_unlock()
+
+    return [
+        ("mutex_lock + mutex_unlock", make(both_m)),
+        ("down_read + up_read", make(both_rw)),
+        ("down_write + up_write", make(both_ww)),
+        ("rcu_read_lock + rcu_read_unlock", make(both_rcu)),
+        ("kfree_rcu (call_rcu + kfree)", make(lambda o: kfree_rcu(o["n"]))),
+        ("atomic_add", make(lambda o: atomic_add(1, o["v"]))),
+        ("refcount_inc", make(lambda o: refcount_inc(o["r"]))),
+        ("read_seqcount_begin + _retry", make(
+            lambda o: read_seqcount_retry(o["s"], read_seqcount_begin(o["s"])) and None)),
+    ]
+
+
+def costs_table() -> list[dict[str, Any]]:
+    """Visible operations of each primitive operation: the steps of a run
+    where the other thread does its part first, less that part."""
+    rows = []
+    for name, prog in _costs():
+        baseline = 4  # the other thread: rcu_read_lock/unlock, down_read/up_read
+        r = explore(prog, "dpor", max_executions=1, shrink=False)
+        assert r.violation is None, r.violation
+        rows.append({"operation": name, "visible_ops": r.steps - baseline})
+    return rows
+
+
 def primitives_table() -> list[dict[str, Any]]:
     rows = []
     for name, prog in PRIMITIVES:
@@ -201,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     out: dict[str, Any] = {"machine": machine()}
     out["primitives"] = primitives_table()
+    out["costs"] = costs_table()
     out["syscalls"] = syscall_table()
     mvs = next(r for r in out["syscalls"] if r["program"] == "munmap of 2 pages vs a store")
     out["targets"] = {"munmap vs store < 2 s": mvs["outcome"] == "clean" and mvs["seconds"] < 2}
@@ -216,7 +285,12 @@ def main(argv: list[str] | None = None) -> int:
     for r in out["primitives"]:
         print(f"    {r['program']:<32} {r['dpor']:>5} {r['naive']:>6}")
     print()
-    print("(b) a 2-page mapping under dpor, to completion")
+    print("(b) visible operations of one uncontended operation (another task has")
+    print("    entered an RCU read section and read-locked the rwsem before)")
+    for r in out["costs"]:
+        print(f"    {r['operation']:<34} {r['visible_ops']:>3}")
+    print()
+    print("(c) a 2-page mapping under dpor, to completion")
     print(f"    {'program':<34} {'outcome':<8} {'executions':>10} {'seconds':>8} {'ops/exec':>9}")
     for r in out["syscalls"]:
         print(f"    {r['program']:<34} {r['outcome']:<8} {r['executions']:>10} "

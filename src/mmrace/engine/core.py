@@ -2,8 +2,12 @@
 
 A *program* runs many times, once per explored schedule. Each run is an
 :class:`Execution`: the program's set-up code runs first, on the caller's
-greenlet, and spawns simulated threads (greenlets); then the scheduler decides,
-before every visible operation, which thread performs its next one.
+greenlet, and spawns simulated threads (greenlets), which start when set-up
+is over; then the scheduler decides, before every visible operation, which
+thread performs its next one. (An exploration may start an execution from a
+saved copy of the state after set-up instead: :mod:`mmrace.engine.snapshot`.)
+Outside any exploration, the model runs in a standalone context, as set-up
+code does.
 
 A thread *announces* its next visible operation (object, access kind, label)
 and hands control to the scheduler; when the scheduler picks it, the operation

@@ -77,11 +77,17 @@ class RcuReaderExit(SharedObject):
     """The exit side of one task's RCU read-side state: how many of its
     read sections have ended (written by the outermost ``rcu_read_unlock``)."""
 
-    __slots__ = ("ended",)
+    __slots__ = ("ended", "entry")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, entry: RcuReader) -> None:
         super().__init__(name)
         self.ended = 0
+        self.entry = entry
+
+    def wait_info(self, thread: SimThread) -> str:
+        if self.entry.inside:
+            return "the reader is inside a read-side critical section"
+        return ""
 
 
 class RcuReader(SharedObject):
@@ -94,7 +100,7 @@ class RcuReader(SharedObject):
     def __init__(self, name: str) -> None:
         super().__init__(name)
         self.sections = 0
-        self.exit = RcuReaderExit(f"{name}.exit")
+        self.exit = RcuReaderExit(f"{name}.exit", self)
 
     @property
     def inside(self) -> bool:
