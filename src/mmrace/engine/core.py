@@ -352,13 +352,22 @@ class Execution:
         for th in self.threads:
             g = th.glet
             if g is not None and not g.dead and g:
+                # Unwinding runs the thread's finally blocks: as itself (so
+                # model code sees the right task, and a visible operation
+                # aborts at once), not as set-up code.
+                self.current = th
                 try:
                     g.throw(greenlet.GreenletExit)
                 except BaseException:
                     pass
+                self.current = None
 
     def _fail(self, v: ViolationError, tid: int | None) -> None:
-        if self.violation is None:
+        # Once the execution has stopped (a violation, a sleep-set block, the
+        # end), what unwinding threads raise is not part of it: a thread cut
+        # short in a try/finally that releases a lock must not be reported
+        # for releasing it.
+        if self.violation is None and not self.stop:
             self.violation = v
             self.violation_tid = tid
         self.stop = True
