@@ -625,17 +625,27 @@ def ptep_modify_prot_commit(vma: Any, addr: int, table: PageTable, index: int, o
 
 def ptep_set_access_flags(vma: Any, addr: int, table: PageTable, index: int, entry: int,
                           dirty: bool) -> bool:
-    """``ptep_set_access_flags``: under the PTL, install *entry* (same page,
-    more permissive bits) if it differs; returns whether it changed."""
-    ev = _entry(table, index, RMW, "ptep_set_access_flags")
+    """``ptep_set_access_flags`` as x86 has it: under the PTL, a read of the
+    entry and, only if it differs from *entry* (same page, more permissive
+    bits) and the fault is a write (*dirty*), a store (``set_pte``); returns
+    whether it differs. Two visible operations when it stores, one read
+    otherwise (a read commutes with the hardware walker's and other readers'
+    reads). Without *dirty* x86 leaves the accessed bit to the walker: a
+    store could overwrite a dirty bit the walker set in between."""
+    ev = _entry(table, index, READ, "ptep_set_access_flags")
     old = table.entries.get(index, 0)
     changed = old != entry
-    if changed:
-        check_entry_write(table, index, old, entry)
-        _store(table, index, entry)
     if ev is not None:
-        ev.detail = PteText(entry) if changed else "unchanged"
-    return changed
+        ev.detail = PteText(old)
+    if not (changed and dirty):
+        return changed
+    ev = _entry(table, index, WRITE, "ptep_set_access_flags: set_pte")
+    old = table.entries.get(index, 0)
+    check_entry_write(table, index, old, entry)
+    _store(table, index, entry)
+    if ev is not None:
+        ev.detail = PteText(entry)
+    return True
 
 
 def ptep_test_and_clear_young(vma: Any, addr: int, table: PageTable, index: int) -> bool:
