@@ -63,7 +63,7 @@ class RwSemaphore(SharedObject):
     The object itself is the writer state; :attr:`slots` are the per-task
     read holds taken through the fast path (``sem.reader(TASK)``)."""
 
-    __slots__ = ("key", "writer", "readers", "queue", "slots", "draining")
+    __slots__ = ("key", "writer", "readers", "queue", "slots", "draining", "read_it")
 
     def __init__(self, name: str, key: str | None = None) -> None:
         super().__init__(name)
@@ -75,6 +75,8 @@ class RwSemaphore(SharedObject):
         self.slots = Slots(self, "reader")
         # slots the writer still waits for (for reports)
         self.draining: list[Slot] = []
+        # the footprint a fast-path reader adds to its slot's write
+        self.read_it: tuple[tuple[SharedObject, int], ...] = ((self, READ),)
 
     def all_readers(self) -> list[TaskState]:
         slot_readers = [s.ts for s in self.slots.held() for _ in range(s.count)]
@@ -166,7 +168,7 @@ def _down_read(sem: RwSemaphore, label: str, subclass: int, killable: bool) -> i
     if ts.sync.lockdep_on:
         lockdep.check_acquire(ts, sem, key, True)
     slot = sem.slots.of(ts)
-    visible(slot, WRITE, label, also=((sem, READ),))
+    visible(slot, WRITE, label, also=sem.read_it)
     if _read_free(sem):
         slot.count += 1
         push_held(ts, sem, key, True, False)
@@ -288,7 +290,7 @@ def down_read_trylock(sem: RwSemaphore) -> bool:
     dependency."""
     ts = task()
     slot = sem.slots.of(ts)
-    ev = visible(slot, WRITE, "down_read_trylock", also=((sem, READ),))
+    ev = visible(slot, WRITE, "down_read_trylock", also=sem.read_it)
     if _read_free(sem):
         slot.count += 1
         push_held(ts, sem, sem.key, True, True)

@@ -82,9 +82,10 @@ class Slots:
 
     def of(self, ts: TaskState) -> Slot:
         """Task *ts*'s slot."""
-        key, owner_ts = self._key(ts)
-        s = self.table.get(key)
+        th = ts.thread
+        s = self.table.get(-1 if th is None else th.root if self.per_root else th.tid)
         if s is None:
+            key, owner_ts = self._key(ts)
             name = f"{self.owner.name}.{self.suffix}({owner_ts.name})"
             s = self.table[key] = Slot(self.owner, owner_ts, name)
         return s
