@@ -60,6 +60,7 @@ VIOLATION_KINDS = (
     "assertion",
     "livelock",
     "bug",
+    "lock-held-at-exit",
 )
 OUTCOMES = ("clean", *VIOLATION_KINDS)
 
