@@ -12,6 +12,7 @@ from mmrace.engine import Var, explore, reset_standalone, spawn
 from mmrace.mm.page_alloc import mem_state
 from mmrace.user import (
     MAP_ANONYMOUS,
+    MAP_FIXED,
     MAP_PRIVATE,
     PAGE_SIZE,
     PROT_READ,
@@ -82,3 +83,15 @@ def test_top_level_objects_cannot_be_used_inside_an_exploration() -> None:
         assert r.violation is not None and r.violation.kind == "crash"
         assert "x was made outside any exploration" in r.violation.title
     assert x.value == 0
+
+
+def test_system_settings_apply_at_top_level() -> None:
+    """``System(thp=...)`` sets transparent_hugepage/enabled at top level
+    too: a fault in an aligned 2 MiB region of a ``thp="always"`` system
+    maps a huge page there, not a 4 KiB one."""
+    huge = 1 << 21
+    for thp, nr in (("always", 512), ("never", 1)):
+        p = System(thp=thp).process()
+        a = p.mmap(0x7E0000000000, huge, RW, ANON | MAP_FIXED)
+        p.poke(a, 1)
+        assert p.folio_at(a).nr_pages == nr, thp
