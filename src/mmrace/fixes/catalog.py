@@ -177,6 +177,7 @@ WP_FAULT_FLUSH_PENDING = register_fix(
 )
 
 from mmrace.fixes import gup_cow as _gup_cow  # noqa: E402,F401  (GUP/COW eras)
+from mmrace.fixes import userfaultfd as _userfaultfd  # noqa: E402,F401  (userfaultfd eras)
 
 __all__ = [
     "CLEAR_REFS_WRITE_LOCK",

@@ -27,7 +27,15 @@ The retry loop is bounded: a page that keeps needing a fault while no other
 thread runs (the same lookup and the same fault, forever) is reported as a
 ``livelock`` violation naming the loop, where the kernel would spin.
 
-Left out: GUP-fast, ``FOLL_LONGTERM`` migration out of ZONE_MOVABLE/CMA
+GUP-fast (:func:`pin_user_pages_fast`, as io_uring and RDMA pin their
+buffers) walks the page tables without any lock (under RCU, which stands
+for its disabled interrupts) and grabs the page; it keeps it only if the PTE
+is unchanged afterwards, else drops it and leaves the page to the slow path.
+
+Left out: GUP-fast's interrupt disabling (a TLB flush does not wait for a
+GUP-fast walk: the model allows the spurious ``-EBUSY`` of a page
+rechecked between its grab and its recheck, never a pin the kernel could
+not take), ``FOLL_LONGTERM`` migration out of ZONE_MOVABLE/CMA
 (``check_and_migrate_movable_pages``: the model has no zones), huge pages,
 ``FOLL_NOWAIT``/``VM_FAULT_RETRY`` unlocking (faults here never drop the
 mmap lock), ``FOLL_TOUCH`` accessed-bit updates, device and P2PDMA pages,
@@ -78,23 +86,29 @@ from mmrace.mm.page_alloc import (
     folio_put_refs,
     folio_ref_add,
     folio_test_anon,
+    folio_try_get,
     get_zero_folio,
     is_zero_pfn,
+    pfn_folio,
 )
 from mmrace.mm.pgtable import (
     pmd_none,
     pmdp_get,
     pte_dirty,
+    pte_offset_map,
     pte_offset_map_lock,
     pte_pfn,
     pte_present,
     pte_soft_dirty,
+    pte_special,
+    pte_unmap,
     pte_unmap_unlock,
     pte_write,
     ptep_get,
+    ptep_get_lockless,
     walk_to_pmd,
 )
-from mmrace.mm.userfaultfd import userfaultfd_pte_wp
+from mmrace.mm.userfaultfd_k import userfaultfd_pte_wp
 from mmrace.mm.vma import find_vma
 
 # FOLL_* flags, with the values of the 5.x include/linux/mm.h (FOLL_COW went
@@ -108,6 +122,7 @@ FOLL_REMOTE = 0x2000
 FOLL_COW = 0x4000
 FOLL_LONGTERM = 0x10000
 FOLL_PIN = 0x40000
+FOLL_FAST_ONLY = 0x80000
 EFAULT, ENOMEM, EEXIST, EINVAL, EMLINK = 14, 12, 17, 22, 31
 
 GUP_SOLO_RETRY_LIMIT = 8
@@ -531,3 +546,72 @@ def __mm_populate(mm: MmStruct, start: int, length: int) -> None:
             pass
         addr = e
     mmap_read_unlock(mm)
+
+
+# --- GUP-fast ----------------------------------------------------------------------------------
+
+
+@kfunc
+def gup_fast_pte(mm: MmStruct, addr: int, flags: int) -> Folio | None:
+    """``gup_fast_pte_range`` for one page: under RCU, read the PMD and PTE
+    without locks; give up on a missing, special (the zero page), or -- for
+    ``FOLL_WRITE`` -- read-only PTE; grab the page
+    (``try_grab_folio_fast``: a reference, then for ``FOLL_PIN`` the rest of
+    ``GUP_PIN_COUNTING_BIAS``: two visible RMWs); re-read the PTE and drop
+    the page if it changed meanwhile (someone cleared or moved it) or if a
+    read-only pin must unshare it first. None: the slow path must do it."""
+    found = walk_to_pmd(mm, addr)
+    if found is None:
+        return None
+    pm = pte_offset_map(found[0], found[1], addr)
+    if pm is None:
+        return None
+    pte = ptep_get_lockless(pm.table, pm.index)
+    folio: Folio | None = None
+    if (pte_present(pte) and pte & 0x4 and not pte_special(pte)
+            and (pte_write(pte) or not flags & FOLL_WRITE)):
+        page = pfn_folio(pte_pfn(pte))
+        if folio_try_get(page):
+            if flags & FOLL_PIN:
+                folio_ref_add(page, GUP_PIN_COUNTING_BIAS - 1)
+            folio = page
+            if pte_val_changed(pte, ptep_get_lockless(pm.table, pm.index)) or (
+                    not pte_write(pte) and gup_must_unshare(None, flags, page, 0, mm)):
+                gup_put_folio(page, flags)
+                folio = None
+    pte_unmap(pm)
+    return folio
+
+
+def pte_val_changed(old: int, new: int) -> bool:
+    """``pte_val(pte) != pte_val(ptep_get(ptep))``: any bit, the
+    accessed/dirty ones included."""
+    return old != new
+
+
+@kfunc
+def pin_user_pages_fast(mm: MmStruct, start: int, nr_pages: int, gup_flags: int) -> list[Folio]:
+    """``pin_user_pages_fast`` (``gup_fast_fallback``): pin what GUP-fast
+    can, then, unless ``FOLL_FAST_ONLY``, the rest through the slow path
+    (``__gup_longterm_unlocked``: the mmap read lock, faults). Returns the
+    pages pinned; ``OSError`` if none could be."""
+    gup_flags |= FOLL_PIN
+    mm_set_has_pinned_flag(mm)
+    out: list[Folio] = []
+    addr = start & PAGE_MASK
+    while len(out) < nr_pages:
+        folio = gup_fast_pte(mm, addr, gup_flags)
+        if folio is None:
+            break
+        out.append(folio)
+        addr += 1 << PAGE_SHIFT
+    if len(out) == nr_pages or gup_flags & FOLL_FAST_ONLY:
+        if not out and nr_pages:
+            raise errno_error(EFAULT, f"pin_user_pages_fast_only at {start:#x}")
+        return out
+    try:
+        out += pin_user_pages_unlocked(mm, addr, nr_pages - len(out), gup_flags & ~FOLL_PIN)
+    except OSError:
+        if not out:
+            raise
+    return out

@@ -9,6 +9,7 @@ changes only flags takes the mmap write lock, as the kernel does.
 
 from __future__ import annotations
 
+from mmrace.mm.fs_userfaultfd import userfaultfd_remove
 from mmrace.mm.internal import errno_error, kfunc
 from mmrace.mm.mm_types import (
     PAGE_MASK,
@@ -50,7 +51,7 @@ from mmrace.mm.mman import (
 )
 from mmrace.mm.mmap import PAGE_ALIGN
 from mmrace.mm.mmap_lock import mmap_write_lock, mmap_write_unlock, vma_start_write
-from mmrace.mm.vma import find_vma, find_vma_prev, vm_flags_reset, vma_modify_flags
+from mmrace.mm.vma import find_vma, find_vma_prev, vm_flags_reset, vma_lookup, vma_modify_flags
 
 EINVAL, ENOMEM = 22, 12
 
@@ -113,8 +114,11 @@ def _new_flags(vma: VmAreaStruct, behavior: int) -> int:
 def madvise_dontneed(mm: MmStruct, start: int, end: int) -> int:
     """``madvise_dontneed_free`` -> ``zap_page_range_single`` for each VMA in
     the range, under the mmap read lock (zapping needs only a stable VMA).
-    VM_LOCKED and VM_PFNMAP VMAs give EINVAL. Left out: the per-VMA-lock
-    variant of recent kernels."""
+    VM_LOCKED and VM_PFNMAP VMAs give EINVAL. A VMA registered with a
+    userfaultfd that asked for ``UFFD_FEATURE_EVENT_REMOVE`` first sends
+    the REMOVE event (``userfaultfd_remove``, which drops the mmap lock and
+    waits for the monitor to read it); the VMA is then looked up again.
+    Left out: the per-VMA-lock variant of recent kernels."""
     from mmrace.mm.memory import zap_page_range_single
     from mmrace.mm.mm_types import VM_LOCKED, VM_PFNMAP
     from mmrace.mm.mmap_lock import mmap_read_lock, mmap_read_unlock
@@ -133,6 +137,17 @@ def madvise_dontneed(mm: MmStruct, start: int, end: int) -> int:
             mmap_read_unlock(mm)
             raise errno_error(EINVAL)
         s, e = max(addr, vma.vm_start), min(end, vma.vm_end)
+        if not userfaultfd_remove(vma, s, e):
+            # The REMOVE event was read with the mmap lock dropped: look again.
+            mmap_read_lock(mm)
+            vma = vma_lookup(mm, s)
+            if vma is None:
+                mmap_read_unlock(mm)
+                raise errno_error(ENOMEM)
+            if vma.vm_flags & (VM_LOCKED | VM_PFNMAP):
+                mmap_read_unlock(mm)
+                raise errno_error(EINVAL)
+            e = min(e, vma.vm_end)
         zap_page_range_single(vma, s, e - s)
         addr = e
     mmap_read_unlock(mm)

@@ -77,6 +77,7 @@ from mmrace.mm.pgtable import (
     pmd_trans_huge,
     pmdp_get,
     pte_alloc,
+    pte_clear_uffd_wp,
     pte_mkdirty,
     pte_mkspecial,
     pte_mkwrite,
@@ -869,7 +870,10 @@ def copy_present_pte(dst_vma: VmAreaStruct, src_vma: VmAreaStruct, dst: PteMap,
     refcount and mapcount); for a private writable mapping write-protect
     both parent and child. An exclusive anon page that may be pinned is
     copied instead (``folio_try_dup_anon_rmap_pte`` fails; the
-    ``fork-copy-pinned`` fix), leaving the parent's PTE writable."""
+    ``fork-copy-pinned`` fix), leaving the parent's PTE writable. The
+    child's PTE keeps the uffd-wp bit only if the child's VMA is still
+    registered for uffd-wp (``dup_userfaultfd`` with
+    ``UFFD_FEATURE_EVENT_FORK``)."""
     src_mm = src_vma.vm_mm
     dst_mm = dst_vma.vm_mm
     folio = vm_normal_page(src_vma, addr, pte)
@@ -898,6 +902,8 @@ def copy_present_pte(dst_vma: VmAreaStruct, src_vma: VmAreaStruct, dst: PteMap,
     if src_vma.vm_flags & VM_SHARED:
         pte = pte & ~0x40  # pte_mkclean for shared mappings
     pte = pte & ~0x20  # pte_mkold
+    if not dst_vma.vm_flags & VM_UFFD_WP:  # !userfaultfd_wp(dst_vma)
+        pte = pte_clear_uffd_wp(pte)  # the child is not tracked: no uffd-wp faults
     set_pte_at(dst_mm, addr, dst.table, idx, pte)
 
 

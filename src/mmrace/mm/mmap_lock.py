@@ -324,3 +324,20 @@ def lock_vma_under_rcu(mm: MmStruct, address: int) -> VmAreaStruct | None:
     h.rcu -= 1
     rcu_read_unlock()
     return vma  # type: ignore[no-any-return]
+
+
+@kfunc
+def vma_start_read_locked(vma: VmAreaStruct) -> bool:
+    """``vma_start_read_locked`` (``_nested``): read-lock *vma* while holding
+    the mmap lock, which excludes every VMA writer, so only the reference
+    count can fail (detached, or at ``VMA_REF_LIMIT``): one visible RMW."""
+    mmap_assert_locked(vma.raw("vm_mm"))
+    lock = vma.vm_lock
+    visible(lock, RMW, "refcount_inc_not_zero_limited(vm_refcnt)")
+    old = lock.vm_refcnt
+    if old == 0 or old + 1 > VMA_REF_LIMIT:
+        return False
+    lock.vm_refcnt = old + 1
+    held().vma_read[vma.serial] = vma
+    add_thread_describer(_describe_vma_locks)
+    return True

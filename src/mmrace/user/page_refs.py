@@ -17,10 +17,12 @@ import errno as _errno
 from typing import TYPE_CHECKING, Any
 
 from mmrace.mm.gup import (
+    FOLL_FAST_ONLY,
     FOLL_FORCE,
     FOLL_LONGTERM,
     FOLL_WRITE,
     get_user_pages_unlocked,
+    pin_user_pages_fast,
     pin_user_pages_unlocked,
     put_user_page,
 )
@@ -63,6 +65,16 @@ class PageRefCalls:
         ``unpin``."""
         flags = (FOLL_WRITE if write else 0) | (FOLL_LONGTERM if longterm else 0)
         return pin_user_pages_unlocked(self.mm, addr, npages, flags)
+
+    def pin_user_pages_fast(self, addr: int, npages: int = 1, write: bool = False,
+                            longterm: bool = False, fast_only: bool = False) -> list[Any]:
+        """``pin_user_pages_fast``: GUP-fast first (no locks: the pin can
+        land between two steps of another thread holding the PTL), the rest
+        through :meth:`pin_user_pages` unless *fast_only*
+        (``FOLL_FAST_ONLY``). Release with ``unpin``."""
+        flags = ((FOLL_WRITE if write else 0) | (FOLL_LONGTERM if longterm else 0)
+                 | (FOLL_FAST_ONLY if fast_only else 0))
+        return pin_user_pages_fast(self.mm, addr, npages, flags)
 
     def put_page(self, pages: Folio | list[Any]) -> None:
         """``put_page`` of each ``get_user_pages`` reference."""

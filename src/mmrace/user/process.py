@@ -32,6 +32,7 @@ from mmrace.mm.mm_types import (
 from mmrace.mm.mmap import ksys_mmap_pgoff, sys_brk, vm_munmap
 from mmrace.mm.mprotect import do_mprotect_pkey
 from mmrace.user.page_refs import PageRefCalls
+from mmrace.user.userfaultfd import Userfaultfd
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,15 @@ class System:
             self.create_file(name, size)
         proc = self.processes[0] if self.processes else self.process()
         return proc.open(name)
+
+    def memfd_create(self, name: str, size: int = 1 << 20) -> int:
+        """``memfd_create(2)`` + ``ftruncate``: a shmem file of *size* bytes
+        (its mappings fault through ``shmem_fault``, which knows userfaultfd
+        minor faults), open in a new fd of the first process."""
+        from mmrace.mm.shmem import SHMEM_VM_OPS
+
+        self.create_file(f"memfd:{name}", size, SHMEM_VM_OPS)
+        return self.open_file(f"memfd:{name}")
 
     def create_file(self, path: str, size: int = 1 << 20,
                     vm_ops: VmOperations | None = None, special: int = 0) -> File:
@@ -304,14 +314,15 @@ class Process(PageRefCalls):
     # -- userfaultfd, clear_refs, pagemap ------------------------------------------
 
     def userfaultfd(self, features: int = 0) -> Userfaultfd:
-        """``userfaultfd(2)`` followed by the ``UFFDIO_API`` handshake: a
-        handle with ``register``, ``writeprotect`` and ``read``."""
-        from mmrace.mm.userfaultfd import new_userfaultfd, userfaultfd_api
+        """``userfaultfd(2)`` followed by the ``UFFDIO_API`` handshake with
+        *features* (``UFFD_FEATURE_*``): a handle with the ioctls,
+        ``read``, ``poll`` and ``close`` (:mod:`mmrace.user.userfaultfd`)."""
+        from mmrace.mm.fs_userfaultfd import new_userfaultfd, userfaultfd_api
 
         self._nr_uffd = getattr(self, "_nr_uffd", 0) + 1
         ctx = new_userfaultfd(self.mm, f"uffd{self.pid}.{self._nr_uffd}")
         userfaultfd_api(ctx, features=features)
-        return Userfaultfd(ctx)
+        return Userfaultfd(ctx, self)
 
     def clear_refs(self, value: int) -> None:
         """A write of *value* to ``/proc/PID/clear_refs`` (4: clear
@@ -356,39 +367,3 @@ class Process(PageRefCalls):
     def maps_text(self) -> str:
         """``/proc/PID/maps`` as text."""
         return "".join(f"{e}\n" for e in self.maps())
-
-
-class Userfaultfd:
-    """A userfaultfd file descriptor (after ``UFFDIO_API``)."""
-
-    def __init__(self, ctx: Any) -> None:
-        self.ctx = ctx
-
-    def register(self, addr: int, length: int, mode: int) -> None:
-        """``UFFDIO_REGISTER`` with ``UFFDIO_REGISTER_MODE_MISSING`` and/or
-        ``UFFDIO_REGISTER_MODE_WP``."""
-        from mmrace.mm.userfaultfd import userfaultfd_register
-
-        userfaultfd_register(self.ctx, addr, length, mode)
-
-    def writeprotect(self, addr: int, length: int, protect: bool, wake: bool = True) -> None:
-        """``UFFDIO_WRITEPROTECT``: protect, or un-protect (waking the faults
-        waiting in the range unless *wake* is False: ``MODE_DONTWAKE``)."""
-        from mmrace.mm.userfaultfd import (
-            UFFDIO_WRITEPROTECT_MODE_DONTWAKE,
-            UFFDIO_WRITEPROTECT_MODE_WP,
-            userfaultfd_writeprotect,
-        )
-
-        mode = UFFDIO_WRITEPROTECT_MODE_WP if protect else 0
-        if not protect and not wake:
-            mode |= UFFDIO_WRITEPROTECT_MODE_DONTWAKE
-        userfaultfd_writeprotect(self.ctx, addr, length, mode)
-
-    def read(self) -> Any:
-        """Blocking ``read()``: the next fault message (``.address``,
-        ``.flags``)."""
-        from mmrace.mm.userfaultfd import userfaultfd_ctx_read
-
-        return userfaultfd_ctx_read(self.ctx)
-
