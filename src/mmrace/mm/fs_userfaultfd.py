@@ -38,7 +38,7 @@ from __future__ import annotations
 from typing import Any
 
 from mmrace.arch.hooks import emit, has_hooks
-from mmrace.engine import WAIT, visible
+from mmrace.engine import READ, WAIT, WRITE, visible
 from mmrace.mm.internal import errno_error, kfunc
 from mmrace.mm.locks import spin_lock, spin_unlock
 from mmrace.mm.memory import (
@@ -107,13 +107,32 @@ from mmrace.sync.completion import complete, wait_for_completion
 # --- the monitor-view hooks (see mmrace.oracles.userfaultfd) -------------------------
 
 
-def uffd_view_emit(ctx: UserfaultfdCtx, fact: str, *args: Any) -> None:
-    """Report *fact* (``uffd-event-raise``, ``uffd-event-read``,
-    ``uffd-ioctl-begin``, ``uffd-ioctl-effect``) when the monitor of *ctx*
-    stated that it expects a consistent view. Not a visible operation: it
-    describes the operation just performed."""
-    if ctx.view_expected and has_hooks(fact):
-        emit(fact, ctx, *args)
+_VIEW_KIND = {"uffd-event-raise": WRITE, "uffd-event-read": WRITE,
+              "uffd-ioctl-begin": READ, "uffd-ioctl-effect": READ}
+
+
+def uffd_view_emit(ctx: UserfaultfdCtx, fact: str, *args: Any,
+                   addrs: tuple[int, ...] = ()) -> None:
+    """Report *fact* to the monitor-view oracle when the monitor of *ctx*
+    stated that it expects a consistent view: one marker operation on
+    ``ctx.view`` (events WRITE it, ioctls READ it) inside which the oracle's
+    hook runs -- once per address of *addrs* for an effect. The oracle
+    relates events and ioctls that touch no common object (an event's
+    counter raise, an ioctl's PTE write); the markers make exactly those
+    pairs dependent, so that DPOR tries both of their orders. Each marker
+    sits on the side of its operation that keeps the oracle from ever
+    claiming an order the operations did not have: the raise marker after
+    the raise, the read marker before the dequeue, the begin marker after
+    the ``mmap_changing`` check, the effect marker before the PTE write."""
+    if not ctx.view_expected:
+        return
+    visible(ctx.view, _VIEW_KIND[fact], fact)
+    if has_hooks(fact):
+        if fact == "uffd-ioctl-effect":
+            for addr in addrs:
+                emit(fact, ctx, *args, addr)
+        else:
+            emit(fact, ctx, *args)
 
 
 class UffdIoctl:
@@ -449,10 +468,10 @@ def userfaultfd_ctx_read(ctx: UserfaultfdCtx) -> UffdMsg:
         spin_lock(ctx.event_lock)
         if ctx.event_wqh:
             ewq = ctx.event_wqh[0]
+            uffd_view_emit(ctx, "uffd-event-read", ewq)
             # resolve_userfault_fork makes the child's file descriptor here;
             # the user layer wraps msg.ufd, nothing another thread sees.
             userfaultfd_event_complete(ctx, ewq)
-            uffd_view_emit(ctx, "uffd-event-read", ewq)
             spin_unlock(ctx.event_lock)
             return ewq.msg.copy()
         spin_unlock(ctx.event_lock)  # a fault resolved before it was read: wait again

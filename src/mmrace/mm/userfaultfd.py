@@ -425,8 +425,8 @@ def mfill_atomic_install_pte(state: MfillState, dst_pmd: PageTable, mi: int,
     else:
         folio_add_new_anon_rmap(folio, dst_vma, dst_addr, True)
     _map_count(mm, 1)
+    uffd_view_emit(state.ctx, "uffd-ioctl-effect", state.op, addrs=(dst_addr,))
     set_pte_at(mm, dst_addr, pm.table, pm.index, pte)
-    uffd_view_emit(state.ctx, "uffd-ioctl-effect", state.op, dst_addr)
     if page_in_cache:
         folio_unlock(folio)
     update_mmu_cache(dst_vma, dst_addr, pm.table, pm.index)
@@ -470,8 +470,8 @@ def mfill_atomic_pte_zeropage(state: MfillState, dst_pmd: PageTable, mi: int,
     if not pte_none(ptep_get(pm.table, pm.index)):
         pte_unmap_unlock(pm)
         return -EEXIST
+    uffd_view_emit(state.ctx, "uffd-ioctl-effect", state.op, addrs=(dst_addr,))
     set_pte_at(mm, dst_addr, pm.table, pm.index, pte)
-    uffd_view_emit(state.ctx, "uffd-ioctl-effect", state.op, dst_addr)
     update_mmu_cache(dst_vma, dst_addr, pm.table, pm.index)
     pte_unmap_unlock(pm)
     return 0
@@ -735,9 +735,8 @@ def move_present_pte(op: UffdIoctl, ctx: UserfaultfdCtx, mm: MmStruct,
             if fixed:
                 _move_folio_rmap(src_folio, dst_vma, dst_addr)
             pte = pte_mkwrite(pte_mkdirty(mk_pte(src_folio, dst_vma)))
+            uffd_view_emit(ctx, "uffd-ioctl-effect", op, addrs=(dst_addr, src_addr))
             set_pte_at(mm, dst_addr, dst.table, dst.index, pte)
-            uffd_view_emit(ctx, "uffd-ioctl-effect", op, dst_addr)
-            uffd_view_emit(ctx, "uffd-ioctl-effect", op, src_addr)
     double_pt_unlock(dst.ptl, src.ptl)
     return err
 
@@ -759,9 +758,8 @@ def move_zeropage_pte(op: UffdIoctl, ctx: UserfaultfdCtx, mm: MmStruct,
     else:
         zero = pte_mkspecial(pfn_pte(my_zero_pfn(), vm_prot_to_pte(dst_vma.vm_page_prot)))
         ptep_clear_flush(src_vma, src_addr, src.table, src.index)
+        uffd_view_emit(ctx, "uffd-ioctl-effect", op, addrs=(dst_addr, src_addr))
         set_pte_at(mm, dst_addr, dst.table, dst.index, zero)
-        uffd_view_emit(ctx, "uffd-ioctl-effect", op, dst_addr)
-        uffd_view_emit(ctx, "uffd-ioctl-effect", op, src_addr)
     double_pt_unlock(dst.ptl, src.ptl)
     return err
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mmrace.engine import Var
+from mmrace.engine import SharedObject, Var
 from mmrace.mm.internal import kernel_config
 from mmrace.mm.locks import RwSemaphore, Spinlock, down_read, down_write, up_read, up_write
 from mmrace.mm.mm_types import (
@@ -209,8 +209,10 @@ class UserfaultfdCtx(_UffdIdentity):
         self.nr_faults = 0
         self.nr_events = 0
         # The monitor promised itself a consistent view (the uffd-view
-        # oracle, mmrace.oracles.userfaultfd): report events and effects.
+        # oracle, mmrace.oracles.userfaultfd): report events and effects,
+        # each as a marker operation on ``view`` (see uffd_view_emit).
         self.view_expected = False
+        self.view = SharedObject(f"{name}.view")
 
     def __repr__(self) -> str:
         return self.name

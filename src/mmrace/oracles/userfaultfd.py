@@ -67,6 +67,24 @@ def _event_str(i: int) -> str:
     return f"event {i}"
 
 
+def _counter_op(ctx: UserfaultfdCtx, marker: int) -> str:
+    """The ``mmap_changing`` access the thread of *marker* made just before
+    it (the raise, or the ioctl's check), cited so the trace shows it."""
+    events = current_execution().events
+    if marker < 0:
+        return ""
+    tid = events[marker].tid
+    for i in range(marker - 1, -1, -1):
+        ev = events[i]
+        if ev.tid != tid:
+            continue
+        if ev.obj is ctx.mmap_changing:
+            return f" (mmap_changing: event {i}, {ev.label} {ev.detail})"
+        if ev.obj is ctx.view:
+            break
+    return " (this kernel has no mmap_changing)"
+
+
 def on_raise(ctx: UserfaultfdCtx, ewq: UserfaultfdWaitQueue) -> None:
     ewq.raised_at = _now()
     uffd_view_oracle().events.setdefault(ctx.name, []).append((ewq, _who()))
@@ -92,8 +110,9 @@ def on_effect(ctx: UserfaultfdCtx, op: Any, addr: int) -> None:
         lines = [
             f"{op.name} changed {addr:#x} at {_event_str(now)} ({_who()}), but "
             f"UFFD_EVENT_{msg.name} {_range_str(ewq, ctx)} had been raised at "
-            f"{_event_str(ewq.raised_at)} (by {raiser})",
-            f"the ioctl passed its mmap_changing check at {_event_str(op.began_at)}, "
+            f"{_event_str(ewq.raised_at)} (by {raiser}){_counter_op(ctx, ewq.raised_at)}",
+            f"the ioctl passed its mmap_changing check at {_event_str(op.began_at)}"
+            f"{_counter_op(ctx, op.began_at)}, "
             + ("before the event was raised" if op.began_at < ewq.raised_at
                else "after the event was raised"),
         ]

@@ -195,6 +195,7 @@ def uffd_remove_copy(kernel: Kernel) -> Any:
     # by itself); K=2 proves the clean variants in ~15 s where K=3 takes
     # ~100,000 executions (3-4 minutes).
     explore=K2,
+    ci=("base", "current-uffd-mmap-changing-atomic"),
 )
 def uffd_remove_remove_copy(kernel: Kernel) -> Any:
     """Two threads drop one page each; the monitor reads one REMOVE event,
