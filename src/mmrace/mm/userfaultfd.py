@@ -195,6 +195,7 @@ from mmrace.mm.userfaultfd_k import (
     UffdMsg,
     UserfaultfdCtx,
     VmUserfaultfdCtx,
+    changing_lock_in_use,
     map_changing_read_lock,
     map_changing_read_unlock,
     mmap_changing_read,
@@ -507,6 +508,47 @@ def mfill_atomic_pte(state: MfillState, dst_pmd: PageTable, mi: int, dst_vma: Vm
     return mfill_atomic_pte_zeropage(state, dst_pmd, mi, dst_vma, dst_addr)
 
 
+def mmap_lock_era(ctx: UserfaultfdCtx) -> bool:
+    """Before 6.9: the ioctls hold ``mmap_lock`` and check ``mmap_changing``
+    right after taking it, before looking the VMA up."""
+    return not uffd_per_vma(ctx.mm) and not changing_lock_in_use(ctx)
+
+
+@kfunc
+def mfill_lock_and_check(state: MfillState, dst_start: int,
+                         length: int) -> tuple[VmAreaStruct | None, int]:
+    """The start of ``mfill_atomic`` (and of its retry): lock the
+    destination and check ``mmap_changing``. Before 6.9: ``mmap_read_lock``,
+    the check, then the VMA lookup (``find_dst_vma``, ``anon_vma_prepare``);
+    from 6.9: ``uffd_mfill_lock``, then ``down_read(map_changing_lock)`` and
+    the check. Returns the locked VMA and 0 (or an error from the checks
+    that follow the lookup, still locked), or (None, -errno) with nothing
+    held."""
+    ctx = state.ctx
+    mm = ctx.mm
+    if mmap_lock_era(ctx):
+        mmap_read_lock(mm)
+        if mmap_changing_read(ctx):
+            mmap_read_unlock(mm)
+            return None, -EAGAIN
+        uffd_view_emit(ctx, "uffd-ioctl-begin", state.op)
+        found = find_vma_and_prepare_anon(mm, dst_start)
+        if isinstance(found, int) or not validate_dst_vma(found, dst_start + length):
+            mmap_read_unlock(mm)
+            return None, found if isinstance(found, int) else -ENOENT
+        return found, _mfill_checks(state, found)
+    vma = uffd_mfill_lock(mm, dst_start, length)
+    if isinstance(vma, int):
+        return None, vma
+    map_changing_read_lock(ctx)
+    if mmap_changing_read(ctx):
+        map_changing_read_unlock(ctx)
+        uffd_mfill_unlock(vma)
+        return None, -EAGAIN
+    uffd_view_emit(ctx, "uffd-ioctl-begin", state.op)
+    return vma, _mfill_checks(state, vma)
+
+
 def _mfill_checks(state: MfillState, dst_vma: VmAreaStruct) -> int:
     """The checks of ``mfill_atomic`` once the VMA is locked and
     ``mmap_changing`` was found clear: 0 or ``-EINVAL``."""
@@ -536,16 +578,9 @@ def mfill_atomic(ctx: UserfaultfdCtx, dst_start: int, src: CopySource | None, le
     dst_addr = dst_start
     err = 0
     while True:  # retry:
-        dst_vma = uffd_mfill_lock(dst_mm, dst_start, length)
-        if isinstance(dst_vma, int):
-            err = dst_vma
+        dst_vma, err = mfill_lock_and_check(state, dst_start, length)
+        if dst_vma is None:
             break
-        map_changing_read_lock(ctx)
-        if mmap_changing_read(ctx):
-            err = -EAGAIN
-        else:
-            uffd_view_emit(ctx, "uffd-ioctl-begin", state.op)
-            err = _mfill_checks(state, dst_vma)
         locked = True
         while not err and dst_addr < dst_start + length:
             dst_pmd, mi = mm_alloc_pmd(dst_mm, dst_addr)
@@ -968,23 +1003,36 @@ def uffd_move_unlock(dst_vma: VmAreaStruct, src_vma: VmAreaStruct) -> None:
 @kfunc
 def move_pages(ctx: UserfaultfdCtx, dst_start: int, src_start: int, length: int,
                mode: int) -> int:
-    """``move_pages``: lock both VMAs, check ``mmap_changing`` (under
-    ``map_changing_lock`` from 6.9), validate the areas, then move page by
-    page (``move_pages_pte``, retried on ``-EAGAIN``). Returns the bytes
-    moved, or -errno if none were."""
+    """``move_pages``: lock both VMAs and check ``mmap_changing`` (6.8:
+    ``mmap_read_lock``, the check, the lookup; 6.9: ``uffd_move_lock``, then
+    the check under ``map_changing_lock``), validate the areas, then move
+    page by page (``move_pages_pte``, retried on ``-EAGAIN``). Returns the
+    bytes moved, or -errno if none were."""
     mm = ctx.mm
     op = UffdIoctl("UFFDIO_MOVE")
-    found = uffd_move_lock(mm, dst_start, src_start)
-    if isinstance(found, int):
-        return found
+    err = 0
+    if mmap_lock_era(ctx):  # 6.8: the check first, under mmap_lock
+        mmap_read_lock(mm)
+        if mmap_changing_read(ctx):
+            mmap_read_unlock(mm)
+            return -EAGAIN
+        uffd_view_emit(ctx, "uffd-ioctl-begin", op)
+        found = find_vmas_mm_locked(mm, dst_start, src_start)
+        if isinstance(found, int):
+            mmap_read_unlock(mm)
+            return found
+    else:
+        found = uffd_move_lock(mm, dst_start, src_start)
+        if isinstance(found, int):
+            return found
+        map_changing_read_lock(ctx)
+        if mmap_changing_read(ctx):
+            err = -EAGAIN
+        else:
+            uffd_view_emit(ctx, "uffd-ioctl-begin", op)
     dst_vma, src_vma = found
     moved = 0
-    map_changing_read_lock(ctx)
-    err = 0
-    if mmap_changing_read(ctx):
-        err = -EAGAIN
-    else:
-        uffd_view_emit(ctx, "uffd-ioctl-begin", op)
+    if not err:
         if (src_vma.vm_flags & VM_SHARED or src_start + length > src_vma.vm_end
                 or dst_vma.vm_flags & VM_SHARED or dst_start + length > dst_vma.vm_end):
             err = -EINVAL
