@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mmrace.engine import ViolationError
+from mmrace.engine import ViolationError, current_execution, in_execution
 from mmrace.mm.mm_types import PAGE_SHIFT
 from mmrace.mm.page_alloc import Folio, pfn_to_obj
 from mmrace.mm.pgtable import peek_pte, pte_pfn, pte_present, pte_special
@@ -50,16 +50,40 @@ def rmap_mismatch(mm: Any, addr: int) -> ViolationError | None:
     where = _vma_address(vma, folio.index) if vma is not None else None
     if linked and where == addr:
         return None
-    found = (f"the walk visits {where:#x} of {vma.name}" if linked and where is not None
-             else f"{getattr(anon_vma, 'name', anon_vma)} does not link "
-                  f"{getattr(vma, 'name', 'any VMA')}")
+    if not linked:
+        found = (f"{getattr(anon_vma, 'name', anon_vma)} does not link "
+                 f"{getattr(vma, 'name', 'any VMA')}")
+    elif where is None:
+        found = f"index {folio.index:#x} is outside {vma.name}: the walk skips it"
+    else:
+        found = f"the walk looks at {where:#x} of {vma.name}"
     return ViolationError(
         "invariant",
         f"rmap: {folio.name} mapped at {addr:#x} is not where its rmap points",
         f"{folio.name} is mapped at {addr:#x}, but its rmap (mapping "
         f"{getattr(anon_vma, 'name', anon_vma)}, index {folio.index:#x}) does not lead "
-        f"there: {found}\nrmap walks (swap-out, migration, folio_referenced) cannot find "
-        "this mapping")
+        f"there: {found}{_history(folio)}\nrmap walks (swap-out, migration, "
+        "folio_referenced) cannot find this mapping")
+
+
+def _history(folio: Folio) -> str:
+    """Where the execution last set the folio's rmap (cited, so the trace
+    shows the folio's operations)."""
+    if not in_execution():
+        return ""
+    ex = current_execution()
+    out = ""
+    for i in range(len(ex.events) - 1, -1, -1):
+        ev = ex.events[i]
+        if ev.obj is folio and ev.label and ("rmap" in ev.label or "index" in ev.label):
+            out = f"\nthe rmap was last set at event {i} ({ev.label} by {ex.threads[ev.tid].name})"
+            break
+    pfn = f"pfn {folio.pfn:#x} "
+    ptes = [f"event {i} ({ev.label})" for i, ev in enumerate(ex.events)
+            if ev.label in ("set_pte", "ptep_get_and_clear") and pfn in str(ev.detail)]
+    if ptes:
+        out += "\nPTEs of the page written at " + ", ".join(ptes[-3:])
+    return out
 
 
 __all__ = ["rmap_mismatch"]
