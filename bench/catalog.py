@@ -13,7 +13,6 @@ import argparse
 import json
 import sys
 
-import mmrace.oracles  # noqa: F401 - subscribes the memory oracles
 from mmrace.scenarios import all_scenarios, get
 from mmrace.scenarios.run import VariantRun, run_all
 

@@ -28,7 +28,6 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-import mmrace.oracles  # noqa: F401 - the uffd-view oracle, for --view
 from mmrace.engine import current_execution, explore
 from mmrace.user import (
     MADV_DONTNEED,

@@ -1,3 +1,5 @@
-"""Every test runs with the memory oracles subscribed, as `mmrace` does."""
+"""Shared test set-up. No oracle wiring here: a ``System`` installs the
+oracles itself (tests/oracles/test_wiring.py checks that in a fresh
+interpreter)."""
 
-import mmrace.oracles  # noqa: F401
+pytest_plugins = ["pytester"]

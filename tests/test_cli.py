@@ -76,7 +76,10 @@ def test_replay_token_roundtrip(capsys: pytest.CaptureFixture[str]) -> None:
         ["explore", f"{EXAMPLE}:program", "--bogus-option"],
         ["frobnicate"],
         ["rules", "no_such_field"],
+        ["rules", "vm_start", "--kernel", "6.x"],
         ["doc", "-o", "/nonexistent-dir/x.md"],
+        ["doc", "--kernel", "latest"],
+        ["doc", "--format", "pdf"],
     ],
 )
 def test_bad_input_is_one_line_exit_2(argv: list[str]) -> None:
@@ -113,6 +116,12 @@ def test_rules_text_and_doc_file(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["doc", "-o", str(out)]) == 0
     text = out.read_text()
     assert "vm_start" in text and "|" in text
+    rst = tmp_path / "locking.rst"
+    assert main(["doc", "--kernel", "6.1", "-o", str(rst)]) == 0
+    text = rst.read_text()
+    assert ".. list-table::" in text and "Linux 6.1" in text
+    assert main(["doc", "--format", "rst"]) == 0
+    assert capsys.readouterr().out.startswith("=====")
 
 
 # --- the scenario catalog: check, list, fixes, replay, explore of scenario files --------
@@ -195,8 +204,17 @@ def test_check_json_and_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].split() == ["scenario", "variant", "expected", "outcome",
-                                           "executions", "complete", "seconds"]
+                                           "executions", "search", "seconds"]
     assert "variants as expected" in out
+    # a buggy variant that behaved as expected: its search "found" the
+    # violation (not "complete = no"), and its token is printed
+    base = next(line for line in out.splitlines() if line.split()[1:2] == ["base"])
+    assert base.split()[2:6] == ["wrong-data", "wrong-data", "1", "found"]
+    current = next(line for line in out.splitlines() if line.split()[1:2] == ["current"])
+    assert current.split()[5] == "complete"
+    assert "wp-pinned-page-cow / base: WRONG-DATA: wrong data:" in out
+    tokens = [r["token"] for r in rows if r["token"]]
+    assert tokens and all(f"replay token: {t}" in out for t in tokens)
 
 
 def test_check_kernel_release_reports_vulnerable(capsys: pytest.CaptureFixture[str]) -> None:
@@ -208,9 +226,19 @@ def test_check_kernel_release_reports_vulnerable(capsys: pytest.CaptureFixture[s
 
 
 def test_check_jobs_matches_serial(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["check", "wp-pinned-page-cow", "--json", "--jobs", "2"]) == 0
-    rows = json.loads(capsys.readouterr().out)
-    assert all(r["outcome"] == r["expected"] for r in rows)
+    def verdicts(*extra: str) -> list[tuple[object, ...]]:
+        assert main(["check", "wp-pinned-page-cow", "softdirty-clear-refs-cow", "--variant",
+                     "base", "--variant", "cow-reuse=page_count", "--variant", "cow-reuse=mapcount",
+                     "--json", "-q", *extra]) == 0
+        rows = json.loads(capsys.readouterr().out)
+        return [(r["scenario"], r["variant"], r["expected"], r["outcome"], r["executions"],
+                 r["complete"], r["search"], r["token"],
+                 r["violation"] and r["violation"]["title"]) for r in rows]
+
+    serial = verdicts()
+    parallel = verdicts("--jobs", "2")
+    assert len(serial) == 4
+    assert parallel == serial
 
 
 def test_replay_catalog_token(capsys: pytest.CaptureFixture[str]) -> None:
@@ -222,6 +250,10 @@ def test_replay_catalog_token(capsys: pytest.CaptureFixture[str]) -> None:
     assert "WRONG-DATA" in out and f"replay token: {token}" in out
     assert main(["replay", token, "--format", "json", "--all-ops"]) == 1
     data = json.loads(capsys.readouterr().out)
+    assert main(["replay", token, "--json", "--all-ops"]) == 1  # like every other command
+    again = json.loads(capsys.readouterr().out)
+    # the same document, but for the wall-clock time the replay took
+    assert {**again, "seconds": 0} == {**data, "seconds": 0}
     assert data["scenario"] == "wp-pinned-page-cow" and data["variant"] == "base"
     assert data["violation"]["kind"] == "wrong-data" and data["trace"]
     assert {"step", "thread", "where", "op", "object"} <= set(data["trace"][0])

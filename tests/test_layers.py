@@ -14,12 +14,16 @@ ALLOWED: dict[str, set[str]] = {
     "arch": {"engine", "sync"},
     "fixes": set(),
     "mm": {"engine", "sync", "arch", "fixes"},
-    "user": {"engine", "sync", "arch", "mm", "fixes"},
     "oracles": {"engine", "sync", "arch", "mm", "fixes"},
-    "scenarios": {"engine", "sync", "arch", "mm", "fixes", "user", "oracles"},
+    "user": {"engine", "sync", "arch", "mm", "fixes", "oracles"},
+    "kapi": {"engine", "sync", "arch", "mm", "fixes"},
+    "scenarios": {"engine", "sync", "arch", "mm", "fixes", "user", "oracles", "kapi"},
     "report": {"engine"},
+    "clikit": {"engine"},
+    "pytest_plugin": {"engine", "scenarios", "report"},
     "cli": {
-        "engine", "sync", "arch", "mm", "fixes", "user", "oracles", "scenarios", "report"
+        "engine", "sync", "arch", "mm", "fixes", "user", "oracles", "kapi", "scenarios",
+        "report", "clikit",
     },
 }
 

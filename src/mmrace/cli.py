@@ -6,15 +6,27 @@ import argparse
 import contextlib
 import importlib.util
 import json
+import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-import mmrace.oracles  # noqa: F401 - subscribes the memory oracles to the machine's hooks
 from mmrace import __version__
+from mmrace.clikit import (
+    ascii_fallback_streams,
+    check_line,
+    end_progress_line,
+    explore_progress,
+    int_between,
+    nonneg_int,
+    one_line,
+    positive_int,
+    positive_seconds,
+    search_state,
+)
 from mmrace.engine import STRATEGIES, Result, TokenError, explore, replay
-from mmrace.fixes import FIXES, FixError, all_fixes, all_policies
+from mmrace.fixes import FIXES, FixError, all_fixes, all_policies, parse_release
 from mmrace.report.explain import render_explained, trace_json
 from mmrace.report.text import render_result
 from mmrace.scenarios import Explore, Kernel, Scenario, ScenarioError, all_scenarios, get
@@ -37,8 +49,12 @@ def _load_program(spec: str) -> Any:
     if not sep or not path_text or not func:
         raise UsageError(f"expected FILE.py:FUNC, got {spec!r}")
     path = Path(path_text)
-    if not path.is_file():
-        raise UsageError(f"no such file: {path_text}")
+    try:
+        is_file = path.is_file()
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise UsageError(f"cannot open {path_text!r}: {exc.strerror}") from None
+    if not is_file:
+        raise UsageError(f"no such file: {path_text!r}")
     name = "mmrace_program_" + "".join(c if c.isalnum() else "_" for c in path.stem)
     module_spec = importlib.util.spec_from_file_location(name, path)
     if module_spec is None or module_spec.loader is None:
@@ -49,7 +65,7 @@ def _load_program(spec: str) -> Any:
         module_spec.loader.exec_module(module)
     except ScenarioError as exc:
         raise UsageError(f"{path_text}: {exc}") from None
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit() at import is a broken file too
         raise UsageError(f"cannot load {path_text}: {type(exc).__name__}: {exc}") from None
     fn = getattr(module, func, None)
     if fn is None:
@@ -59,21 +75,8 @@ def _load_program(spec: str) -> Any:
     return fn
 
 
-def _nonneg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0: {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = _nonneg(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be > 0")
-    return value
+_nonneg = nonneg_int
+_positive_int = positive_int
 
 
 def _kernel_args(p: argparse.ArgumentParser) -> None:
@@ -85,14 +88,11 @@ def _kernel_args(p: argparse.ArgumentParser) -> None:
                    help="apply a fix or a proposal")
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0: {text}")
-    return value
+MAX_DEPTH = 10_000
+"""PCT's bug depth d: d - 1 priority change points; more than the steps of
+any execution changes nothing."""
+
+REPLAY_FORMATS = ("text", "json", "perfetto", "html")
 
 
 def _build_parser() -> _Parser:
@@ -106,20 +106,26 @@ def _build_parser() -> _Parser:
     ex = sub.add_parser("explore", help="explore a program FILE.py:FUNC")
     ex.add_argument("program", help="FILE.py:FUNC, a function that builds threads")
     ex.add_argument("--strategy", choices=STRATEGIES, default=None)
-    ex.add_argument("--executions", type=_nonneg, default=None, help="max executions")
-    ex.add_argument("--preemptions", type=_nonneg, default=None, help="preemption bound K")
-    ex.add_argument("--depth", type=_nonneg, default=3, help="PCT bug depth d")
-    ex.add_argument("--seed", type=_nonneg, default=None)
+    ex.add_argument("--executions", type=positive_int, default=None,
+                    help="max executions (>= 1)")
+    ex.add_argument("--preemptions", type=nonneg_int, default=None, help="preemption bound K")
+    ex.add_argument("--depth", type=int_between(1, MAX_DEPTH), default=3,
+                    help=f"PCT bug depth d (1..{MAX_DEPTH})")
+    ex.add_argument("--seed", type=nonneg_int, default=None)
     ex.add_argument("--token", default=None, help="replay this token")
-    ex.add_argument("--seconds", type=_positive_float, default=None, help="time budget")
-    ex.add_argument("--max-steps", type=_nonneg, default=None, help="steps per execution")
+    ex.add_argument("--seconds", type=positive_seconds, default=None,
+                    help="time budget (a finite number > 0)")
+    ex.add_argument("--max-steps", type=positive_int, default=None, help="steps per execution")
     ex.add_argument("--json", action="store_true", help="print one JSON object")
+    ex.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     ex.add_argument("--all-ops", action="store_true", help="show every operation")
     ex.add_argument("--no-shrink", action="store_true", help="report the violation as found")
     _kernel_args(ex)
     rules = sub.add_parser("rules", help="print the locking rule table")
     rules.add_argument("field", nargs="?", default=None, help="one field, e.g. vm_start")
     rules.add_argument("--json", action="store_true", help="print a JSON list")
+    rules.add_argument("--kernel", default=None, metavar="RELEASE",
+                       help="the rules as of RELEASE (e.g. 6.1)")
 
     ck = sub.add_parser("check", help="run every variant of catalog scenarios")
     ck.add_argument("names", nargs="*", metavar="NAME", help="scenarios (default: all)")
@@ -129,6 +135,13 @@ def _build_parser() -> _Parser:
                     help="run each scenario once as RELEASE behaved")
     ck.add_argument("--variant", action="append", default=[], metavar="VARIANT",
                     help="run only these variants")
+    ck.add_argument("-q", "--quiet", action="store_true",
+                    help="no progress on stderr (by default: a bar on a terminal, "
+                    "otherwise one line per finished variant)")
+    ck.add_argument("--traces", action="store_true",
+                    help="print the trace of every violating variant after the table")
+    ck.add_argument("--html", default=None, metavar="DIR",
+                    help="write an HTML report per violating variant and an index to DIR")
 
     ls = sub.add_parser("list", help="list catalog scenarios and their variants")
     ls.add_argument("--json", action="store_true", help="print a JSON list")
@@ -138,18 +151,40 @@ def _build_parser() -> _Parser:
 
     rp = sub.add_parser("replay", help="re-run the execution a scenario token records")
     rp.add_argument("token")
-    rp.add_argument("--format", choices=("text", "json"), default="text")
+    rp.add_argument("--format", choices=REPLAY_FORMATS, default=None,
+                    help="text (default), json, perfetto (Chrome trace-event JSON) or "
+                    "html (one self-contained page)")
+    rp.add_argument("--json", action="store_true", help="the same as --format json")
+    rp.add_argument("-o", "--output", default=None, metavar="FILE",
+                    help="write to FILE instead of stdout")
     rp.add_argument("--all-ops", action="store_true", help="show every operation")
 
-    doc = sub.add_parser("doc", help="render the locking documentation as Markdown")
-    doc.add_argument("-o", "--output", default=None, help="write to FILE instead of stdout")
+    doc = sub.add_parser("doc", help="render the locking documentation (Markdown or "
+                         "reStructuredText)")
+    doc.add_argument("-o", "--output", default=None,
+                     help="write to FILE (.md: Markdown, .rst: reStructuredText)")
+    doc.add_argument("--format", choices=("md", "rst"), default=None,
+                     help="output format (default: from the file name, else md)")
+    doc.add_argument("--kernel", default=None, metavar="RELEASE",
+                     help="the document as of RELEASE (e.g. 6.1)")
     return parser
+
+
+def _release_arg(text: str | None) -> str | None:
+    if text is None:
+        return None
+    try:
+        parse_release(text)
+    except FixError as exc:
+        raise UsageError(str(exc)) from None
+    return text
 
 
 def _cmd_rules(args: argparse.Namespace) -> int:
     from mmrace.mm.rules import render_rules, rules_table
 
-    table = rules_table()
+    release = _release_arg(args.kernel)
+    table = rules_table(release)
     fields = [row["field"] for row in table]
     if args.field is not None and args.field not in fields:
         raise UsageError(f"no rule for field {args.field!r} (known: {', '.join(fields)})")
@@ -157,14 +192,18 @@ def _cmd_rules(args: argparse.Namespace) -> int:
         rows = [row for row in table if args.field is None or row["field"] == args.field]
         print(json.dumps(rows, indent=1))
     else:
-        print(render_rules(args.field))
+        print(render_rules(args.field, release))
     return 0
 
 
 def _cmd_doc(args: argparse.Namespace) -> int:
-    from mmrace.mm.rules_doc import render_markdown
+    from mmrace.mm.rules_doc import render
 
-    text = render_markdown()
+    release = _release_arg(args.kernel)
+    fmt = args.format
+    if fmt is None:
+        fmt = "rst" if args.output is not None and args.output.endswith(".rst") else "md"
+    text = render(release, fmt)
     if args.output is None:
         sys.stdout.write(text)
         return 0
@@ -173,24 +212,6 @@ def _cmd_doc(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UsageError(f"cannot write {args.output}: {exc.strerror}") from None
     return 0
-
-
-def _progress_printer(enabled: bool) -> Callable[[int, float], None] | None:
-    if not enabled:
-        return None
-    from rich.console import Console
-
-    console = Console(stderr=True)
-
-    def show(executions: int, seconds: float) -> None:
-        rate = executions / seconds if seconds else 0.0
-        console.print(
-            f"[dim]… {executions} executions, {seconds:.0f}s, {rate:.0f}/s[/dim]",
-            end="\r",
-            highlight=False,
-        )
-
-    return show
 
 
 def _kernel_from(args: argparse.Namespace, base: Kernel | None = None) -> Kernel:
@@ -218,9 +239,14 @@ def _as_scenario(obj: Any, spec: str) -> Scenario | None:
         return obj
     try:
         params = [p for p in inspect.signature(obj).parameters.values()
-                  if p.default is inspect.Parameter.empty]
+                  if p.default is inspect.Parameter.empty
+                  and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     except (TypeError, ValueError):
         return None
+    keyword_only = [p.name for p in params if p.kind is p.KEYWORD_ONLY]
+    if keyword_only:
+        raise UsageError(f"{spec}: keyword-only parameter {keyword_only[0]!r}: a program "
+                         "takes no argument, a scenario one positional argument (the Kernel)")
     if len(params) == 1:
         name = spec.rpartition(":")[2]
         return Scenario(name=name, summary=name, fn=obj, explore=Explore(strategy="dpor",
@@ -243,19 +269,19 @@ def _cmd_explore(args: argparse.Namespace) -> int:
         if isinstance(obj, Scenario):
             _check_supported(sc, kernel)
         return _explore_scenario(sc, kernel, args)
-    strategy = args.strategy or ("replay" if args.token else "dpor")
+    strategy = args.strategy or ("replay" if args.token is not None else "dpor")
     kwargs: dict[str, Any] = {}
     if args.max_steps is not None:
         kwargs["max_steps"] = args.max_steps
     if strategy == "replay":
-        if not args.token:
+        if args.token is None:
             raise UsageError("--strategy replay needs --token")
         try:
             result = replay(program, args.token, **kwargs)
         except TokenError as exc:
             raise UsageError(str(exc)) from None
     else:
-        if args.token:
+        if args.token is not None:
             raise UsageError("--token goes with --strategy replay")
         result = explore(
             program,
@@ -266,11 +292,22 @@ def _cmd_explore(args: argparse.Namespace) -> int:
             max_seconds=args.seconds,
             depth=args.depth,
             shrink=not args.no_shrink,
-            progress=_progress_printer(not args.json and sys.stderr.isatty()),
+            progress_info=explore_progress(args.quiet),
             **kwargs,
         )
+        end_progress_line()
+        _require_an_execution(result, args)
     _print_result(result, as_json=args.json, all_ops=args.all_ops)
     return 1 if result.violation is not None else 0
+
+
+def _require_an_execution(result: Result, args: argparse.Namespace) -> None:
+    """A budget that ended before the first execution proves nothing: say
+    so instead of reporting a clean run (``--executions 0`` is refused by
+    the parser; a tiny ``--seconds`` can still get here)."""
+    if result.executions == 0 and result.violation is None:
+        raise UsageError(f"no execution ran: the time budget (--seconds {args.seconds:g}) "
+                         "ended before the first one")
 
 
 def _explore_scenario(sc: Scenario, kernel: Kernel, args: argparse.Namespace) -> int:
@@ -279,21 +316,21 @@ def _explore_scenario(sc: Scenario, kernel: Kernel, args: argparse.Namespace) ->
 
     variant = sc.with_kernel(kernel)
     st = sc.explore
-    strategy = args.strategy or ("replay" if args.token else st.strategy)
+    strategy = args.strategy or ("replay" if args.token is not None else st.strategy)
     kwargs: dict[str, Any] = {}
     if args.max_steps is not None:
         kwargs["max_steps"] = args.max_steps
     ctx = patched(dict(sc.patches)) if sc.patches else contextlib.nullcontext()
     with ctx:
         if strategy == "replay":
-            if not args.token:
+            if args.token is None:
                 raise UsageError("--strategy replay needs --token")
             try:
                 result = replay(sc.program(kernel), args.token, **kwargs)
             except TokenError as exc:
                 raise UsageError(str(exc)) from None
         else:
-            if args.token:
+            if args.token is not None:
                 raise UsageError("--token goes with --strategy replay")
             same = strategy == st.strategy
             result = explore(
@@ -307,10 +344,12 @@ def _explore_scenario(sc: Scenario, kernel: Kernel, args: argparse.Namespace) ->
                 max_seconds=args.seconds if args.seconds is not None else st.max_seconds,
                 depth=args.depth,
                 shrink=not args.no_shrink,
-                progress=_progress_printer(not args.json and sys.stderr.isatty()),
+                progress_info=explore_progress(args.quiet),
                 token_context=token_context(sc, variant),
                 **kwargs,
             )
+            end_progress_line()
+            _require_an_execution(result, args)
     if args.json:
         print(json.dumps(result.as_dict()))
     else:
@@ -347,9 +386,15 @@ def _cmd_check(args: argparse.Namespace) -> int:
             for name in args.variant:
                 if name not in known:
                     raise UsageError(f"no selected scenario has a variant {name!r}")
-    runs = _run_with_progress(jobs, args.jobs, show=not args.json and sys.stderr.isatty())
+    html_dir = _html_dir(args.html) if args.html is not None else None
+    runs = _run_with_progress(jobs, args.jobs, quiet=args.quiet)
     if args.json:
-        print(json.dumps([r.as_dict() for r in runs], indent=1))
+        rows = []
+        for r in runs:
+            row = r.as_dict()
+            row["search"] = search_state(r.result.violation is not None, r.result.complete)
+            rows.append(row)
+        print(json.dumps(rows, indent=1))
     else:
         print(render_check_table(runs))
         if args.kernel is not None:
@@ -358,13 +403,98 @@ def _cmd_check(args: argparse.Namespace) -> int:
         else:
             failed = sum(1 for r in runs if not r.ok)
             print(f"\n{len(runs) - failed} of {len(runs)} variants as expected")
+        violating = [r for r in runs if r.result.violation is not None]
+        if violating:
+            print(render_violations(violating, traces=args.traces))
+    if html_dir is not None:
+        _write_check_html(html_dir, runs)
     return 0 if all(r.ok for r in runs) else 1
 
 
+def render_violations(runs: Sequence[VariantRun], *, traces: bool) -> str:
+    """After the table: each violating variant's violation and replay
+    token; with *traces*, its short trace too (re-rendered from the token,
+    so it is the same whether the variant ran here or in a worker)."""
+    lines = ["", "violations (mmrace replay TOKEN shows each one"
+             + ("" if traces else "; --traces prints them here") + "):"]
+    for r in runs:
+        v = r.result.violation
+        assert v is not None
+        lines.append(f"  {r.scenario} / {r.variant}: {v.kind.upper()}: {v.title}")
+        lines.append(f"    replay token: {r.result.token}")
+        if traces and r.result.token:
+            sc, variant, replayed = _replay_run(r)
+            header = f"{sc.name} / {variant.name} ({variant.kernel.describe()})"
+            lines.append("")
+            lines.append(render_explained(replayed, header=header))
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _replay_run(r: VariantRun) -> tuple[Scenario, Any, Result]:
+    assert r.result.token is not None
+    return replay_token(r.result.token, get)
+
+
+def _html_dir(text: str) -> Path:
+    """The ``--html`` directory, made now: a bad one is refused before a
+    long check runs, not after."""
+    path = Path(text)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create --html directory {text!r}: {exc.strerror}") from None
+    if not os.access(path, os.W_OK):
+        raise UsageError(f"cannot write to --html directory {text!r}")
+    return path
+
+
+def _page_name(r: VariantRun) -> str:
+    safe = "".join(c if c.isalnum() or c in "-_.=+" else "_" for c in f"{r.scenario}--{r.variant}")
+    return f"{safe}.html"
+
+
+def _write_check_html(directory: Path, runs: Sequence[VariantRun]) -> None:
+    """One report page per violating variant, and ``index.html`` with every
+    variant (violating ones linked to their page)."""
+    from mmrace.report.html import IndexRow, render_html, render_index
+
+    rows: list[IndexRow] = []
+    for r in runs:
+        page = None
+        if r.result.violation is not None and r.result.token:
+            sc, variant, replayed = _replay_run(r)
+            title = f"{sc.name} / {variant.name} ({variant.kernel.describe()})"
+            page = _page_name(r)
+            _write_text(directory / page, render_html(replayed, title=title))
+        rows.append(IndexRow(r.scenario, r.variant, r.expected or "-", r.outcome, r.ok,
+                             r.result.executions,
+                             search_state(r.result.violation is not None, r.result.complete),
+                             round(r.result.seconds, 1), page))
+    _write_text(directory / "index.html", render_index(rows))
+
+
+def _write_text(path: Path, text: str) -> None:
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write {str(path)!r}: {exc.strerror}") from None
+
+
 def _run_with_progress(jobs: list[tuple[Scenario, Any]], workers: int,
-                       show: bool) -> list[VariantRun]:
-    if not show:
+                       quiet: bool) -> list[VariantRun]:
+    """Run the variants; progress on stderr unless *quiet*: a bar on a
+    terminal, otherwise one line per finished variant."""
+    if quiet:
         return run_all(jobs, workers=workers)
+    if not sys.stderr.isatty():
+        finished = [0]
+
+        def line(r: VariantRun) -> None:
+            finished[0] += 1
+            print(check_line(finished[0], len(jobs), r), file=sys.stderr, flush=True)
+
+        return run_all(jobs, workers=workers, on_done=line)
     from rich.progress import Progress
 
     with Progress(transient=True, console=_stderr_console()) as progress:
@@ -394,16 +524,20 @@ def _stderr_console() -> Any:
     return Console(stderr=True)
 
 
-CHECK_COLUMNS = ("scenario", "variant", "expected", "outcome", "executions", "complete",
+CHECK_COLUMNS = ("scenario", "variant", "expected", "outcome", "executions", "search",
                  "seconds")
 
 
 def render_check_table(runs: Sequence[VariantRun]) -> str:
+    """The verdict table. ``search`` says how each exploration ended:
+    ``complete`` (every schedule within the bound, none violating),
+    ``found`` (stopped at the first violation), ``out of budget``."""
     rows = [CHECK_COLUMNS]
     for r in runs:
         mark = "" if r.ok else "  <-- unexpected"
         rows.append((r.scenario, r.variant, r.expected or "-", r.outcome + mark,
-                     str(r.result.executions), "yes" if r.result.complete else "no",
+                     str(r.result.executions),
+                     search_state(r.result.violation is not None, r.result.complete),
                      f"{r.result.seconds:.1f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(CHECK_COLUMNS) - 1)]
     lines = []
@@ -469,25 +603,43 @@ def _cmd_fixes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay_format(args: argparse.Namespace) -> str:
+    if args.json and args.format not in (None, "json"):
+        raise UsageError(f"--json and --format {args.format} ask for two formats; give one")
+    return "json" if args.json else (args.format or "text")
+
+
 def _cmd_replay(args: argparse.Namespace) -> int:
+    fmt = _replay_format(args)
     try:
         sc, variant, result = replay_token(args.token, get)
     except (TokenError, ScenarioError) as exc:
         raise UsageError(str(exc)) from None
-    if args.format == "json":
+    header = f"{sc.name} / {variant.name} ({variant.kernel.describe()})"
+    if fmt == "json":
         data = result.as_dict()
         data["scenario"] = sc.name
         data["variant"] = variant.name
         data["kernel"] = variant.kernel.describe()
         data["trace"] = (trace_json(result.violation, all_ops=args.all_ops)
                          if result.violation else [])
-        print(json.dumps(data, indent=1))
+        text = json.dumps(data, indent=1)
+    elif fmt == "perfetto":
+        from mmrace.report.perfetto import perfetto_trace
+
+        text = json.dumps(perfetto_trace(result, title=header, all_ops=args.all_ops))
+    elif fmt == "html":
+        from mmrace.report.html import render_html
+
+        text = render_html(result, title=header)
+    elif result.violation is None:
+        text = f"{header}\nno violation in this execution"
     else:
-        header = f"{sc.name} / {variant.name} ({variant.kernel.describe()})"
-        if result.violation is None:
-            print(f"{header}\nno violation in this execution")
-        else:
-            print(render_explained(result, all_ops=args.all_ops, header=header))
+        text = render_explained(result, all_ops=args.all_ops, header=header)
+    if args.output is not None:
+        _write_text(Path(args.output), text + "\n")
+    else:
+        print(text)
     return 1 if result.violation is not None else 0
 
 
@@ -499,12 +651,41 @@ def _print_result(result: Result, *, as_json: bool, all_ops: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``mmrace`` command: 0 clean, 1 a violation (or an unexpected
+    outcome), 2 bad input (one line on stderr), 130 interrupted."""
+    restore = ascii_fallback_streams()
+    try:
+        code = _main(argv)
+        sys.stdout.flush()
+        return code
+    except OSError as exc:
+        # stdout could not take the output (a full disk, /dev/full).
+        _silence_stdout()
+        print(f"mmrace: error: cannot write the output: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    finally:
+        restore()
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush of what
+    could not be written does not raise again."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = _build_parser()
     try:
         args = parser.parse_args(argv)
         if args.command is None:
-            parser.print_help()
-            return 2
+            # Bare `mmrace`: a usage error (one line), not a request for help.
+            usage = " ".join(parser.format_usage().split())
+            raise UsageError(f"a command is required ({usage}; mmrace -h explains them)")
         if args.command == "explore":
             return _cmd_explore(args)
         if args.command == "rules":
@@ -521,7 +702,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_replay(args)
         raise UsageError(f"unknown command {args.command!r}")
     except UsageError as exc:
-        print(f"mmrace: error: {exc}", file=sys.stderr)
+        print(f"mmrace: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mmrace: interrupted", file=sys.stderr)
@@ -529,9 +710,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         # The reader went away (mmrace list | head): stop quietly, and keep
         # the interpreter's final flush from raising again.
-        import os
-
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _silence_stdout()
         return 1
 
 

@@ -22,7 +22,7 @@ from mmrace.mm.gup import (
 )
 from mmrace.mm.memory import FAULT_FLAG_UNSHARE, handle_mm_fault
 from mmrace.mm.mmap_lock import mmap_read_lock, mmap_read_unlock
-from mmrace.mm.page_alloc import pfn_folio
+from mmrace.mm.page_alloc import WORD_SIZE, pfn_folio
 from mmrace.mm.pgtable import (
     peek_pte,
     pte_dirty,
@@ -41,7 +41,7 @@ from mmrace.user import (
     System,
 )
 
-WORD = PAGE_SIZE // 8
+WORD = WORD_SIZE  # one naturally aligned 8-byte word of user memory
 
 
 def _outcome(fn: Callable[[], Any]) -> Any:
@@ -276,7 +276,7 @@ def _proc_mem(kernel: str | None, setup: str) -> tuple[int, int, int]:
         finally:
             gup.faultin_page = real  # type: ignore[assignment]
         cache = s.files["data"].f_mapping.i_pages[0] if setup == "file" else None
-        return len(faults), p.peek(a), cache.contents.words[0][0] if cache else 0
+        return len(faults), p.peek(a), cache.contents.get(0, 0) if cache else 0
 
     return _outcome(fn)  # type: ignore[no-any-return]
 

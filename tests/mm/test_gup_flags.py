@@ -119,7 +119,7 @@ def test_gup_flag_effects(state: str, flags: int) -> None:
         if unshared:
             assert page.anon and page.anon_exclusive[0]
             assert not pte_write(peek_pte(mm, a))  # unsharing does not make it writable
-        gup_put_folio(page, flags)
+        gup_put_folio(page, 1, flags)
         check_accounting(procs)
 
     run1(program)
@@ -133,8 +133,8 @@ def test_large_folio_pin_counts_in_pincount() -> None:
         assert (f._refcount, f._pincount) == (2, 1) and folio_maybe_dma_pinned(f)
         try_grab_folio(f, FOLL_GET)
         assert (f._refcount, f._pincount) == (3, 1)
-        gup_put_folio(f, FOLL_GET)
-        gup_put_folio(f, FOLL_PIN)
+        gup_put_folio(f, 1, FOLL_GET)
+        gup_put_folio(f, 1, FOLL_PIN)
         assert (f._refcount, f._pincount) == (1, 0) and not folio_maybe_dma_pinned(f)
 
     run1(program)

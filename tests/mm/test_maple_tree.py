@@ -9,6 +9,7 @@ from mmrace.engine import explore, spawn
 from mmrace.mm.locks import rcu_read_lock, rcu_read_unlock
 from mmrace.mm.maple_tree import MAPLE_RANGE64_SLOTS
 from mmrace.mm.mmap_lock import mmap_write_lock, mmap_write_unlock
+from mmrace.mm.rules_check import locking_rules_off
 from mmrace.mm.vma import find_vma, find_vma_prev, vma_lookup
 from mmrace.user import MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE, PROT_READ, PROT_WRITE, System
 
@@ -50,7 +51,7 @@ def test_lookups_over_many_leaves() -> None:
     run(program)
 
 
-def _walk_scenario(with_rcu: bool) -> Any:
+def _walk_scenario(with_rcu: bool, rules: bool = True) -> Any:
     def walker(mm: Any, addr: int) -> None:
         if with_rcu:
             rcu_read_lock()
@@ -59,6 +60,8 @@ def _walk_scenario(with_rcu: bool) -> Any:
             rcu_read_unlock()
 
     def program() -> None:
+        if not rules:
+            locking_rules_off()  # to see what breaking the rule leads to
         proc = System().process()
         a = proc.mmap(0, PAGE_SIZE, PROT_READ, ANON)
         b = proc.mmap(0, PAGE_SIZE, PROT_READ | PROT_WRITE, ANON)
@@ -68,8 +71,15 @@ def _walk_scenario(with_rcu: bool) -> Any:
     return program
 
 
-def test_walk_outside_rcu_touches_freed_node() -> None:
+def test_walk_outside_rcu_breaks_the_tree_rule() -> None:
     r = explore(_walk_scenario(False), max_seconds=60)
+    assert r.violation is not None
+    assert r.violation.kind == "locking-rule"
+    assert "mm_mt" in r.violation.title
+
+
+def test_walk_outside_rcu_touches_freed_node() -> None:
+    r = explore(_walk_scenario(False, rules=False), max_seconds=60)
     assert r.violation is not None
     assert r.violation.kind == "use-after-free"
     assert "mm_mt" in r.violation.title

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 from mmkit import check_accounting, run1
 
-import mmrace.user.userfaultfd as user_uffd
 from mmrace.engine import WAIT, current_execution, explore, require, visible
 from mmrace.mm.fs_userfaultfd import mremap_userfaultfd_complete, mremap_userfaultfd_prep
 from mmrace.mm.mm_types import VM_UFFD_MISSING, VM_UFFD_WP
 from mmrace.mm.mmap_lock import mmap_write_lock, mmap_write_unlock
+from mmrace.mm.page_alloc import WORD_SIZE
 from mmrace.mm.pgtable import peek_pte, pte_present, pte_uffd_wp
 from mmrace.mm.userfaultfd_k import UffdMsg, UserfaultfdWaitQueue, VmUserfaultfdCtx
 from mmrace.sync.completion import complete
@@ -48,7 +48,7 @@ from mmrace.user import (
 
 RW = PROT_READ | PROT_WRITE
 ANON = MAP_PRIVATE | MAP_ANONYMOUS
-WORD = PAGE_SIZE // 8
+WORD = WORD_SIZE  # one naturally aligned 8-byte word of user memory
 EVENTS = (UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE
           | UFFD_FEATURE_EVENT_UNMAP)
 
@@ -452,31 +452,37 @@ def test_a_copy_after_reading_the_event_is_no_crossing(kernel: dict[str, Any]) -
     exhaust(single_monitor(kernel, False))
 
 
-def test_expect_consistent_view_needs_the_oracle(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(user_uffd, "has_hooks", lambda name: False)
-
+def test_the_view_oracle_can_be_switched_off_by_name() -> None:
+    """``System(oracles_off=("uffd-view",))``: expect_consistent_view() then
+    does nothing (no markers, no report); the crossing runs clean."""
     def program() -> None:
-        p = System().process()
-        with pytest.raises(RuntimeError, match="uffd-view oracle"):
-            p.userfaultfd().expect_consistent_view()
+        p = System(oracles_off=("uffd-view",)).process()
+        uffd = p.userfaultfd()
+        uffd.expect_consistent_view()
+        assert not uffd.ctx.view_expected
 
     run1(program)
+    r = explore(single_monitor({"kernel": "6.8", "oracles_off": ("uffd-view",)}, True),
+                max_seconds=50)
+    assert r.complete and r.violation is None, r.violation and r.violation.message
 
 
 # --- GUP-fast ---------------------------------------------------------------------------------
 
 
-def test_pin_user_pages_fast() -> None:
+def test_gup_fast_only_and_longterm_pins() -> None:
+    """What the uffd-move-pin pinner uses: ``FOLL_FAST_ONLY`` takes only what
+    the lockless walk finds (nothing for an unmapped page), ``FOLL_LONGTERM``
+    pins an anonymous page like any pin."""
     def program() -> None:
         p = System().process()
         a = p.mmap(0, 2 * PAGE_SIZE, RW, ANON)
         p.poke(a, 1)
-        pages = p.pin_user_pages_fast(a, 1, write=True)
-        assert pages[0]._refcount == 1 + 1024
+        pages = p.gup_fast(a, 1, write=True, longterm=True, fast_only=True)
+        assert len(pages) == 1 and pages[0]._refcount == 1 + 1024
         p.unpin(pages)
-        with pytest.raises(OSError):
-            p.pin_user_pages_fast(a + PAGE_SIZE, 1, fast_only=True)  # not mapped
-        pages = p.pin_user_pages_fast(a, 2, write=True)  # the second by the slow path
+        assert p.gup_fast(a + PAGE_SIZE, 1, fast_only=True) == []  # not mapped
+        pages = p.gup_fast(a, 2, write=True, longterm=True)  # the second by the slow path
         assert len(pages) == 2 and pages[1]._refcount == 1 + 1024
         p.unpin(pages)
         check_accounting([p])
@@ -538,18 +544,13 @@ def survives_program(kernel: dict[str, Any], two_threads: bool) -> Callable[[], 
     ({}, True, False),
 ])
 def test_a_copied_page_outlives_madv_dontneed(kernel: dict[str, Any], two_threads: bool,
-                                              survives: bool, monkeypatch: pytest.MonkeyPatch
-                                              ) -> None:
+                                              survives: bool) -> None:
     """Mike Rapoport's point, run: with the bare increment (the proposal, or
     6.8's read-mode raise) a monitor that copies on one thread and reads
     events on another can have its copy land after MADV_DONTNEED zapped the
     range; a single-threaded monitor cannot (the zap waits for its read,
     which follows its copy); the write lock (today) rules it out for both."""
-    from mmrace.arch import hooks
-
-    monkeypatch.setattr(hooks, "_hooks", {k: v for k, v in hooks._hooks.items()
-                                          if not k.startswith("uffd-")})
-    r = explore(survives_program(kernel, two_threads), strategy="bounded",
-                preemption_bound=3, max_seconds=100)
+    r = explore(survives_program({**kernel, "oracles_off": ("uffd-view",)}, two_threads),
+                strategy="bounded", preemption_bound=3, max_seconds=100)
     got = r.violation.kind if r.violation else ("clean" if r.complete else "incomplete")
     assert got == ("wrong-data" if survives else "clean"), r.violation and r.violation.message

@@ -14,6 +14,7 @@ from mmkit import check_accounting, folio_at, run1
 
 import mmrace.mm.userfaultfd as mm_uffd
 from mmrace.engine import explore
+from mmrace.mm.page_alloc import WORD_SIZE
 from mmrace.mm.pgtable import peek_pte, pte_present, pte_special, pte_uffd_wp, pte_write
 from mmrace.mm.userfaultfd_ioctl import UffdIoctlError, userfaultfd_writeprotect
 from mmrace.mm.userfaultfd_k import mmap_changing_dec, mmap_changing_inc
@@ -39,7 +40,7 @@ from mmrace.user import (
 
 RW = PROT_READ | PROT_WRITE
 ANON = MAP_PRIVATE | MAP_ANONYMOUS
-WORD = PAGE_SIZE // 8
+WORD = WORD_SIZE  # one naturally aligned 8-byte word of user memory
 
 
 def with_uffd(body: Callable[[Process, Userfaultfd, int], None], *, pages: int = 2,
@@ -71,6 +72,7 @@ def test_copy_fills_a_missing_page_with_a_value_or_words() -> None:
     def body(p: Process, uffd: Userfaultfd, a: int) -> None:
         assert uffd.copy(a, 7, PAGE_SIZE) == PAGE_SIZE
         assert [p.peek(a + i * WORD) for i in range(8)] == [7] * 8
+        assert p.peek(a + PAGE_SIZE - WORD) == 7  # every word of the page
         assert uffd.copy(a + PAGE_SIZE, [1, 2, 3], PAGE_SIZE) == PAGE_SIZE
         assert [p.peek(a + PAGE_SIZE + i * WORD) for i in range(4)] == [1, 2, 3, 0]
         pte = peek_pte(p.mm, a)

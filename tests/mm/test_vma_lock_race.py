@@ -16,6 +16,7 @@ from mmrace.mm.mmap_lock import (
     mmap_read_unlock,
     vma_end_read,
 )
+from mmrace.mm.rules_check import locking_rules_off
 from mmrace.mm.vma import vma_lookup
 from mmrace.user import MAP_ANONYMOUS, MAP_PRIVATE, PAGE_SIZE, PROT_READ, PROT_WRITE, System
 
@@ -63,10 +64,7 @@ def test_missing_vma_start_write_is_reported(monkeypatch: pytest.MonkeyPatch) ->
     assert "mmap W + VMA W" in r.violation.message
 
 
-def test_vma_read_lock_then_mmap_lock_deadlocks() -> None:
-    """Taking the mmap lock while holding a VMA read lock deadlocks against a
-    writer waiting in vma_start_write."""
-
+def _read_lock_then_mmap_lock(rules: bool) -> Any:
     def reader(mm: Any, addr: int) -> None:
         vma = lock_vma_under_rcu(mm, addr)
         if vma is None:
@@ -76,12 +74,29 @@ def test_vma_read_lock_then_mmap_lock_deadlocks() -> None:
         vma_end_read(vma)
 
     def program() -> None:
+        if not rules:
+            locking_rules_off()
         proc = System().process()
         addr = proc.mmap(0, 2 * PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS)
         spawn(reader, proc.mm, addr, name="fault")
         spawn(proc.mprotect, addr, 2 * PAGE_SIZE, PROT_READ, name="mprotect")
 
-    r = explore(program, max_seconds=60)
+    return program
+
+
+def test_vma_read_lock_then_mmap_lock_is_a_lock_order_violation() -> None:
+    """The documented rule (FORBIDDEN_NESTING) reports the wrong order in the
+    first execution that takes it, whether or not it deadlocks there."""
+    r = explore(_read_lock_then_mmap_lock(True), max_executions=1)
+    assert r.violation is not None
+    assert r.violation.kind == "lock-order"
+    assert "VMA read lock" in r.violation.title and "mmap_lock" in r.violation.title
+
+
+def test_vma_read_lock_then_mmap_lock_deadlocks() -> None:
+    """Taking the mmap lock while holding a VMA read lock deadlocks against a
+    writer waiting in vma_start_write (seen with the rule checks off)."""
+    r = explore(_read_lock_then_mmap_lock(False), max_seconds=60)
     assert r.violation is not None
     assert r.violation.kind == "deadlock"
     assert "VMA read lock of vma1" in r.violation.message

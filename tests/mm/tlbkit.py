@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import mmrace.oracles  # noqa: F401 - subscribes the memory oracles
 from mmrace.mm.mm_types import dec_tlb_flush_pending, inc_tlb_flush_pending
 from mmrace.mm.mmap_lock import mmap_read_lock, mmap_read_unlock
 from mmrace.mm.pgtable import (
@@ -66,7 +65,7 @@ def deferred_flush_cow(fix: bool = False, stores: int = 2) -> Callable[[], Any]:
 
         p.thread(writer, cpu=0, name="writer")
         p.thread(lambda t: deferred_wrprotect(t, a), cpu=1, name="wrprotect")
-        p.thread(lambda t: t.store(a + 512, 9), cpu=2, name="cow")
+        p.thread(lambda t: t.store(a + 8, 9), cpu=2, name="cow")
         return None
 
     return program

@@ -13,10 +13,15 @@ from mmrace.arch.cpu import (
     Machine,
     PageFault,
     bind_cpu,
+    local_irq_restore,
+    local_irq_save,
     machine,
+    send_ipi,
     setup_machine,
+    smp_call_function_sync,
     this_cpu,
     user_access,
+    wait_ipi,
 )
 from mmrace.arch.hooks import add_hook, emit
 from mmrace.arch.tlb import (
@@ -53,10 +58,15 @@ __all__ = [
     "flush_tlb_mm_range",
     "footprint",
     "local_evict",
+    "local_irq_restore",
+    "local_irq_save",
     "machine",
     "page_walker",
+    "send_ipi",
     "set_page_walker",
     "setup_machine",
+    "smp_call_function_sync",
     "this_cpu",
     "user_access",
+    "wait_ipi",
 ]

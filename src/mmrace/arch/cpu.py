@@ -33,6 +33,7 @@ per CPU (rejected).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mmrace.arch.hooks import emit
@@ -41,13 +42,17 @@ from mmrace.arch.walker import FAULT_NOT_PRESENT, page_walker
 from mmrace.engine import (
     READ,
     RMW,
+    WAIT,
     WRITE,
     SharedObject,
     SimThread,
     choose,
     current_thread,
     execution_local,
+    visible,
 )
+from mmrace.sync import local_irq_restore as _task_irq_restore
+from mmrace.sync import local_irq_save as _task_irq_save
 
 if TYPE_CHECKING:
     from mmrace.arch.walker import Frame
@@ -65,7 +70,12 @@ class PageFault(Exception):
 
 
 class Cpu:
-    """One CPU: an id, a TLB and the object its IPIs are addressed to."""
+    """One CPU: an id, a TLB and the object its IPIs are addressed to.
+
+    ``irqs_off`` is the CPU's interrupt flag as the thread running on it
+    set it (:func:`local_irq_save`); IPIs that arrive meanwhile wait in
+    ``pending`` until :func:`local_irq_restore` enables interrupts again,
+    and their senders wait for them (a visible WAIT on ``ipi``)."""
 
     def __init__(self, machine: Machine, cpu_id: int) -> None:
         self.machine = machine
@@ -73,6 +83,8 @@ class Cpu:
         self.tlb = Tlb(self)
         self.ipi = SharedObject(f"cpu{cpu_id}.ipi")
         self.thread: SimThread | None = None
+        self.irqs_off = False
+        self.pending: list[tuple[Callable[[], None], list[bool]]] = []
 
     def entry(self, mm: Any, vpn: int) -> TlbEntry:
         return self.tlb.entry(mm, vpn)
@@ -185,3 +197,79 @@ def user_access(cpu: Cpu, mm: Any, addr: int, op: str, word: int, arg: int = 0) 
         if code:
             raise PageFault(addr, write, code)
     raise RuntimeError(f"user access at {addr:#x} on cpu{cpu.id} does not settle")
+
+
+# --- interrupts and IPIs ------------------------------------------------------------------
+
+
+def local_irq_save() -> int:
+    """``local_irq_save(flags)`` on the running thread's CPU: returns the
+    saved flags (1 if interrupts were already off). Turning them off is a
+    visible write of the CPU's IPI object: an IPI sent before it runs at
+    once, one sent after it waits until :func:`local_irq_restore`. (The
+    task's flag, which the sleeping-in-atomic check reads, is set too.)
+    An interrupts-off section is also an RCU read-side critical section
+    (consolidated RCU: a grace period waits for it) -- the caller takes
+    ``rcu_read_lock`` for that, as the model's grace periods only watch
+    read sections."""
+    flags = _task_irq_save()
+    cpu = this_cpu()
+    if cpu is not None and not flags:
+        visible(cpu.ipi, WRITE, "local_irq_disable")
+        cpu.irqs_off = True
+    return flags
+
+
+def local_irq_restore(flags: int) -> None:
+    """``local_irq_restore(flags)``: if this enables interrupts, run the IPIs
+    that arrived meanwhile (their handlers, on this CPU) in the same visible
+    write of the CPU's IPI object, which lets their senders go on."""
+    cpu = this_cpu()
+    if cpu is not None and not flags and cpu.irqs_off:
+        visible(cpu.ipi, WRITE, "local_irq_enable")
+        cpu.irqs_off = False
+        pending, cpu.pending = cpu.pending, []
+        for handler, done in pending:
+            handler()
+            done[0] = True
+    _task_irq_restore(flags)
+
+
+def send_ipi(cpu: Cpu, handler: Callable[[], None], label: str,
+             also: tuple[tuple[SharedObject, int], ...] = ()) -> list[bool] | None:
+    """Deliver an IPI to *cpu* (one visible read of its IPI object, plus
+    *also*): run *handler* now if its interrupts are on; else queue it and
+    return the flag that says it ran (wait for it with :func:`wait_ipi`).
+    IPIs to one CPU commute with each other; they conflict with the CPU
+    turning its interrupts off or on."""
+    ev = visible(cpu.ipi, READ, label, also=also)
+    if cpu.irqs_off:
+        done = [False]
+        cpu.pending.append((handler, done))
+        if ev is not None:
+            ev.detail = f"cpu{cpu.id} has interrupts off: pending"
+        return done
+    handler()
+    return None
+
+
+def wait_ipi(cpu: Cpu, done: list[bool], label: str) -> None:
+    """Wait (a visible WAIT on *cpu*'s IPI object) until a queued IPI ran
+    (``csd_lock_wait``)."""
+    visible(cpu.ipi, WAIT, label, guard=lambda: done[0])
+
+
+def smp_call_function_sync(label: str) -> None:
+    """``smp_call_function(func, NULL, wait=1)`` with an empty *func*: an IPI
+    to every other CPU, returning once each has taken it -- that is, once
+    every interrupts-off section running now has ended."""
+    me = this_cpu()
+    waits: list[tuple[Cpu, list[bool]]] = []
+    for cpu in machine().cpus:
+        if me is not None and cpu is me:
+            continue
+        done = send_ipi(cpu, lambda: None, f"{label}: IPI -> cpu{cpu.id}")
+        if done is not None:
+            waits.append((cpu, done))
+    for cpu, done in waits:
+        wait_ipi(cpu, done, f"{label}: wait for cpu{cpu.id}")

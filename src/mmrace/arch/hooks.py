@@ -1,7 +1,8 @@
 """Observation points of the machine, for the checkers above it.
 
 The arch and mm layers cannot import :mod:`mmrace.oracles` (it sits above
-them), so they *emit* named facts here and the oracles subscribe on import.
+them), so they *emit* named facts here and the oracles subscribe when a
+``mmrace.user.System`` is built (``mmrace.oracles.install_oracles``).
 A hook runs inside the event that performs the operation it describes (it
 must not call :func:`~mmrace.engine.visible`). Hook names in use:
 

@@ -33,7 +33,7 @@ import functools
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from mmrace.engine import READ, WRITE, Event, SharedObject, current_thread, visible
+from mmrace.engine import READ, WAIT, WRITE, Event, SharedObject, current_thread, visible
 
 if TYPE_CHECKING:
     from mmrace.arch.cpu import Cpu
@@ -214,19 +214,42 @@ def local_evict(cpu: Cpu, mm: Any, addr: int) -> None:
         e.invalidate("evicted")
 
 
+def _ran(done: list[bool]) -> Callable[[], bool]:
+    """The guard of a wait for a queued IPI: it ran (monotone)."""
+    return lambda: done[0]
+
+
 @kfunc
 def native_flush_tlb_multi(cpus: list[Cpu], mm: Any, start: int, end: int) -> None:
     """``native_flush_tlb_multi`` / ``on_each_cpu_cond_mask(..., wait=true)``:
     one IPI per remote CPU, each a visible operation that runs
-    ``flush_tlb_func`` there; returns after the last one."""
+    ``flush_tlb_func`` there -- at once, or, if that CPU has interrupts off,
+    when it enables them; returns after the last one ran (a visible WAIT
+    for each delayed one)."""
+    waits: list[tuple[Cpu, list[bool]]] = []
     for cpu in cpus:
         entries = cpu.tlb.in_range(mm, start, end)
         # Footprint: the target's entry objects for the range (writes: this
         # orders the IPI against every hit and fill of those pages there);
-        # the CPU's IPI object itself is only read, so IPIs commute.
+        # the CPU's IPI object itself is only read, so IPIs commute (and
+        # conflict with the target turning its interrupts off or on).
         ev = footprint(cpu.ipi, READ, f"flush IPI -> cpu{cpu.id}",
                        also=[(e, WRITE) for e in entries])
         why = _describe_flush(start, end)
+        if cpu.irqs_off:
+            # The target has interrupts off (GUP-fast): the flush runs there
+            # when it enables them (mmrace.arch.cpu.local_irq_restore).
+            done = [False]
+
+            def handler(cpu: Cpu = cpu, why: str = why) -> None:
+                for e in cpu.tlb.in_range(mm, start, end):
+                    e.invalidate(why)
+
+            cpu.pending.append((handler, done))
+            waits.append((cpu, done))
+            if ev is not None:
+                ev.detail = f"{_what(start, end)}: cpu{cpu.id} has interrupts off: pending"
+            continue
         hit = []
         for e in entries:
             if e.valid:
@@ -234,6 +257,8 @@ def native_flush_tlb_multi(cpus: list[Cpu], mm: Any, start: int, end: int) -> No
             e.invalidate(why)
         if ev is not None:
             ev.detail = f"{_what(start, end)}: " + (", ".join(hit) if hit else "nothing cached")
+    for cpu, done in waits:
+        visible(cpu.ipi, WAIT, f"flush IPI: wait for cpu{cpu.id}", guard=_ran(done))
 
 
 @kfunc

@@ -29,6 +29,7 @@ from mmrace.engine.core import (
 )
 from mmrace.engine.explore import (
     STRATEGIES,
+    ProgressInfo,
     Result,
     Violation,
     explore,
@@ -45,6 +46,7 @@ __all__ = [
     "WRITE",
     "Event",
     "Execution",
+    "ProgressInfo",
     "Result",
     "SharedObject",
     "SimThread",

@@ -291,7 +291,7 @@ class Execution:
                 pass
             except ViolationError as v:
                 self._fail(v, None)
-            except Exception as exc:
+            except _USER_ERRORS as exc:
                 self._fail(_crash(exc), None)
             if not self.stop:
                 self._loop()
@@ -300,7 +300,7 @@ class Execution:
                     final()
                 except ViolationError as v:
                     self._fail(v, None)
-                except Exception as exc:
+                except _USER_ERRORS as exc:
                     self._fail(_crash(exc), None)
         finally:
             self.stop = True
@@ -440,6 +440,12 @@ class Execution:
 
 _current: Execution | None = None
 
+# What a program or thread may raise that ends its execution as a ``crash``:
+# any error, and ``sys.exit()`` (a program calling it is a bug in the
+# program, not a request to stop mmrace). KeyboardInterrupt still stops the
+# exploration.
+_USER_ERRORS = (Exception, SystemExit)
+
 
 def _crash(exc: BaseException) -> ViolationError:
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
@@ -566,7 +572,7 @@ def spawn(fn: Callable[..., Any], *args: Any, name: str | None = None) -> SimThr
             pass
         except ViolationError as v:
             ex._fail(v, th.tid)
-        except Exception as exc:
+        except _USER_ERRORS as exc:
             ex._fail(_crash(exc), th.tid)
         th.finished = True
         ex.live.remove(th)

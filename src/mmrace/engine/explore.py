@@ -75,6 +75,25 @@ Program = Callable[[], Any]
 Progress = Callable[[int, float], None]
 
 
+@dataclass(frozen=True)
+class ProgressInfo:
+    """What a long exploration reports about itself (``explore(...,
+    progress_info=...)``, at the cadence of ``progress``)."""
+
+    executions: int
+    seconds: float
+    depth: int  # decision points (more than one option) of the latest execution
+    steps: int  # visible operations run so far, over all executions
+
+    @property
+    def rate(self) -> float:
+        """Executions per second."""
+        return self.executions / self.seconds if self.seconds > 0 else 0.0
+
+
+ProgressDetail = Callable[[ProgressInfo], None]
+
+
 def make_strategy(
     strategy: str, preemption_bound: int | None, seed: int | None, depth: int
 ) -> Strategy:
@@ -167,12 +186,14 @@ def explore(
     shrink: bool = True,
     progress: Progress | None = None,
     token_context: str = "",
+    progress_info: ProgressDetail | None = None,
 ) -> Result:
     """Explore *program*'s executions with *strategy* until a violation, the
     end of the search (exhaustive strategies), or a budget runs out.
 
     ``random`` and ``pct`` never complete; without ``max_executions`` or
-    ``max_seconds`` they run 1,000 executions."""
+    ``max_seconds`` they run 1,000 executions. *progress* and
+    *progress_info* are called about twice a second."""
     if strategy == "replay":
         raise ValueError("use replay(program, token) for the replay strategy")
     strat = make_strategy(strategy, preemption_bound, seed, depth)
@@ -201,11 +222,15 @@ def explore(
             if ex.violation is not None:
                 found = ex
                 break
+            depth = len(ex.decisions)
             del ex
             pause.between()
-            if progress is not None and now - last_progress >= 0.5:
+            if now - last_progress >= 0.5 and (progress or progress_info):
                 last_progress = now
-                progress(executions, now - start)
+                if progress is not None:
+                    progress(executions, now - start)
+                if progress_info is not None:
+                    progress_info(ProgressInfo(executions, now - start, depth, steps))
     complete = found is None and strat.complete_when_done and not strat.more()
     result = Result(
         strategy=strat.name,
@@ -245,7 +270,7 @@ def replay_decisions(
     token_context: str = "",
 ) -> Result:
     start = time.perf_counter()
-    strat = DecisionReplay(decisions)
+    strat = _StackRecordingReplay(decisions)
     with _GcPause():
         ex = run_once(program, strat, max_steps, {})
     if strat.error is not None:
@@ -259,7 +284,22 @@ def replay_decisions(
         seconds=time.perf_counter() - start,
         steps=len(ex.events),
     )
+    result.extra["stacks"] = strat.stacks
     return result
+
+
+class _StackRecordingReplay(DecisionReplay):
+    """A replay that also records, per event, the whole ``where`` stack of
+    its thread (events keep only the innermost function): the kernel
+    functions a trace viewer draws as nested slices. One execution, so the
+    copies cost nothing that matters; explorations do not pay for them."""
+
+    def __init__(self, decisions: list[int]) -> None:
+        super().__init__(decisions)
+        self.stacks: list[tuple[str, ...]] = []
+
+    def on_event(self, ex: Execution, ev: Event) -> None:
+        self.stacks.append(tuple(ex.threads[ev.tid].where))
 
 
 def _same(a: ViolationError | None, b: ViolationError | None) -> bool:

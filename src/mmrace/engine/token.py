@@ -69,10 +69,13 @@ def decode(token: str) -> tuple[list[int], str]:
         raise TokenError(
             f"not a replay token: {token[:40]!r} (expected mmr{TOKEN_FORMAT}-...)"
         )
-    version = int(m.group(1))
-    if version != TOKEN_FORMAT:
+    version = m.group(1).lstrip("0") or "0"
+    if version != str(TOKEN_FORMAT):
+        # Compared as text: a hand-edited field of thousands of digits is
+        # just another unknown format (int() would refuse it).
+        shown = version if len(version) <= 6 else f"{version[:6]}... ({len(version)} digits)"
         raise TokenError(
-            f"token is in format {version}, but this mmrace reads format {TOKEN_FORMAT}; "
+            f"token is in format {shown}, but this mmrace reads format {TOKEN_FORMAT}; "
             "replay it with the mmrace version that produced it"
         )
     text = m.group(2).upper()

@@ -177,6 +177,7 @@ WP_FAULT_FLUSH_PENDING = register_fix(
 )
 
 from mmrace.fixes import gup_cow as _gup_cow  # noqa: E402,F401  (GUP/COW eras)
+from mmrace.fixes import rust_mm as _rust_mm  # noqa: E402,F401  (seed 003's switches)
 from mmrace.fixes import userfaultfd as _userfaultfd  # noqa: E402,F401  (userfaultfd eras)
 
 __all__ = [
@@ -191,3 +192,6 @@ __all__ = [
     "UFFD_WP_RESOLVE_SKIP",
     "WP_FAULT_FLUSH_PENDING",
 ]
+
+from mmrace.fixes import rules_eras as _rules_eras  # noqa: E402,F401  (the locking rules' eras)
+from mmrace.fixes import thp_reclaim as _thp_reclaim  # noqa: E402,F401  (issue 15's switches)

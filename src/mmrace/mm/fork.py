@@ -19,14 +19,27 @@ without it the child's VMA loses its context and ``VM_UFFD_*`` flags, and
 Left out: ``__mt_dup`` (the child's tree is built VMA by VMA), accounting
 and ``VM_ACCOUNT`` charges, uprobes, khugepaged and KSM registration,
 mempolicy duplication, failure unwinding.
+
+The mm's lifetime lives here too, as in kernel/fork.c and
+include/linux/sched/mm.h: ``mmgrab``/``mmdrop`` count references to the
+struct (``mm_count``), ``mmget``/``mmget_not_zero``/``mmput`` count users of
+the address space (``mm_users``); the last ``mmput`` runs ``__mmput``
+(``exit_mmap``, then ``mmdrop``), the last ``mmdrop`` ``__mmdrop`` (the
+struct is freed). Each count change is one visible RMW of its counter that
+also reads the mm (``also``), so ``__mmdrop``'s free is ordered against
+every later count operation and such an operation on a freed mm is a
+use-after-free.
 """
 
 from __future__ import annotations
 
+from mmrace.engine import READ, RMW, ViolationError, current_execution, current_thread, visible
 from mmrace.mm.fs_userfaultfd import dup_userfaultfd, dup_userfaultfd_complete
 from mmrace.mm.internal import kfunc
+from mmrace.mm.locks import kfree
 from mmrace.mm.memory import copy_page_range
 from mmrace.mm.mm_types import VM_DONTCOPY, VM_LOCKED_MASK, VM_WIPEONFORK, MmStruct
+from mmrace.mm.mmap import exit_mmap
 from mmrace.mm.mmap_lock import (
     mmap_write_lock,
     mmap_write_unlock,
@@ -97,3 +110,113 @@ def dup_mm(oldmm: MmStruct, name: str) -> MmStruct:
     mm.has_pinned.value = 0
     dup_mmap(mm, oldmm)
     return mm
+
+
+# --- mm lifetime (kernel/fork.c, include/linux/sched/mm.h) ----------------------
+
+
+def _count(mm: MmStruct, counter: str, label: str, delta: int, unless_zero: bool) -> int:
+    """One atomic update of ``mm->mm_users`` or ``mm->mm_count``: a visible
+    RMW of the counter that also reads the mm. Returns the new value (the
+    old one, unchanged, when *unless_zero* finds it zero)."""
+    var = mm.mm_users if counter == "mm_users" else mm.mm_count
+    ev = visible(var, RMW, label, also=((mm, READ),))
+    mm.check_alive(label)
+    old = var.value
+    if unless_zero and old == 0:
+        if ev is not None:
+            ev.detail = "0: failed"
+        return 0
+    var.value = old + delta
+    if ev is not None:
+        ev.detail = f"{old} -> {var.value}"
+    if var.value < 0:
+        raise ViolationError("refcount", f"{counter} underflow on {mm.name}",
+                             f"{label}: {mm.name}->{counter} went below zero")
+    return int(var.value)
+
+
+@kfunc
+def mmgrab(mm: MmStruct) -> None:
+    """``mmgrab``: keep the struct (not the address space) alive."""
+    _count(mm, "mm_count", "atomic_inc(mm_count)", 1, False)
+
+
+@kfunc
+def mmdrop(mm: MmStruct) -> None:
+    """``mmdrop``: the last reference frees the struct (``__mmdrop``)."""
+    if _count(mm, "mm_count", "atomic_dec_and_test(mm_count)", -1, False) == 0:
+        __mmdrop(mm)
+
+
+@kfunc
+def __mmdrop(mm: MmStruct) -> None:
+    """``__mmdrop``: free the mm_struct. Left out: the lazy-TLB users
+    (``cleanup_lazy_tlbs``), ``mm_free_pgd`` (the model's top-level table is
+    part of the struct), ``check_mm``'s rss counters, the context id."""
+    kfree(mm)
+
+
+@kfunc
+def mmget(mm: MmStruct) -> None:
+    """``mmget``: one more user; the caller already holds one (or the
+    struct is the caller's own ``current->mm``)."""
+    _count(mm, "mm_users", "atomic_inc(mm_users)", 1, False)
+
+
+@kfunc
+def mmget_not_zero(mm: MmStruct) -> bool:
+    """``mmget_not_zero``: take a user reference unless the address space is
+    already being torn down (``atomic_inc_not_zero``). The caller keeps the
+    struct alive (``mmgrab``); on a freed mm this is a use-after-free."""
+    return _count(mm, "mm_users", "atomic_inc_not_zero(mm_users)", 1,
+                  True) > 0
+
+
+@kfunc
+def __mmput(mm: MmStruct) -> None:
+    """``__mmput``: the address space has no users left: ``exit_mmap``,
+    then drop the users' collective ``mm_count`` reference. Left out:
+    uprobes, aio, KSM and khugepaged exit hooks, the exe file, the mmlist."""
+    th = current_thread()
+    mm.teardown_tid = th.tid if th is not None else -1
+    exit_mmap(mm)
+    mm.teardown_tid = None
+    mmdrop(mm)
+
+
+def _last_put(mm: MmStruct) -> None:
+    th = current_thread()
+    who = th.name if th is not None else "set-up code"
+    event = len(current_execution().events) - 1
+    mm.users_gone = f"at event {event} (mmput by {who})" if th is not None else "in set-up"
+
+
+@kfunc
+def mmput(mm: MmStruct) -> None:
+    """``mmput``: drop a user reference; the last one tears the address
+    space down in the caller's context."""
+    if _count(mm, "mm_users", "atomic_dec_and_test(mm_users)", -1, False) == 0:
+        _last_put(mm)
+        __mmput(mm)
+
+
+@kfunc
+def mmput_async(mm: MmStruct) -> None:
+    """``mmput_async``: like ``mmput``, but the last one would queue
+    ``__mmput`` to a workqueue (so a caller that may sleep waiting on the
+    mm's owner cannot deadlock). Left out: the workqueue; the model runs
+    ``__mmput`` in the caller, which only shifts where the teardown's
+    operations appear in a trace."""
+    if _count(mm, "mm_users", "atomic_dec_and_test(mm_users)", -1, False) == 0:
+        _last_put(mm)
+        __mmput(mm)
+
+
+@kfunc
+def exit_mm(mm: MmStruct) -> None:
+    """kernel/exit.c ``exit_mm``: a task leaves its address space and drops
+    its user reference (``mmput``). Left out: the mmap read lock around
+    clearing ``current->mm`` (it synchronises with core dumps) and the lazy
+    TLB switch."""
+    mmput(mm)

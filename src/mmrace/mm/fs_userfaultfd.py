@@ -41,15 +41,13 @@ from mmrace.arch.hooks import emit, has_hooks
 from mmrace.engine import READ, WAIT, WRITE, visible
 from mmrace.mm.internal import errno_error, kfunc
 from mmrace.mm.locks import spin_lock, spin_unlock
-from mmrace.mm.memory import (
+from mmrace.mm.mm_types import (
     FAULT_FLAG_VMA_LOCK,
     FAULT_FLAG_WRITE,
+    PAGE_MASK,
     VM_FAULT_NOPAGE,
     VM_FAULT_RETRY,
     VM_FAULT_SIGBUS,
-)
-from mmrace.mm.mm_types import (
-    PAGE_MASK,
     VM_UFFD_MINOR,
     VM_UFFD_MISSING,
     VM_UFFD_WP,

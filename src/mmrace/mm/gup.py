@@ -27,15 +27,7 @@ The retry loop is bounded: a page that keeps needing a fault while no other
 thread runs (the same lookup and the same fault, forever) is reported as a
 ``livelock`` violation naming the loop, where the kernel would spin.
 
-GUP-fast (:func:`pin_user_pages_fast`, as io_uring and RDMA pin their
-buffers) walks the page tables without any lock (under RCU, which stands
-for its disabled interrupts) and grabs the page; it keeps it only if the PTE
-is unchanged afterwards, else drops it and leaves the page to the slow path.
-
-Left out: GUP-fast's interrupt disabling (a TLB flush does not wait for a
-GUP-fast walk: the model allows the spurious ``-EBUSY`` of a page
-rechecked between its grab and its recheck, never a pin the kernel could
-not take), ``FOLL_LONGTERM`` migration out of ZONE_MOVABLE/CMA
+Left out: GUP-fast, ``FOLL_LONGTERM`` migration out of ZONE_MOVABLE/CMA
 (``check_and_migrate_movable_pages``: the model has no zones), huge pages,
 ``FOLL_NOWAIT``/``VM_FAULT_RETRY`` unlocking (faults here never drop the
 mmap lock), ``FOLL_TOUCH`` accessed-bit updates, device and P2PDMA pages,
@@ -47,10 +39,11 @@ so grabbing it changes no count.
 
 from __future__ import annotations
 
+from mmrace.arch import local_irq_restore, local_irq_save
 from mmrace.engine import RMW, ViolationError, current_execution, current_thread
 from mmrace.mm.internal import errno_error, kernel_config, kfunc
+from mmrace.mm.locks import rcu_read_lock, rcu_read_unlock
 from mmrace.mm.memory import (
-    FAULT_FLAG_REMOTE,
     FAULT_FLAG_UNSHARE,
     FAULT_FLAG_WRITE,
     VM_FAULT_ERROR,
@@ -62,6 +55,7 @@ from mmrace.mm.memory import (
     vm_normal_page,
 )
 from mmrace.mm.mm_types import (
+    FAULT_FLAG_REMOTE,
     PAGE_MASK,
     PAGE_SHIFT,
     VM_IO,
@@ -85,31 +79,50 @@ from mmrace.mm.page_alloc import (
     folio_get,
     folio_put_refs,
     folio_ref_add,
+    folio_ref_try_add,
     folio_test_anon,
-    folio_try_get,
+    folio_test_set_flag,
     get_zero_folio,
     is_zero_pfn,
     pfn_folio,
+    pfn_to_obj,
 )
 from mmrace.mm.pgtable import (
+    PMD_MASK,
+    PMD_SIZE,
+    PageTable,
+    pgd_offset,
+    pgdp_get,
+    pmd_index,
+    pmd_lock,
     pmd_none,
+    pmd_present,
+    pmd_same,
+    pmd_trans_huge,
     pmdp_get,
+    pmdp_get_lockless,
+    pte_access_permitted,
     pte_dirty,
-    pte_offset_map,
+    pte_index,
     pte_offset_map_lock,
     pte_pfn,
     pte_present,
+    pte_same,
     pte_soft_dirty,
     pte_special,
-    pte_unmap,
     pte_unmap_unlock,
     pte_write,
     ptep_get,
     ptep_get_lockless,
+    ptl_unlock,
+    pud_index,
+    pudp_get,
+    table_of,
     walk_to_pmd,
 )
 from mmrace.mm.userfaultfd_k import userfaultfd_pte_wp
 from mmrace.mm.vma import find_vma
+from mmrace.sync import raw_read_seqcount, read_seqcount_retry
 
 # FOLL_* flags, with the values of the 5.x include/linux/mm.h (FOLL_COW went
 # in 6.0; FOLL_PIN is mm/internal.h's private flag).
@@ -122,7 +135,7 @@ FOLL_REMOTE = 0x2000
 FOLL_COW = 0x4000
 FOLL_LONGTERM = 0x10000
 FOLL_PIN = 0x40000
-FOLL_FAST_ONLY = 0x80000
+FOLL_FAST_ONLY = 0x80000  # mm/internal.h
 EFAULT, ENOMEM, EEXIST, EINVAL, EMLINK = 14, 12, 17, 22, 31
 
 GUP_SOLO_RETRY_LIMIT = 8
@@ -249,7 +262,7 @@ def try_grab_folio(folio: Folio, flags: int) -> None:
     if folio.is_zero:
         return
     if flags & FOLL_PIN:
-        if folio.order:
+        if folio.order:  # a large folio counts pins exactly (_pincount)
             folio_ref_add(folio, 1)
             folio.access(RMW, "atomic_add(_pincount)")
             folio._pincount += 1
@@ -260,30 +273,31 @@ def try_grab_folio(folio: Folio, flags: int) -> None:
 
 
 @kfunc
-def gup_put_folio(folio: Folio, flags: int) -> None:
-    """``gup_put_folio``: undo one ``try_grab_folio`` (freeing the folio if
-    that was its last reference)."""
+def gup_put_folio(folio: Folio, refs: int, flags: int) -> None:
+    """``gup_put_folio``: undo *refs* grabs of ``try_grab_folio`` or
+    ``try_grab_folio_fast`` (freeing the folio if that was its last
+    reference). The zero page is not counted."""
     if folio.is_zero:
         return
     if flags & FOLL_PIN:
         if folio.order:
-            folio.access(RMW, "atomic_sub(_pincount)")
-            folio._pincount -= 1
-            folio_put_refs(folio, 1)
+            folio.access(RMW, f"atomic_sub(_pincount, {refs})")
+            folio._pincount -= refs
+            folio_put_refs(folio, refs)
         else:
-            folio_put_refs(folio, GUP_PIN_COUNTING_BIAS)
+            folio_put_refs(folio, refs * GUP_PIN_COUNTING_BIAS)
     else:
-        folio_put_refs(folio, 1)
+        folio_put_refs(folio, refs)
 
 
 def unpin_user_page(folio: Folio) -> None:
     """``unpin_user_page``."""
-    gup_put_folio(folio, FOLL_PIN)
+    gup_put_folio(folio, 1, FOLL_PIN)
 
 
 def put_user_page(folio: Folio) -> None:
     """``put_page`` of a ``FOLL_GET`` reference."""
-    gup_put_folio(folio, FOLL_GET)
+    gup_put_folio(folio, 1, FOLL_GET)
 
 
 def mm_set_has_pinned_flag(mm: MmStruct) -> None:
@@ -304,8 +318,15 @@ def follow_page_pte(vma: VmAreaStruct, address: int, flags: int) -> tuple[Folio 
     (None, -EEXIST) for a PTE without a struct page (``follow_pfn_pte``)."""
     mm = vma.vm_mm
     found = walk_to_pmd(mm, address)
-    if found is None or pmd_none(pmdp_get(*found)):
+    if found is None:
         return None, 0
+    pmdval = pmdp_get(*found)
+    if pmd_none(pmdval):
+        return None, 0
+    if pmd_trans_huge(pmdval):
+        folio, err = follow_huge_pmd(vma, address, found[0], found[1], flags)
+        if err != 1:
+            return folio, err
     pm = pte_offset_map_lock(mm, found[0], found[1], address)
     if pm is None:
         return None, 0
@@ -548,70 +569,228 @@ def __mm_populate(mm: MmStruct, start: int, length: int) -> None:
     mmap_read_unlock(mm)
 
 
-# --- GUP-fast ----------------------------------------------------------------------------------
+# --- huge PMDs in the slow path (follow_pmd_mask / follow_huge_pmd) -------------------------
 
 
 @kfunc
-def gup_fast_pte(mm: MmStruct, addr: int, flags: int) -> Folio | None:
-    """``gup_fast_pte_range`` for one page: under RCU, read the PMD and PTE
-    without locks; give up on a missing, special (the zero page), or -- for
-    ``FOLL_WRITE`` -- read-only PTE; grab the page
-    (``try_grab_folio_fast``: a reference, then for ``FOLL_PIN`` the rest of
-    ``GUP_PIN_COUNTING_BIAS``: two visible RMWs); re-read the PTE and drop
-    the page if it changed meanwhile (someone cleared or moved it) or if a
-    read-only pin must unshare it first. None: the slow path must do it."""
-    found = walk_to_pmd(mm, addr)
-    if found is None:
+def follow_huge_pmd(vma: VmAreaStruct, address: int, pmd: PageTable, mi: int,
+                    flags: int) -> tuple[Folio | None, int]:
+    """``follow_pmd_mask`` for a huge PMD + ``follow_huge_pmd``: under the
+    PMD lock, the THP -- grabbed as ``try_grab_folio`` does -- if the
+    access is allowed; ``(None, 0)`` to fault (a write the PMD does not
+    allow, or an entry being split), ``(None, -EMLINK)`` to unshare first,
+    ``(None, 1)`` if it is no longer a huge PMD (follow the PTEs)."""
+    ptl = pmd_lock(vma.vm_mm, pmd)
+    pmdval = pmdp_get(pmd, mi)
+    if not pmd_trans_huge(pmdval):
+        ptl_unlock(ptl)
+        return None, 1
+    if not pte_present(pmdval):  # invalidated: being split or changed
+        ptl_unlock(ptl)
+        return None, 0
+    folio = pfn_folio(pte_pfn(pmdval))
+    if flags & FOLL_WRITE and not pte_write(pmdval):
+        ptl_unlock(ptl)
+        return None, 0
+    if not pte_write(pmdval) and gup_must_unshare(vma, flags, folio):
+        ptl_unlock(ptl)
+        return None, -EMLINK
+    try_grab_folio(folio, flags)
+    ptl_unlock(ptl)
+    return folio, 0
+
+
+# --- GUP-fast (gup_fast, lockless_pages_from_mm) ---------------------------------------------
+
+
+
+@kfunc
+def try_grab_folio_fast(folio: Folio, refs: int, flags: int) -> Folio | None:
+    """``try_grab_folio_fast``: a speculative reference (``folio_ref_try_add``:
+    fails on a folio being freed) and, for ``FOLL_PIN``, the pin
+    (``_pincount`` of a large folio, the bias of a small one) -- taken
+    before the caller rechecks the page-table entry."""
+    if not folio_ref_try_add(folio, refs):
         return None
-    pm = pte_offset_map(found[0], found[1], addr)
-    if pm is None:
-        return None
-    pte = ptep_get_lockless(pm.table, pm.index)
-    folio: Folio | None = None
-    if (pte_present(pte) and pte & 0x4 and not pte_special(pte)
-            and (pte_write(pte) or not flags & FOLL_WRITE)):
-        page = pfn_folio(pte_pfn(pte))
-        if folio_try_get(page):
-            if flags & FOLL_PIN:
-                folio_ref_add(page, GUP_PIN_COUNTING_BIAS - 1)
-            folio = page
-            if pte_val_changed(pte, ptep_get_lockless(pm.table, pm.index)) or (
-                    not pte_write(pte) and gup_must_unshare(None, flags, page, 0, mm)):
-                gup_put_folio(page, flags)
-                folio = None
-    pte_unmap(pm)
+    if flags & FOLL_PIN:
+        if folio.order:
+            folio.access(RMW, f"atomic_add(_pincount, {refs})")
+            folio._pincount += refs
+        else:
+            folio_ref_add(folio, refs * (GUP_PIN_COUNTING_BIAS - 1))
     return folio
 
 
-def pte_val_changed(old: int, new: int) -> bool:
-    """``pte_val(pte) != pte_val(ptep_get(ptep))``: any bit, the
-    accessed/dirty ones included."""
-    return old != new
+@kfunc
+def gup_fast_pte_range(pmdval: int, pmd: PageTable, mi: int, addr: int, end: int, flags: int,
+                       pages: list[Folio]) -> bool:
+    """``gup_fast_pte_range``: map the PTE table the PMD value read by the
+    caller points to (``pte_offset_map(&pmd, ...)`` of the local copy: no
+    second read; the table cannot be freed under the caller's RCU and
+    interrupts-off section), then for each page:
+    ``ptep_get_lockless``; refuse PROT_NONE and non-user entries, writes to
+    read-only ones (``pte_access_permitted``), special ones (the zero
+    page); take the reference or pin; recheck that neither the PMD nor the
+    PTE changed (else drop it and stop); refuse a read-only pin of an anon
+    page that is not exclusive (``gup_must_unshare``: the slow path will
+    unshare it). False stops GUP-fast (the slow path takes over)."""
+    table = table_of(pmdval)
+    ret = True
+    while addr != end:
+        idx = pte_index(addr)
+        pte = ptep_get_lockless(table, idx)
+        if not pte_access_permitted(pte, bool(flags & FOLL_WRITE)) or pte_special(pte):
+            ret = False
+            break
+        page = pfn_to_obj(pte_pfn(pte))
+        if not isinstance(page, Folio) or page.is_zero:
+            ret = False
+            break
+        folio = try_grab_folio_fast(page, 1, flags)
+        if folio is None:
+            ret = False
+            break
+        if (not pmd_same(pmdval, pmdp_get(pmd, mi))
+                or not pte_same(pte, ptep_get(table, idx))):
+            gup_put_folio(folio, 1, flags)
+            ret = False
+            break
+        if not pte_write(pte) and gup_must_unshare(None, flags, folio,
+                                                   pte_pfn(pte) - folio.pfn, pmd.mm):
+            gup_put_folio(folio, 1, flags)
+            ret = False
+            break
+        folio_test_set_flag(folio, "referenced", True, "folio_set_referenced")
+        pages.append(folio)
+        addr += 1 << PAGE_SHIFT
+    return ret
 
 
 @kfunc
-def pin_user_pages_fast(mm: MmStruct, start: int, nr_pages: int, gup_flags: int) -> list[Folio]:
-    """``pin_user_pages_fast`` (``gup_fast_fallback``): pin what GUP-fast
-    can, then, unless ``FOLL_FAST_ONLY``, the rest through the slow path
-    (``__gup_longterm_unlocked``: the mmap read lock, faults). Returns the
-    pages pinned; ``OSError`` if none could be."""
-    gup_flags |= FOLL_PIN
-    mm_set_has_pinned_flag(mm)
-    out: list[Folio] = []
-    addr = start & PAGE_MASK
-    while len(out) < nr_pages:
-        folio = gup_fast_pte(mm, addr, gup_flags)
-        if folio is None:
-            break
-        out.append(folio)
-        addr += 1 << PAGE_SHIFT
-    if len(out) == nr_pages or gup_flags & FOLL_FAST_ONLY:
-        if not out and nr_pages:
-            raise errno_error(EFAULT, f"pin_user_pages_fast_only at {start:#x}")
-        return out
+def gup_fast_pmd_leaf(pmdval: int, pmd: PageTable, mi: int, addr: int, end: int, flags: int,
+                      pages: list[Folio]) -> bool:
+    """``gup_fast_pmd_leaf``: a huge PMD: access check, one grab of as many
+    references as pages wanted (``record_subpages``), the PMD recheck,
+    the unshare check; each page is returned as its folio."""
+    if not pte_access_permitted(pmdval, bool(flags & FOLL_WRITE)):
+        return False
+    folio = pfn_folio(pte_pfn(pmdval))
+    refs = (end - addr) >> PAGE_SHIFT
+    if try_grab_folio_fast(folio, refs, flags) is None:
+        return False
+    if not pmd_same(pmdval, pmdp_get(pmd, mi)):
+        gup_put_folio(folio, refs, flags)
+        return False
+    if not pte_write(pmdval) and gup_must_unshare(None, flags, folio, pte_index(addr), pmd.mm):
+        gup_put_folio(folio, refs, flags)
+        return False
+    folio_test_set_flag(folio, "referenced", True, "folio_set_referenced")
+    pages.extend([folio] * refs)
+    return True
+
+
+@kfunc
+def gup_fast_pgd_range(mm: MmStruct, start: int, end: int, flags: int,
+                       pages: list[Folio]) -> None:
+    """``gup_fast_pgd_range`` .. ``gup_fast_pmd_range``: read each level
+    with ``READ_ONCE`` (``pmdp_get_lockless``) and stop at the first entry
+    that is not present; a huge PMD is a leaf."""
+    addr = start
+    while addr < end:
+        nxt = min((addr & PMD_MASK) + PMD_SIZE, end)
+        pgd, gi = pgd_offset(mm, addr)
+        e = pgdp_get(pgd, gi)
+        if not pte_present(e):
+            return
+        pud = table_of(e)
+        e = pudp_get(pud, pud_index(addr))
+        if not pte_present(e):
+            return
+        pmd, mi = table_of(e), pmd_index(addr)
+        pmdval = pmdp_get_lockless(pmd, mi)
+        if not pmd_present(pmdval):
+            return
+        if pmd_trans_huge(pmdval):
+            if not gup_fast_pmd_leaf(pmdval, pmd, mi, addr, nxt, flags, pages):
+                return
+        elif not gup_fast_pte_range(pmdval, pmd, mi, addr, nxt, flags, pages):
+            return
+        addr = nxt
+
+
+@kfunc
+def gup_fast(mm: MmStruct, start: int, end: int, flags: int, pages: list[Folio]) -> int:
+    """``gup_fast`` (``lockless_pages_from_mm``): walk the page tables with
+    interrupts off -- so a TLB-flush IPI, and with it the freeing of pages
+    and page tables that waits for one (``tlb_remove_table_sync_one``),
+    waits for the walk; the section is an RCU read-side section too -- and
+    no lock at all. For ``FOLL_PIN``, sample ``mm->write_protect_seq``
+    first (odd: a fork is write-protecting, give up) and recheck it after:
+    if a fork ran meanwhile, unpin everything (the page may have become
+    shared). Returns the number of pages taken."""
+    seq = 0
+    if flags & FOLL_PIN:
+        seq = raw_read_seqcount(mm.write_protect_seq)
+        if seq & 1:
+            return 0
+    # 5.8 (gup-cow-break-reads): a lookup may have to break COW, which only
+    # the slow path can do, so the lockless walk takes writable PTEs only.
+    walk_flags = flags | FOLL_WRITE if gup_forces_cow_break(mm) else flags
+    irq = local_irq_save()
+    rcu_read_lock()
+    gup_fast_pgd_range(mm, start, end, walk_flags, pages)
+    rcu_read_unlock()
+    local_irq_restore(irq)
+    if flags & FOLL_PIN and read_seqcount_retry(mm.write_protect_seq, seq):
+        for f in pages:
+            gup_put_folio(f, 1, flags)
+        pages.clear()
+        return 0
+    return len(pages)
+
+
+@kfunc
+def gup_fast_fallback(mm: MmStruct, start: int, nr_pages: int, gup_flags: int) -> list[Folio]:
+    """``gup_fast_fallback`` (``get_user_pages_fast`` / ``pin_user_pages_fast``):
+    GUP-fast for as many pages as it can, then the slow path
+    (``get_user_pages_unlocked``: mmap read lock, faults) for the rest,
+    unless ``FOLL_FAST_ONLY``. Raises OSError(EFAULT) if nothing could be
+    had and (EINVAL) for unknown flags. ``FOLL_PIN`` marks the mm
+    ``MMF_HAS_PINNED`` first."""
+    if gup_flags & ~(FOLL_WRITE | FOLL_LONGTERM | FOLL_FORCE | FOLL_PIN | FOLL_GET
+                     | FOLL_FAST_ONLY):
+        raise errno_error(EINVAL, "gup flags")
+    if gup_flags & FOLL_PIN:
+        mm.has_pinned.store(1)  # mm_set_has_pinned_flag
+    start &= ~((1 << PAGE_SHIFT) - 1)
+    end = start + (nr_pages << PAGE_SHIFT)
+    if end > mm.task_size or end <= start:
+        raise errno_error(EFAULT, f"gup_fast at {start:#x}")
+    pages: list[Folio] = []
+    nr_pinned = gup_fast(mm, start, end, gup_flags, pages)
+    if nr_pinned == nr_pages or gup_flags & FOLL_FAST_ONLY:
+        return pages
+    rest = start + (nr_pinned << PAGE_SHIFT)
+    slow_flags = gup_flags & ~FOLL_FAST_ONLY
     try:
-        out += pin_user_pages_unlocked(mm, addr, nr_pages - len(out), gup_flags & ~FOLL_PIN)
+        if slow_flags & FOLL_PIN:
+            more = pin_user_pages_unlocked(mm, rest, nr_pages - nr_pinned,
+                                           slow_flags & ~FOLL_PIN)
+        else:
+            more = get_user_pages_unlocked(mm, rest, nr_pages - nr_pinned,
+                                           slow_flags & ~FOLL_GET)
     except OSError:
-        if not out:
-            raise
-    return out
+        if pages:
+            return pages
+        raise
+    return pages + more
+
+
+def get_user_pages_fast(mm: MmStruct, start: int, nr_pages: int, gup_flags: int) -> list[Folio]:
+    """``get_user_pages_fast`` (``FOLL_GET``)."""
+    return gup_fast_fallback(mm, start, nr_pages, gup_flags | FOLL_GET)
+
+
+def pin_user_pages_fast(mm: MmStruct, start: int, nr_pages: int, gup_flags: int) -> list[Folio]:
+    """``pin_user_pages_fast`` (``FOLL_PIN``)."""
+    return gup_fast_fallback(mm, start, nr_pages, gup_flags | FOLL_PIN)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
-from mmrace.engine import current_thread, execution_local
+from mmrace.engine import current_execution, current_thread, execution_local
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -40,18 +40,70 @@ def kfunc(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-class Held:
-    """The mm-level locks one thread holds, keyed by object serial (never id())."""
+class _Tracked(dict):  # type: ignore[type-arg]
+    """A dict that bumps its owner's :attr:`Held.version` on every change, so
+    the rule checker's cached verdicts (``mm/rules_check.py``) can never
+    outlive a lock acquisition or release, whoever makes it."""
 
-    __slots__ = ("mmap", "names", "vma_read", "rwsem", "spin", "rcu")
+    __slots__ = ("owner",)
+
+    def __init__(self, owner: Held) -> None:
+        super().__init__()
+        self.owner = owner
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.owner.version += 1
+        dict.__setitem__(self, key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        self.owner.version += 1
+        dict.__delitem__(self, key)
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        self.owner.version += 1
+        return dict.pop(self, key, *default)
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("change a lock record only by item assignment, del or pop")
+
+    clear = popitem = setdefault = update = __ior__ = _refuse
+
+
+class Held:
+    """The mm-level locks one thread holds, keyed by object serial (never id()).
+
+    Every change bumps :attr:`version` (the dicts are :class:`_Tracked`; the
+    RCU depth is a property), which is what the rule checker caches its
+    verdicts against."""
+
+    __slots__ = ("mmap", "names", "vma_read", "rwsem", "rmap", "spin", "numab", "paths",
+                 "_rcu", "version", "cache", "rules_off", "setup")
 
     def __init__(self) -> None:
-        self.mmap: dict[int, str] = {}  # mm serial -> "R", "W" or "D" (downgraded)
+        self.version = 0
+        self.mmap: dict[int, str] = _Tracked(self)  # mm serial -> "R", "W" or "D"
         self.names: dict[int, str] = {}  # lock serial -> lock name, for messages
-        self.vma_read: dict[int, Any] = {}  # vma serial -> vma
-        self.rwsem: dict[int, str] = {}  # rmap rwsem serial -> "R" or "W"
-        self.spin: dict[int, Any] = {}  # spinlock serial -> lock
-        self.rcu = 0  # RCU read-side nesting (as seen by the mm model)
+        self.vma_read: dict[int, Any] = _Tracked(self)  # vma serial -> vma
+        self.rwsem: dict[int, str] = _Tracked(self)  # rmap rwsem serial -> "R" or "W"
+        self.rmap: dict[int, Any] = {}  # rmap rwsem serial -> its address_space / anon_vma
+        self.spin: dict[int, Any] = _Tracked(self)  # spinlock serial -> lock
+        self.numab: dict[int, Any] = _Tracked(self)  # mm serial -> mm (task_numa_work)
+        # documented-exception code paths this thread is in -> nesting depth
+        # (mm/rules.py EXCEPTIONS; rules_check.exception_path_enter)
+        self.paths: dict[str, int] = _Tracked(self)
+        self._rcu = 0  # RCU read-side nesting (as seen by the mm model)
+        self.cache: dict[Any, Any] = {}  # the rule checker's verdicts (rules_check.py)
+        self.rules_off = False  # mm.rules_off of the execution, when this was made
+        self.setup = False  # the record of set-up code and final checks (no thread)
+
+    @property
+    def rcu(self) -> int:
+        return self._rcu
+
+    @rcu.setter
+    def rcu(self, depth: int) -> None:
+        self.version += 1
+        self._rcu = depth
 
     def describe(self) -> str:
         """The held locks, for a violation message."""
@@ -65,25 +117,60 @@ class Held:
             parts.append(f"{self.names.get(serial, serial)} ({mode_name[mode]})")
         for lock in self.spin.values():
             parts.append(f"spin({lock.name})")
-        if self.rcu:
+        for mm in self.numab.values():
+            parts.append(f"NUMA-scan claim of {mm.name}")
+        if self._rcu:
             parts.append("rcu_read_lock")
         return ", ".join(parts) or "none"
 
 
+_KEY = "mm.held"
+_SETUP_KEY = "mm.held.setup"
+
+
 def _held_table() -> dict[int, Held]:
-    table: dict[int, Held] = execution_local("mm.held", dict)
+    table: dict[int, Held] = execution_local(_KEY, dict)
     return table
 
 
 def held() -> Held:
-    """The lock record of the running thread (tid -1 is set-up code)."""
-    th = current_thread()
-    key = th.tid if th is not None else -1
+    """The lock record of the running thread (tid -1 is set-up code). Kept
+    on the thread (and for set-up on the execution), so the common case is
+    two lookups."""
+    ex = current_execution()
+    th = ex.current
+    h: Held | None
+    if th is not None:
+        h = cast("Held | None", th.locals.get(_KEY))
+        if h is not None:
+            return h
+        key = th.tid
+    else:
+        h = cast("Held | None", ex.locals.get(_SETUP_KEY))
+        if h is not None:
+            return h
+        key = -1
+    h = _new_held(ex, key)
+    if th is not None:
+        th.locals[_KEY] = h
+    else:
+        ex.locals[_SETUP_KEY] = h
+    return h
+
+
+def _new_held(ex: Any, key: int) -> Held:
     table = _held_table()
     h = table.get(key)
     if h is None:
         h = table[key] = Held()
+        h.rules_off = bool(ex.locals.get("mm.rules_off"))
+        h.setup = key == -1
     return h
+
+
+def all_held() -> dict[int, Held]:
+    """Every thread's lock record in this execution, by tid (set-up is -1)."""
+    return _held_table()
 
 
 def errno_error(err: int, what: str = "") -> OSError:

@@ -14,8 +14,9 @@ sorted. What matters for concurrency is kept:
   from writers (by the mmap lock) can touch a freed node, reported as a
   use-after-free.
 
-Writers must hold the tree's external lock (``mm->mmap_lock`` for write); the
-model checks it. Lookups cost O(log n) (bisection in the root and a leaf).
+Writers must hold the tree's external lock (``mm->mmap_lock`` for write) and
+walkers the mmap lock or RCU: the ``mm.mm_mt`` rule of ``mm/rules.py``,
+checked on every store and walk. Lookups cost O(log n) (bisection in the root and a leaf).
 Left out: gaps tracking, the node encoding, and in-place (RCU-safe) slot
 stores the real tree uses for some writes.
 """
@@ -25,9 +26,10 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from typing import Any
 
-from mmrace.engine import READ, WRITE, SharedObject, ViolationError, visible
-from mmrace.mm.internal import held, kfunc
+from mmrace.engine import READ, WRITE, SharedObject, current_thread, visible
+from mmrace.mm.internal import kfunc
 from mmrace.mm.locks import KObject, call_rcu, kfree, kobject_access
+from mmrace.mm.rules_check import check_mm_tree
 
 MAPLE_RANGE64_SLOTS = 16
 
@@ -70,6 +72,11 @@ class MapleTree(SharedObject):
     # -- reading ---------------------------------------------------------
 
     def _root(self) -> MapleRoot | None:
+        mm = self.owner
+        if mm is not None and current_thread() is not None:
+            # The mm.mm_mt read rule (mmap lock, or RCU since 6.1). Set-up
+            # and final checks run alone and are not checked.
+            check_mm_tree(mm, False)
         visible(self, READ, "rcu_dereference(ma_root)")
         return self.ma_root
 
@@ -164,14 +171,12 @@ class MapleTree(SharedObject):
     # -- writing ---------------------------------------------------------
 
     def _assert_writer(self) -> None:
+        """The mm.mm_mt write rule of ``mm/rules.py`` (the mmap write lock;
+        before 6.5 a stack expansion also stored under the read lock and
+        mm->page_table_lock)."""
         mm = self.owner
-        if mm is not None and held().mmap.get(mm.serial) != "W":
-            raise ViolationError(
-                "locking-rule",
-                f"locking rule: {self.name} written without mmap_lock held for write",
-                f"a store to {self.name} needs mm->mmap_lock for write; held: "
-                f"{held().describe()}",
-            )
+        if mm is not None:
+            check_mm_tree(mm, True)
 
     @kfunc
     def mas_store_range(self, start: int, end: int, entry: Any) -> None:

@@ -5,7 +5,9 @@ Fault order is the current kernel's: ``lock_vma_under_rcu`` first
 (``FAULT_FLAG_VMA_LOCK``), falling back to ``mmap_read_lock`` when no VMA
 could be locked or the handler returned ``VM_FAULT_RETRY`` (for example
 ``vmf_anon_prepare`` needing the mmap lock to set up the anon_vma and
-failing to trylock it). ``do_wp_page``'s reuse decision is the
+failing to trylock it). Before 6.4 (``per-vma-locks``) faults take the mmap
+read lock only; before 6.5 (``stack-expand-write-locked``) a stack grows
+under it. ``do_wp_page``'s reuse decision is the
 ``cow-reuse`` policy (``mmrace.fixes``).
 
 Left out: THP faults (huge PMDs are only walked past), swap and
@@ -20,21 +22,53 @@ from __future__ import annotations
 
 from typing import Any
 
-from mmrace.mm.internal import errno_error, kernel_config, kfunc
+from mmrace.engine import ViolationError
+from mmrace.mm.internal import errno_error, held, kernel_config, kfunc
+from mmrace.mm.locks import rcu_read_lock, rcu_read_unlock
 from mmrace.mm.mm_types import (
+    FAULT_FLAG_ALLOW_RETRY,
+    FAULT_FLAG_DEFAULT,
+    FAULT_FLAG_INSTRUCTION,
+    FAULT_FLAG_INTERRUPTIBLE,
+    FAULT_FLAG_KILLABLE,
+    FAULT_FLAG_MKWRITE,
+    FAULT_FLAG_ORIG_PTE_VALID,
+    FAULT_FLAG_REMOTE,
+    FAULT_FLAG_RETRY_NOWAIT,
+    FAULT_FLAG_TRIED,
+    FAULT_FLAG_UNSHARE,
+    FAULT_FLAG_USER,
+    FAULT_FLAG_VMA_LOCK,
+    FAULT_FLAG_WRITE,
     PAGE_MASK,
     PAGE_SHIFT,
     PAGE_SIZE,
     VM_EXEC,
+    VM_FAULT_COMPLETED,
+    VM_FAULT_ERROR,
+    VM_FAULT_FALLBACK,
+    VM_FAULT_LOCKED,
+    VM_FAULT_MAJOR,
+    VM_FAULT_NOPAGE,
+    VM_FAULT_OOM,
+    VM_FAULT_RETRY,
+    VM_FAULT_SIGBUS,
+    VM_FAULT_SIGSEGV,
+    VM_FAULT_WRITE,
     VM_GROWSDOWN,
+    VM_LOCKED,
     VM_MAYSHARE,
+    VM_MIXEDMAP,
+    VM_PFNMAP,
     VM_READ,
     VM_SHARED,
+    VM_UFFD_MINOR,
     VM_UFFD_MISSING,
     VM_UFFD_WP,
     VM_WRITE,
     MmStruct,
     VmAreaStruct,
+    mm_assert_users,
 )
 from mmrace.mm.mmap_lock import (
     lock_vma_under_rcu,
@@ -51,12 +85,14 @@ from mmrace.mm.mmu_gather import (
     tlb_remove_tlb_entry,
 )
 from mmrace.mm.page_alloc import (
+    HPAGE_PMD_ORDER,
     Folio,
     PageAnonExclusive,
     SetPageAnonExclusive,
     copy_user_highpage,
     folio_alloc,
     folio_get,
+    folio_lock,
     folio_mapcount,
     folio_put,
     folio_ref_count,
@@ -64,22 +100,30 @@ from mmrace.mm.page_alloc import (
     folio_trylock,
     folio_unlock,
     is_zero_pfn,
+    mem_state,
     my_zero_pfn,
     pfn_folio,
 )
 from mmrace.mm.pgtable import (
+    PTRS_PER_PTE,
     PageTable,
     PteMap,
     flush_tlb_fix_spurious_fault,
+    mk_huge_pmd,
     pfn_pte,
     pmd_alloc,
+    pmd_lock,
     pmd_none,
     pmd_trans_huge,
     pmdp_get,
     pte_alloc,
+    pte_clear,
     pte_clear_uffd_wp,
+    pte_index,
     pte_mkdirty,
+    pte_mksoft_dirty,
     pte_mkspecial,
+    pte_mkuffd_wp,
     pte_mkwrite,
     pte_mkyoung,
     pte_none,
@@ -98,6 +142,8 @@ from mmrace.mm.pgtable import (
     ptep_get_stable_bits,
     ptep_set_access_flags,
     ptl_lock,
+    ptl_unlock,
+    set_pmd_at,
     set_pte_at,
     update_mmu_cache,
     vm_prot_to_pte,
@@ -105,41 +151,37 @@ from mmrace.mm.pgtable import (
 )
 from mmrace.mm.rmap import (
     __anon_vma_prepare,
+    folio_add_anon_rmap_ptes,
+    folio_add_file_rmap_pmd,
     folio_add_file_rmap_pte,
     folio_add_new_anon_rmap,
     folio_move_anon_rmap,
     folio_remove_rmap_pte,
     linear_page_index,
 )
-
-# --- fault flags and results (include/linux/mm_types.h) ----------------------------
-
-FAULT_FLAG_WRITE = 1 << 0
-FAULT_FLAG_MKWRITE = 1 << 1
-FAULT_FLAG_ALLOW_RETRY = 1 << 2
-FAULT_FLAG_RETRY_NOWAIT = 1 << 3
-FAULT_FLAG_KILLABLE = 1 << 4
-FAULT_FLAG_TRIED = 1 << 5
-FAULT_FLAG_USER = 1 << 6
-FAULT_FLAG_REMOTE = 1 << 7
-FAULT_FLAG_INSTRUCTION = 1 << 8
-FAULT_FLAG_INTERRUPTIBLE = 1 << 9
-FAULT_FLAG_UNSHARE = 1 << 10
-FAULT_FLAG_ORIG_PTE_VALID = 1 << 11
-FAULT_FLAG_VMA_LOCK = 1 << 12
-FAULT_FLAG_DEFAULT = FAULT_FLAG_ALLOW_RETRY | FAULT_FLAG_KILLABLE | FAULT_FLAG_INTERRUPTIBLE
-
-VM_FAULT_OOM = 0x1
-VM_FAULT_SIGBUS = 0x2
-VM_FAULT_MAJOR = 0x4
-VM_FAULT_WRITE = 0x8  # do_wp_page broke COW or reused the page (GUP's FOLL_COW, until 6.0)
-VM_FAULT_SIGSEGV = 0x40
-VM_FAULT_NOPAGE = 0x100
-VM_FAULT_LOCKED = 0x200
-VM_FAULT_RETRY = 0x400
-VM_FAULT_FALLBACK = 0x800
-VM_FAULT_COMPLETED = 0x4000
-VM_FAULT_ERROR = VM_FAULT_OOM | VM_FAULT_SIGBUS | VM_FAULT_SIGSEGV
+from mmrace.mm.swap_state import (
+    folio_free_swap,
+    free_swap_and_cache,
+    read_swap_cache_async,
+    swap_cache_get_folio,
+)
+from mmrace.mm.swapfile import swap_duplicate, swap_free
+from mmrace.mm.swapops import (
+    is_migration_entry,
+    is_writable_migration_entry,
+    make_readable_migration_entry,
+    non_swap_entry,
+    pte_swp_clear_uffd_wp,
+    pte_swp_exclusive,
+    pte_swp_flags,
+    pte_swp_mkexclusive,
+    pte_swp_soft_dirty,
+    pte_swp_uffd_wp,
+    pte_to_swp_entry,
+    swp_entry_to_pte,
+)
+from mmrace.mm.vma import vm_flags_set
+from mmrace.sync import write_seqcount_begin, write_seqcount_end
 
 EFAULT = 14
 
@@ -322,6 +364,8 @@ def __do_fault(vmf: VmFault) -> int:
     else:
         ret, folio = filemap_fault(vmf)
     vmf.page_folio = folio
+    if folio is not None:
+        vmf.page_idx = vmf.pgoff - folio.index  # the page in a large folio
     return int(ret)
 
 
@@ -335,7 +379,12 @@ def finish_fault(vmf: VmFault) -> int:
     write = bool(vmf.flags & FAULT_FLAG_WRITE)
     cow = write and not vma.vm_flags & VM_SHARED
     folio = vmf.cow_folio if cow else vmf.page_folio
+    idx = 0 if cow else vmf.page_idx
     assert folio is not None and vmf.pmd is not None
+    if folio.order == HPAGE_PMD_ORDER and pmd_none(pmdp_get(vmf.pmd, vmf.pmd_index)):
+        ret = do_set_pmd(vmf, folio)
+        if ret != VM_FAULT_FALLBACK:
+            return ret
     pte_alloc(mm, vmf.pmd, vmf.pmd_index)
     pm = pte_offset_map_lock(mm, vmf.pmd, vmf.pmd_index, vmf.address)
     if pm is None:
@@ -343,23 +392,95 @@ def finish_fault(vmf: VmFault) -> int:
     if not pte_none(ptep_get(pm.table, pm.index)):
         pte_unmap_unlock(pm)
         return VM_FAULT_NOPAGE
-    entry = pte_mkyoung(mk_pte(folio, vma))
+    entry = pte_mkyoung(pfn_pte(folio.pfn + idx, vm_prot_to_pte(vma.vm_page_prot)))
     if write:
         entry = maybe_mkwrite(pte_mkdirty(entry), vma)
     _map_count(mm, 1)
     if cow:
         folio_add_new_anon_rmap(folio, vma, vmf.address, True)
     else:
-        folio_add_file_rmap_pte(folio, 0, vma)
+        folio_add_file_rmap_pte(folio, idx, vma)
     set_pte_at(mm, vmf.address, pm.table, pm.index, entry)
     update_mmu_cache(vma, vmf.address, pm.table, pm.index)
     pte_unmap_unlock(pm)
     return 0
 
 
+def should_fault_around(vmf: VmFault) -> bool:
+    """``should_fault_around``: the file has ``->map_pages`` (the page
+    cache's, or shmem's; a driver's own ``->fault`` has none), the VMA is
+    not registered for uffd-wp or minor faults (``uffd_disable_fault_around``:
+    fault-around would map cached pages without telling the monitor), and
+    ``fault_around_bytes`` is above a page."""
+    ops = vmf.vma.vm_ops
+    if ops is not None and getattr(ops, "map_pages", None) is None:
+        return False
+    if vmf.vma.vm_flags & (VM_UFFD_WP | VM_UFFD_MINOR):  # uffd_disable_fault_around
+        return False
+    return filemap.fault_around_pages() > 1
+
+
+@kfunc
+def do_fault_around(vmf: VmFault) -> int:
+    """``do_fault_around``: map the cached pages around the faulting one
+    (``fault_around_bytes``, clamped to the VMA and the PTE table) with
+    ``->map_pages`` under RCU; ``VM_FAULT_NOPAGE`` if that mapped the
+    faulting page itself."""
+    vma = vmf.vma
+    nr_pages = filemap.fault_around_pages()
+    pte_off = pte_index(vmf.address)
+    vma_off = vmf.pgoff - vma.vm_pgoff
+    from_pte = max(pte_off - pte_off % nr_pages, pte_off - min(pte_off, vma_off))
+    to_pte = min(from_pte + nr_pages, PTRS_PER_PTE,
+                 pte_off + ((vma.vm_end - vma.vm_start) >> PAGE_SHIFT) - vma_off) - 1
+    rcu_read_lock()
+    ret = filemap.filemap_map_pages(vmf, vmf.pgoff + from_pte - pte_off,
+                                    vmf.pgoff + to_pte - pte_off)
+    rcu_read_unlock()
+    return ret
+
+
+@kfunc
+def do_set_pmd(vmf: VmFault, folio: Folio) -> int:
+    """``do_set_pmd``: map a PMD-sized page-cache folio with one huge PMD if
+    THP is not disabled for the VMA, the PMD block fits in it with the
+    file offset aligned, and (under the PMD lock) the PMD is still empty;
+    ``VM_FAULT_FALLBACK`` otherwise (the caller maps by PTEs). The fault's
+    folio reference passes to the mapping. No table is deposited (x86 does
+    not need one for file THPs)."""
+    vma = vmf.vma
+    mm = vma.vm_mm
+    haddr = vmf.address & ~(huge_memory.HPAGE_PMD_SIZE - 1)
+    if huge_memory.vma_thp_disabled(vma, vma.vm_flags):
+        return VM_FAULT_FALLBACK
+    if not huge_memory.thp_vma_suitable_order(vma, haddr):
+        return VM_FAULT_FALLBACK
+    if folio.order != HPAGE_PMD_ORDER:
+        return VM_FAULT_FALLBACK
+    assert vmf.pmd is not None
+    ptl = pmd_lock(mm, vmf.pmd)
+    ret = VM_FAULT_FALLBACK
+    if pmd_none(pmdp_get(vmf.pmd, vmf.pmd_index)):
+        entry = pte_mkyoung(mk_huge_pmd(folio.pfn, vm_prot_to_pte(vma.vm_page_prot)))
+        if vmf.flags & FAULT_FLAG_WRITE:
+            entry = huge_memory.maybe_pmd_mkwrite(pte_mkdirty(entry), vma)
+        _map_count(mm, huge_memory.HPAGE_PMD_NR)
+        folio_add_file_rmap_pmd(folio, vma)
+        set_pmd_at(mm, haddr, vmf.pmd, vmf.pmd_index, entry)
+        ret = 0
+    ptl_unlock(ptl)
+    return ret
+
+
 @kfunc
 def do_read_fault(vmf: VmFault) -> int:
-    """``do_read_fault``: map the page-cache folio read-only."""
+    """``do_read_fault``: map the cached pages around the address first
+    (``do_fault_around``); if that did not map the faulting page, get it
+    with ``->fault`` and map it read-only."""
+    if should_fault_around(vmf):
+        ret = do_fault_around(vmf)
+        if ret:
+            return ret
     ret = vmf_can_call_fault(vmf)
     if ret:
         return ret
@@ -391,7 +512,7 @@ def do_cow_fault(vmf: VmFault) -> int:
         return ret
     page = vmf.page_folio
     assert page is not None
-    copy_user_highpage(vmf.cow_folio, 0, page, 0)
+    copy_user_highpage(vmf.cow_folio, 0, page, vmf.page_idx)
     ret |= finish_fault(vmf)
     folio_unlock(page)
     folio_put(page)
@@ -422,7 +543,21 @@ def do_shared_fault(vmf: VmFault) -> int:
 
 @kfunc
 def do_fault(vmf: VmFault) -> int:
-    """``do_fault``: read, COW or shared fault of a file mapping."""
+    """``do_fault``: read, COW or shared fault of a file mapping. A driver's
+    ``vm_ops`` without ``->fault`` (every page inserted at mmap or by the
+    driver, as Binder does) gets ``VM_FAULT_SIGBUS`` for an empty PTE,
+    rechecked under the PTL, and ``VM_FAULT_NOPAGE`` if it was filled
+    meanwhile. (A file without ``vm_ops`` in the model is a page-cache file:
+    ``filemap_fault``.)"""
+    ops = vmf.vma.vm_ops
+    if ops is not None and ops.fault is None:
+        assert vmf.pmd is not None
+        pm = pte_offset_map_lock(vmf.vma.vm_mm, vmf.pmd, vmf.pmd_index, vmf.address)
+        if pm is None:
+            return VM_FAULT_SIGBUS
+        ret = VM_FAULT_SIGBUS if pte_none(ptep_get(pm.table, pm.index)) else VM_FAULT_NOPAGE
+        pte_unmap_unlock(pm)
+        return ret
     if not vmf.flags & FAULT_FLAG_WRITE:
         return do_read_fault(vmf)
     if not vmf.vma.vm_flags & VM_SHARED:
@@ -625,6 +760,99 @@ def do_wp_page(vmf: VmFault) -> int:
     return wp_page_copy(vmf)
 
 
+# --- swap and migration entries ---------------------------------------------------------
+
+
+def should_try_to_free_swap(folio: Folio, vma: VmAreaStruct, fault_flags: int) -> bool:
+    """``should_try_to_free_swap``: drop the swap copy of a folio faulted
+    back in when the VMA is locked, or when this write fault is likely its
+    only user (its references are ours plus the swap cache's)."""
+    if not folio.swapcache:
+        return False
+    if vma.vm_flags & VM_LOCKED:
+        return True
+    return bool(fault_flags & FAULT_FLAG_WRITE) and folio_ref_count(folio) == 1 + folio.nr_pages
+
+
+@kfunc
+def do_swap_page(vmf: VmFault) -> int:
+    """``do_swap_page``: a fault on a non-present, non-none PTE.
+
+    A migration entry waits for the migration to finish
+    (``migration_entry_wait``) and the fault is retried. A swap entry: find
+    the folio in the swap cache or read it in (``read_swap_cache_async``),
+    lock it, and under the PTL, if the PTE is still that entry, drop the
+    entry's swap count (freeing the swap copy if that was the last user and
+    the folio can do without it), then map the page -- writable at once if
+    the entry was exclusive or nobody else holds the folio -- and go on to
+    ``do_wp_page`` for a write the PTE still does not allow. The folio's
+    lookup reference passes to the mapping. Left out: readahead, the
+    ``SWP_SYNCHRONOUS_IO`` path that skips the swap cache, large folios,
+    device-private and hwpoison entries, PTE markers."""
+    vma = vmf.vma
+    mm = vma.vm_mm
+    assert vmf.pmd is not None
+    entry = pte_to_swp_entry(vmf.orig_pte)
+    if non_swap_entry(entry):
+        if is_migration_entry(entry):
+            migrate.migration_entry_wait(mm, vmf.pmd, vmf.pmd_index, vmf.address)
+        return 0
+    ret = vmf_anon_prepare(vmf) if vma.anon_vma is None else 0
+    if ret:
+        return ret
+    folio = swap_cache_get_folio(entry, vma, vmf.address)
+    if folio is None:
+        folio = read_swap_cache_async(entry)
+        if folio is None:
+            # The entry was freed (the PTE changed meanwhile): nothing to do.
+            return 0
+    folio_lock(folio)
+    if not folio.swapcache or folio.swap != entry:
+        folio_unlock(folio)
+        folio_put(folio)
+        return 0
+    pm = pte_offset_map_lock(mm, vmf.pmd, vmf.pmd_index, vmf.address)
+    if pm is None or not pte_same(ptep_get(pm.table, pm.index), vmf.orig_pte):
+        if pm is not None:
+            pte_unmap_unlock(pm)
+        folio_unlock(folio)
+        folio_put(folio)
+        return 0
+    swap_free(entry)
+    exclusive = pte_swp_exclusive(vmf.orig_pte)
+    if should_try_to_free_swap(folio, vma, vmf.flags):
+        folio_free_swap(folio)
+    _map_count(mm, 1)
+    pte = pfn_pte(folio.pfn, vm_prot_to_pte(vma.vm_page_prot))
+    if pte_swp_soft_dirty(vmf.orig_pte):
+        pte = pte_mksoft_dirty(pte)
+    if pte_swp_uffd_wp(vmf.orig_pte):
+        pte = pte_mkuffd_wp(pte)
+    write = bool(vmf.flags & FAULT_FLAG_WRITE)
+    if exclusive or folio_ref_count(folio) == 1:
+        if vma.vm_flags & VM_WRITE and not (pte_swp_uffd_wp(vmf.orig_pte)
+                                            and vma.vm_flags & VM_UFFD_WP):
+            pte = pte_mkwrite(pte)
+            if write:
+                pte = pte_mkdirty(pte)
+                write = False
+        exclusive = True
+    pte = pte_mkyoung(pte)
+    if not folio_test_anon(folio):
+        folio_add_new_anon_rmap(folio, vma, vmf.address, exclusive)
+    else:
+        folio_add_anon_rmap_ptes(folio, 0, 1, vma, vmf.address, exclusive)
+    set_pte_at(mm, vmf.address, pm.table, pm.index, pte)
+    folio_unlock(folio)
+    if write:
+        vmf.pte = pm
+        vmf.orig_pte = pte
+        return do_wp_page(vmf)
+    update_mmu_cache(vma, vmf.address, pm.table, pm.index)
+    pte_unmap_unlock(pm)
+    return 0
+
+
 # --- the fault entry points ------------------------------------------------------------
 
 
@@ -653,7 +881,7 @@ def handle_pte_fault(vmf: VmFault) -> int:
         return do_pte_missing(vmf)
     if not pte_present(vmf.orig_pte):
         pte_unmap(pm)
-        return 0  # swap/migration entries: not modelled
+        return do_swap_page(vmf)
     assert pm.ptl is not None
     ptl_lock(pm.ptl)
     vmf.pte = pm
@@ -678,8 +906,12 @@ def handle_pte_fault(vmf: VmFault) -> int:
 
 @kfunc
 def __handle_mm_fault(vma: VmAreaStruct, address: int, flags: int) -> int:
-    """``__handle_mm_fault``: allocate the upper tables down to the PMD, then
-    ``handle_pte_fault``. Huge PMDs (THP) are not faulted in the model."""
+    """``__handle_mm_fault``: allocate the upper tables down to the PMD; an
+    empty PMD in a THP-enabled anonymous VMA faults in a huge page
+    (``create_huge_pmd``, unless it falls back); a huge PMD is handled
+    whole (``wp_huge_pmd`` for a write to a read-only one, else
+    ``huge_pmd_set_accessed``) unless that falls back too; everything else
+    goes to ``handle_pte_fault``."""
     from mmrace.mm.pgtable import pud_alloc
 
     mm = vma.vm_mm
@@ -687,8 +919,22 @@ def __handle_mm_fault(vma: VmAreaStruct, address: int, flags: int) -> int:
     pud, ui = pud_alloc(mm, address)
     pmd, mi = pmd_alloc(mm, pud, ui, address)
     vmf.pmd, vmf.pmd_index = pmd, mi
-    if pmd_trans_huge(pmdp_get(pmd, mi)):
-        return 0
+    orig_pmd = pmdp_get(pmd, mi)
+    if pmd_none(orig_pmd) and huge_memory.thp_vma_allowable_order(vma, vma.vm_flags, address):
+        ret = huge_memory.create_huge_pmd(vmf)
+        if not ret & VM_FAULT_FALLBACK:
+            return ret
+    elif pmd_trans_huge(orig_pmd):
+        # (One made not-present by a split or protection change in progress
+        # takes the same paths: they wait for the PMD lock its changer
+        # holds, find it changed, and the fault is retried.)
+        if flags & (FAULT_FLAG_WRITE | FAULT_FLAG_UNSHARE) and not pte_write(orig_pmd):
+            ret = huge_memory.wp_huge_pmd(vmf, orig_pmd)
+            if not ret & VM_FAULT_FALLBACK:
+                return ret
+        else:
+            huge_memory.huge_pmd_set_accessed(vmf, orig_pmd)
+            return 0
     return handle_pte_fault(vmf)
 
 
@@ -711,8 +957,11 @@ def access_error(write: bool, vma: VmAreaStruct) -> bool:
 @kfunc
 def lock_mm_and_find_vma(mm: MmStruct, address: int) -> VmAreaStruct | None:
     """``lock_mm_and_find_vma``: mmap read lock and the VMA covering
-    *address*, expanding a stack below it. None (unlocked) if there is none."""
-    from mmrace.mm.mmap import expand_stack
+    *address*, expanding a stack below it. None (unlocked) if there is none.
+    Before ``stack-expand-write-locked`` (6.5) the fault grew the stack under
+    the read lock it holds (``expand_stack`` of that era, which was
+    ``expand_downwards`` under the read lock)."""
+    from mmrace.mm.mmap import expand_downwards, expand_stack
     from mmrace.mm.vma import find_vma
 
     mmap_read_lock(mm)
@@ -720,6 +969,11 @@ def lock_mm_and_find_vma(mm: MmStruct, address: int) -> VmAreaStruct | None:
     if vma is not None and vma.vm_start <= address:
         return vma
     if vma is None or not vma.vm_flags & VM_GROWSDOWN:
+        mmap_read_unlock(mm)
+        return None
+    if not kernel_config(mm).has("stack-expand-write-locked"):
+        if expand_downwards(vma, address) == 0:
+            return vma
         mmap_read_unlock(mm)
         return None
     return expand_stack(mm, address)
@@ -732,7 +986,8 @@ def do_user_addr_fault(mm: MmStruct, address: int, write: bool) -> int:
     Returns the fault result; raises ``OSError(EFAULT)`` for SIGSEGV and
     SIGBUS (the user program would be killed)."""
     flags = FAULT_FLAG_DEFAULT | FAULT_FLAG_USER | (FAULT_FLAG_WRITE if write else 0)
-    vma = lock_vma_under_rcu(mm, address)
+    # Before 6.4 (``per-vma-locks``) faults go straight to the mmap lock.
+    vma = lock_vma_under_rcu(mm, address) if kernel_config(mm).has("per-vma-locks") else None
     if vma is not None:
         if access_error(write, vma):
             vma_end_read(vma)
@@ -778,6 +1033,28 @@ class ZapDetails:
 
 
 @kfunc
+def zap_nonpresent_pte(tlb: MmuGather, vma: VmAreaStruct, table: PageTable, idx: int, addr: int,
+                       ptent: int, details: ZapDetails | None) -> None:
+    """``zap_nonpresent_ptes`` (PTL held): a swap entry gives back its swap
+    count (``free_swap_and_cache``); a migration entry is just cleared (its
+    folio's mapping went when it was installed). A truncation that spares
+    private COW copies (``!even_cows``) keeps anonymous ones here too."""
+    mm = vma.vm_mm
+    entry = pte_to_swp_entry(ptent)
+    spare_cows = details is not None and not details.even_cows
+    if not non_swap_entry(entry):
+        if spare_cows:
+            return
+        free_swap_and_cache(entry)
+    elif is_migration_entry(entry):
+        if spare_cows and pfn_folio(entry.offset).anon:
+            return
+    else:
+        return
+    pte_clear(mm, addr, table, idx)
+
+
+@kfunc
 def zap_pte_range(tlb: MmuGather, vma: VmAreaStruct, pmd: PageTable, mi: int, addr: int,
                   end: int, details: ZapDetails | None) -> None:
     """``zap_pte_range``: under the PTE lock, clear every present entry in
@@ -796,7 +1073,10 @@ def zap_pte_range(tlb: MmuGather, vma: VmAreaStruct, pmd: PageTable, mi: int, ad
         # (An entry never touched is skipped without a visible read: filling
         # it needs this PTL, which we hold, so the lock orders us against it.)
         ptent = ptep_get(pm.table, idx)
-        if pte_none(ptent) or not pte_present(ptent):
+        if pte_none(ptent):
+            continue
+        if not pte_present(ptent):
+            zap_nonpresent_pte(tlb, vma, pm.table, idx, a, ptent, details)
             continue
         folio = vm_normal_page(vma, a, ptent)
         if (details is not None and not details.even_cows and folio is not None
@@ -818,9 +1098,16 @@ def zap_pte_range(tlb: MmuGather, vma: VmAreaStruct, pmd: PageTable, mi: int, ad
 def unmap_page_range(tlb: MmuGather, vma: VmAreaStruct, addr: int, end: int,
                      details: ZapDetails | None = None) -> None:
     """``unmap_page_range``: walk the PMDs covering ``[addr, end)`` (no
-    allocation) and zap each PTE table's part."""
+    allocation) and zap each PTE table's part. ``BUG_ON(addr >= end)``: an
+    empty or inverted range (a size that wrapped past the end of the address
+    space) is a ``bug`` violation."""
     from mmrace.mm.pgtable import PMD_SIZE
 
+    if addr >= end:
+        raise ViolationError(
+            "bug", "kernel BUG in unmap_page_range: addr >= end",
+            f"kernel BUG at mm/memory.c: BUG_ON(addr >= end) in unmap_page_range of {vma!r}: "
+            f"addr {addr:#x}, end {end:#x} (the end wrapped around the address space?)")
     mm = vma.vm_mm
     while addr < end:
         nxt = min((addr & ~(PMD_SIZE - 1)) + PMD_SIZE, end)
@@ -828,18 +1115,37 @@ def unmap_page_range(tlb: MmuGather, vma: VmAreaStruct, addr: int, end: int,
         if found is not None:
             pmd, mi = found
             pmdval = pmdp_get(pmd, mi)
+            # zap_pmd_range: a huge PMD is zapped whole (or split, for part
+            # of it) under its lock, which rechecks it; an empty one --
+            # read without the lock -- is skipped.
+            if pmd_trans_huge(pmdval):
+                if nxt - addr != PMD_SIZE:
+                    huge_memory.__split_huge_pmd(vma, pmd, mi, addr, False)
+                elif huge_memory.zap_huge_pmd(tlb, vma, pmd, mi, addr):
+                    addr = nxt
+                    continue
+                pmdval = pmdp_get(pmd, mi)
             if not pmd_none(pmdval) and not pmd_trans_huge(pmdval):
                 zap_pte_range(tlb, vma, pmd, mi, addr, nxt, details)
         addr = nxt
 
 
 @kfunc
-def unmap_single_vma(tlb: MmuGather, vma: VmAreaStruct, start: int, end: int,
+def unmap_single_vma(tlb: MmuGather, vma: VmAreaStruct, start_addr: int, end_addr: int,
                      details: ZapDetails | None = None) -> None:
-    """``unmap_single_vma``: zap the part of ``[start, end)`` inside *vma*."""
-    start = max(vma.vm_start, start)
-    end = min(vma.vm_end, end)
-    if start < end:
+    """``unmap_single_vma``: zap the part of ``[start_addr, end_addr)`` inside
+    *vma*, with the kernel's clamping: nothing if the range starts at or
+    after the VMA's end or ends at or before its start; an end that wrapped
+    below the start but still lies in the VMA reaches ``unmap_page_range``
+    inverted (and its BUG_ON). Left out: uprobes, hugetlb VMAs."""
+    vm_start, vm_end = vma.vm_start, vma.vm_end
+    start = max(vm_start, start_addr)
+    if start >= vm_end:
+        return
+    end = min(vm_end, end_addr)
+    if end <= vm_start:
+        return
+    if start != end:
         unmap_page_range(tlb, vma, start, end, details)
 
 
@@ -850,14 +1156,225 @@ def unmap_vmas(tlb: MmuGather, vmas: list[VmAreaStruct], start: int, end: int) -
         unmap_single_vma(tlb, vma, start, end)
 
 
+ULONG_MAX = (1 << 64) - 1
+
+
 @kfunc
 def zap_page_range_single(vma: VmAreaStruct, address: int, size: int,
                           details: ZapDetails | None = None) -> None:
     """``zap_page_range_single``: zap a range of one VMA in its own mmu_gather
-    batch. The caller keeps the VMA stable (mmap, VMA or rmap lock)."""
+    batch. The caller keeps the VMA stable (mmap, VMA or rmap lock). The end
+    is ``address + size`` in unsigned long arithmetic: a size that wraps
+    past the end of the address space can hit ``unmap_page_range``'s
+    BUG_ON (seed 003). Left out: ``lru_add_drain``, mmu notifiers, hugetlb."""
+    end = (address + size) & ULONG_MAX
     tlb = tlb_gather_mmu(vma.vm_mm)
-    unmap_single_vma(tlb, vma, address, address + size, details)
+    unmap_single_vma(tlb, vma, address, end, details)
     tlb_finish_mmu(tlb)
+
+
+# --- drivers inserting pages and pfns (vm_insert_page, vmf_insert_*) ---------------
+#
+# What a driver's f_op->mmap or vm_ops->fault uses to map its own memory:
+# refcounted pages (vm_insert_page: a normal PTE, the page gains a reference
+# and a file-style mapping) or raw pfns (vmf_insert_pfn / vmf_insert_mixed:
+# a special PTE, no reference; x86 has pte_special). Every PTE goes in under
+# the PTL, and only into an empty entry.
+
+EBUSY = 16
+EINVAL = 22
+ENOMEM = 12
+
+
+def get_locked_pte(mm: MmStruct, addr: int) -> PteMap | None:
+    """``get_locked_pte`` (``walk_to_pmd`` + ``pte_alloc_map_lock``):
+    allocate the tables down to the PTE table of *addr* and return it
+    mapped and locked; None if the PMD is not a table. Left out:
+    ``walk_to_pmd``'s debug-only ``VM_BUG_ON(pmd_trans_huge())``."""
+    from mmrace.mm.pgtable import pud_alloc
+
+    pud, ui = pud_alloc(mm, addr)
+    pmd, mi = pmd_alloc(mm, pud, ui, addr)
+    pte_alloc(mm, pmd, mi)
+    return pte_offset_map_lock(mm, pmd, mi, addr)
+
+
+def vm_mixed_zeropage_allowed(vma: VmAreaStruct) -> bool:
+    """``vm_mixed_zeropage_allowed``: the shared zero page may be mapped into
+    a COW mapping or one that can never be writable. Left out:
+    ``mm_forbids_zeropage`` and the fsdax/VM_IO ``pfn_mkwrite`` case."""
+    flags = vma.vm_flags
+    if is_cow_mapping(flags):
+        return True
+    return not flags & (VM_WRITE | 0x20)  # VM_MAYWRITE
+
+
+def validate_page_before_insert(vma: VmAreaStruct, folio: Folio) -> int:
+    """``validate_page_before_insert``: 0, or -EINVAL for a page nobody holds
+    (refcount 0: one visible read), an anonymous page, or the zero page
+    where it is not allowed. ``PageAnon`` is set only when a new folio is
+    first mapped, before any other thread can see it, so reading it here
+    needs no scheduling point. Left out: page types, slab pages."""
+    if folio_ref_count(folio) == 0:
+        return -EINVAL
+    if folio.is_zero:
+        return 0 if vm_mixed_zeropage_allowed(vma) else -EINVAL
+    if folio.anon:
+        return -EINVAL
+    return 0
+
+
+@kfunc
+def insert_page_into_pte_locked(vma: VmAreaStruct, pm: PteMap, addr: int, folio: Folio,
+                                prot: int) -> int:
+    """``insert_page_into_pte_locked`` (``mkwrite`` false): -EBUSY if the
+    entry is not empty; else map *folio* (the zero page as a special PTE;
+    any other page gains a reference and a file-style rmap)."""
+    mm = vma.vm_mm
+    cur = ptep_get(pm.table, pm.index)
+    # Checked under the PTL, after the entry's read: exit_mmap's zap of this
+    # table (or its walk past the PMD) is ordered against it.
+    mm_assert_users(mm, "vm_insert_page")
+    if not pte_none(cur):
+        return -EBUSY
+    entry = pfn_pte(folio.pfn, vm_prot_to_pte(prot))
+    if folio.is_zero:
+        entry = pte_mkspecial(entry)
+    else:
+        folio_get(folio)
+        _map_count(mm, 1)
+        folio_add_file_rmap_pte(folio, 0, vma)
+    set_pte_at(mm, addr, pm.table, pm.index, entry)
+    return 0
+
+
+@kfunc
+def insert_page(vma: VmAreaStruct, addr: int, folio: Folio, prot: int) -> int:
+    """``insert_page``: validate, lock the PTE (allocating tables), insert."""
+    ret = validate_page_before_insert(vma, folio)
+    if ret:
+        return ret
+    pm = get_locked_pte(vma.vm_mm, addr)
+    if pm is None:
+        return -ENOMEM
+    ret = insert_page_into_pte_locked(vma, pm, addr, folio, prot)
+    pte_unmap_unlock(pm)
+    return ret
+
+
+def _bug(what: str, vma: VmAreaStruct, detail: str) -> ViolationError:
+    return ViolationError("bug", f"kernel BUG in {what}",
+                          f"kernel BUG at mm/memory.c ({what}) on {vma!r}: {detail}; "
+                          f"held: {held().describe()}")
+
+
+@kfunc
+def vm_insert_page(vma: VmAreaStruct, addr: int, folio: Folio) -> int:
+    """``vm_insert_page``: map a driver's own page at *addr* (0 or -errno:
+    -EFAULT outside the VMA, -EINVAL for a bad page, -EBUSY if mapped).
+
+    The two clean contracts (Jann Horn, seed 003): the VMA already has
+    ``VM_MIXEDMAP`` and the caller holds the mmap or VMA lock (read is
+    enough: a fault handler, Binder), or the caller holds the mmap lock for
+    write and ``vm_insert_page`` sets ``VM_MIXEDMAP`` (``vm_flags_set``) --
+    during ``f_op->mmap``, say. Otherwise ``BUG_ON(mmap_read_trylock())``
+    fires: a ``bug`` violation (the model asks whether this thread holds the
+    lock for write; the kernel's trylock also fails, without a BUG, while
+    another thread holds it for write, and ``vma_start_write`` then asserts).
+    ``BUG_ON(VM_PFNMAP)`` likewise. Setting ``VM_MIXEDMAP`` on a VMA with a
+    userfaultfd context is reported as an ``invariant`` violation: the
+    kernel does not refuse it, but ``vma_can_userfault`` never lets such a
+    VMA be registered, and the seed calls the state one that "probably
+    shouldn't be permitted". Left out: ``vm_insert_pages``' batching."""
+    mm = vma.vm_mm
+    if addr < vma.vm_start or addr >= vma.vm_end:
+        return -EFAULT
+    flags = vma.vm_flags
+    if not flags & VM_MIXEDMAP:
+        if held().mmap.get(mm.serial) != "W":
+            raise _bug("vm_insert_page", vma, "BUG_ON(mmap_read_trylock(vma->vm_mm)): VM_MIXEDMAP "
+                       "is not set and the mmap lock is not held for write")
+        if flags & VM_PFNMAP:
+            raise _bug("vm_insert_page", vma, "BUG_ON(vma->vm_flags & VM_PFNMAP)")
+        if vma.vm_userfaultfd_ctx is not None:
+            raise ViolationError(
+                "invariant", "VM_MIXEDMAP set on a VMA registered with userfaultfd",
+                f"vm_insert_page sets VM_MIXEDMAP on {vma!r}, which has a userfaultfd "
+                "context: vma_can_userfault never lets a VM_MIXEDMAP VMA be registered")
+        vm_flags_set(vma, VM_MIXEDMAP)
+    return insert_page(vma, addr, folio, vma.vm_page_prot)
+
+
+def pfn_valid(pfn: int) -> bool:
+    """``pfn_valid``: the frame has a ``struct page`` (a folio or page table
+    of this execution's memory map)."""
+    return pfn in mem_state().mem_map
+
+
+@kfunc
+def insert_pfn(vma: VmAreaStruct, addr: int, pfn: int, prot: int) -> int:
+    """``insert_pfn`` (``mkwrite`` false): a special PTE for *pfn* unless the
+    entry is already set; ``VM_FAULT_NOPAGE`` either way, ``VM_FAULT_OOM``
+    without a PTE table."""
+    mm = vma.vm_mm
+    pm = get_locked_pte(mm, addr)
+    if pm is None:
+        return VM_FAULT_OOM
+    cur = ptep_get(pm.table, pm.index)
+    mm_assert_users(mm, "insert_pfn")  # under the PTL, as in insert_page_into_pte_locked
+    if pte_none(cur):
+        entry = pte_mkspecial(pfn_pte(pfn, vm_prot_to_pte(prot)))
+        set_pte_at(mm, addr, pm.table, pm.index, entry)
+        update_mmu_cache(vma, addr, pm.table, pm.index)
+    pte_unmap_unlock(pm)
+    return VM_FAULT_NOPAGE
+
+
+@kfunc
+def vmf_insert_pfn_prot(vma: VmAreaStruct, addr: int, pfn: int, prot: int) -> int:
+    """``vmf_insert_pfn_prot``: for a ``vm_ops->fault`` of a ``VM_PFNMAP``
+    (or ``VM_MIXEDMAP``, for pfns without a ``struct page``) VMA. Its
+    BUG_ONs are ``bug`` violations: neither flag, both flags, a COW
+    ``VM_PFNMAP`` mapping, a valid pfn in a ``VM_MIXEDMAP`` VMA (use
+    ``vmf_insert_mixed``). Outside the VMA: ``VM_FAULT_SIGBUS``. Left out:
+    ``pfn_modify_allowed`` (L1TF), PAT cache modes."""
+    flags = vma.vm_flags
+    both = VM_PFNMAP | VM_MIXEDMAP
+    if not flags & both:
+        raise _bug("vmf_insert_pfn_prot", vma, "BUG_ON(!(vm_flags & (VM_PFNMAP|VM_MIXEDMAP)))")
+    if flags & both == both:
+        raise _bug("vmf_insert_pfn_prot", vma, "BUG_ON(VM_PFNMAP and VM_MIXEDMAP both set)")
+    if flags & VM_PFNMAP and is_cow_mapping(flags):
+        raise _bug("vmf_insert_pfn_prot", vma, "BUG_ON(VM_PFNMAP && is_cow_mapping())")
+    if flags & VM_MIXEDMAP and pfn_valid(pfn):
+        raise _bug("vmf_insert_pfn_prot", vma, "BUG_ON(VM_MIXEDMAP && pfn_valid(pfn))")
+    if addr < vma.vm_start or addr >= vma.vm_end:
+        return VM_FAULT_SIGBUS
+    return insert_pfn(vma, addr, pfn, prot)
+
+
+def vmf_insert_pfn(vma: VmAreaStruct, addr: int, pfn: int) -> int:
+    """``vmf_insert_pfn``: with the VMA's own protection."""
+    return vmf_insert_pfn_prot(vma, addr, pfn, vma.vm_page_prot)
+
+
+@kfunc
+def vmf_insert_mixed(vma: VmAreaStruct, addr: int, pfn: int) -> int:
+    """``vmf_insert_mixed`` (``__vm_insert_mixed``, ``mkwrite`` false): a
+    ``VM_MIXEDMAP`` VMA may map any pfn, with or without a ``struct page``;
+    x86 has ``pte_special``, so it becomes a special PTE without a page
+    reference (the driver keeps the page alive until it unmaps it).
+    ``VM_FAULT_SIGBUS`` without ``VM_MIXEDMAP`` (``vm_mixed_ok``; the model
+    has no devmap or special pfn_t), for the zero page where it is not
+    allowed, or outside the VMA."""
+    if is_zero_pfn(pfn):
+        if not vm_mixed_zeropage_allowed(vma):
+            return VM_FAULT_SIGBUS
+    elif not vma.vm_flags & VM_MIXEDMAP:
+        return VM_FAULT_SIGBUS
+    if addr < vma.vm_start or addr >= vma.vm_end:
+        return VM_FAULT_SIGBUS
+    return insert_pfn(vma, addr, pfn, vma.vm_page_prot)
 
 
 # --- fork: copy_page_range ----------------------------------------------------------------
@@ -914,6 +1431,33 @@ def folio_try_dup_anon_rmap_pte_(folio: Folio, pte: int, src_vma: VmAreaStruct) 
 
 
 @kfunc
+def copy_nonpresent_pte(dst_vma: VmAreaStruct, src_vma: VmAreaStruct, dst: PteMap,
+                        src: PteMap, idx: int, addr: int, pte: int) -> None:
+    """``copy_nonpresent_pte``: a swap entry is shared with the child
+    (``swap_duplicate``; the exclusive marker is dropped from both); a
+    writable migration entry in a COW mapping becomes readable in both, so
+    the page is write-protected once migration completes. The child's
+    entry keeps the uffd-wp bit only if its VMA is still registered for
+    uffd-wp (as ``copy_present_pte``)."""
+    src_mm = src_vma.vm_mm
+    dst_mm = dst_vma.raw("vm_mm")
+    entry = pte_to_swp_entry(pte)
+    if not non_swap_entry(entry):
+        if swap_duplicate(entry) < 0:
+            return
+        if pte_swp_exclusive(pte):
+            pte = pte & ~pte_swp_mkexclusive(0)
+            set_pte_at(src_mm, addr, src.table, idx, pte)
+    elif is_writable_migration_entry(entry) and is_cow_mapping(src_vma.vm_flags):
+        pte = swp_entry_to_pte(make_readable_migration_entry(entry.offset)) | (
+            pte_swp_flags(pte) & ~pte_swp_mkexclusive(0))
+        set_pte_at(src_mm, addr, src.table, idx, pte)
+    if not dst_vma.vm_flags & VM_UFFD_WP:  # !userfaultfd_wp(dst_vma)
+        pte = pte_swp_clear_uffd_wp(pte)
+    set_pte_at(dst_mm, addr, dst.table, idx, pte)
+
+
+@kfunc
 def copy_pte_range(dst_vma: VmAreaStruct, src_vma: VmAreaStruct, dst_pmd: PageTable, dmi: int,
                    src_pmd: PageTable, smi: int, addr: int, end: int) -> None:
     """``copy_pte_range``: allocate the child's PTE table, lock it, then the
@@ -936,7 +1480,10 @@ def copy_pte_range(dst_vma: VmAreaStruct, src_vma: VmAreaStruct, dst_pmd: PageTa
         if idx not in src.table.entries and idx not in src.table.slots:
             continue
         pte = ptep_get(src.table, idx)
-        if pte_none(pte) or not pte_present(pte):
+        if pte_none(pte):
+            continue
+        if not pte_present(pte):
+            copy_nonpresent_pte(dst_vma, src_vma, dst, src, idx, addr + (i << PAGE_SHIFT), pte)
             continue
         copy_present_pte(dst_vma, src_vma, dst, src, idx, addr + (i << PAGE_SHIFT), pte)
     pte_unmap_unlock(src)
@@ -963,25 +1510,73 @@ def copy_page_range(dst_vma: VmAreaStruct, src_vma: VmAreaStruct) -> int:
         return 0
     src_mm = src_vma.vm_mm
     dst_mm = dst_vma.raw("vm_mm")
+    is_cow = is_cow_mapping(src_vma.vm_flags)
+    if is_cow:
+        # GUP-fast pinning concurrently (FOLL_PIN) rechecks this counter and
+        # backs off: a page write-protected here must not get a new pin.
+        write_seqcount_begin(src_mm.write_protect_seq)
     addr, end = src_vma.vm_start, src_vma.vm_end
     while addr < end:
         nxt = min((addr & ~(PMD_SIZE - 1)) + PMD_SIZE, end)
         found = walk_to_pmd(src_mm, addr)
-        if found is not None and not pmd_none(pmdp_get(*found)):
-            pud, ui = pud_alloc(dst_mm, addr)
-            dpmd, dmi = pmd_alloc(dst_mm, pud, ui, addr)
-            copy_pte_range(dst_vma, src_vma, dpmd, dmi, found[0], found[1], addr, nxt)
+        if found is not None:
+            src_pmdval = pmdp_get(*found)
+            if not pmd_none(src_pmdval):
+                pud, ui = pud_alloc(dst_mm, addr)
+                dpmd, dmi = pmd_alloc(dst_mm, pud, ui, addr)
+                if pmd_trans_huge(src_pmdval) and huge_memory.copy_huge_pmd(
+                        dst_mm, src_mm, dpmd, dmi, found[0], found[1], addr, dst_vma,
+                        src_vma) == 0:
+                    addr = nxt
+                    continue  # -EAGAIN: the source was split; copy its PTEs
+                copy_pte_range(dst_vma, src_vma, dpmd, dmi, found[0], found[1], addr, nxt)
         addr = nxt
+    if is_cow:
+        write_seqcount_end(src_mm.write_protect_seq)
     return 0
 
 
+# The fault flags and results are defined in mm_types.py, as in the kernel's
+# include/linux/mm_types.h (fs/userfaultfd.c's event code needs them without
+# the fault path); callers keep importing them from here.
 __all__ = [
+    "FAULT_FLAG_ALLOW_RETRY",
+    "FAULT_FLAG_DEFAULT",
+    "FAULT_FLAG_INSTRUCTION",
+    "FAULT_FLAG_INTERRUPTIBLE",
+    "FAULT_FLAG_KILLABLE",
+    "FAULT_FLAG_MKWRITE",
+    "FAULT_FLAG_ORIG_PTE_VALID",
+    "FAULT_FLAG_REMOTE",
+    "FAULT_FLAG_RETRY_NOWAIT",
+    "FAULT_FLAG_TRIED",
+    "FAULT_FLAG_UNSHARE",
+    "FAULT_FLAG_USER",
+    "FAULT_FLAG_VMA_LOCK",
     "FAULT_FLAG_WRITE",
+    "VM_FAULT_COMPLETED",
+    "VM_FAULT_ERROR",
+    "VM_FAULT_FALLBACK",
+    "VM_FAULT_LOCKED",
+    "VM_FAULT_MAJOR",
+    "VM_FAULT_NOPAGE",
+    "VM_FAULT_OOM",
     "VM_FAULT_RETRY",
+    "VM_FAULT_SIGBUS",
+    "VM_FAULT_SIGSEGV",
+    "VM_FAULT_WRITE",
     "do_user_addr_fault",
     "handle_mm_fault",
     "unmap_vmas",
+    "vm_insert_page",
+    "vmf_insert_mixed",
+    "vmf_insert_pfn",
     "zap_page_range_single",
 ]
 
 _ = (Any, PAGE_SIZE)
+
+# The THP, page-cache and migration parts of the fault path live in their
+# kernel files, which call back into this one: they are imported last, as
+# modules, and used through their module objects (the seam of the cycle).
+from mmrace.mm import filemap, huge_memory, migrate  # noqa: E402

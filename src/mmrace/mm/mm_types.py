@@ -16,8 +16,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from mmrace.engine import SharedObject, Var
+from mmrace.engine import SharedObject, Var, ViolationError, current_execution, current_thread
 from mmrace.mm.locks import KObject, RwSemaphore, Spinlock
+from mmrace.mm.rules_check import (
+    check_mm_field,
+    check_vma_read,
+    check_vma_write,
+    install_lock_order,
+    register_lock_level,
+)
+from mmrace.sync import SeqCount
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
@@ -84,6 +92,36 @@ def vm_get_page_prot(flags: int) -> int:
     return flags & (VM_READ | VM_WRITE | VM_EXEC | VM_SHARED)
 
 
+# --- fault flags and results (enum fault_flag, enum vm_fault_reason) ---------
+
+FAULT_FLAG_WRITE = 1 << 0
+FAULT_FLAG_MKWRITE = 1 << 1
+FAULT_FLAG_ALLOW_RETRY = 1 << 2
+FAULT_FLAG_RETRY_NOWAIT = 1 << 3
+FAULT_FLAG_KILLABLE = 1 << 4
+FAULT_FLAG_TRIED = 1 << 5
+FAULT_FLAG_USER = 1 << 6
+FAULT_FLAG_REMOTE = 1 << 7
+FAULT_FLAG_INSTRUCTION = 1 << 8
+FAULT_FLAG_INTERRUPTIBLE = 1 << 9
+FAULT_FLAG_UNSHARE = 1 << 10
+FAULT_FLAG_ORIG_PTE_VALID = 1 << 11
+FAULT_FLAG_VMA_LOCK = 1 << 12
+FAULT_FLAG_DEFAULT = FAULT_FLAG_ALLOW_RETRY | FAULT_FLAG_KILLABLE | FAULT_FLAG_INTERRUPTIBLE
+
+VM_FAULT_OOM = 0x1
+VM_FAULT_SIGBUS = 0x2
+VM_FAULT_MAJOR = 0x4
+VM_FAULT_WRITE = 0x8  # do_wp_page broke COW or reused the page (GUP's FOLL_COW, until 6.0)
+VM_FAULT_SIGSEGV = 0x40
+VM_FAULT_NOPAGE = 0x100
+VM_FAULT_LOCKED = 0x200
+VM_FAULT_RETRY = 0x400
+VM_FAULT_FALLBACK = 0x800
+VM_FAULT_COMPLETED = 0x4000
+VM_FAULT_ERROR = VM_FAULT_OOM | VM_FAULT_SIGBUS | VM_FAULT_SIGSEGV
+
+
 # --- objects a VMA points to --------------------------------------------------
 
 
@@ -122,17 +160,31 @@ class AddressSpace(SharedObject):
     def __init__(self, name: str) -> None:
         super().__init__(name)
         self.i_mmap_rwsem = RwSemaphore(f"{name}.i_mmap_rwsem")
+        register_lock_level(self.i_mmap_rwsem, "mapping->i_mmap_rwsem")
         self.i_mmap: dict[int, Any] = {}
         self.i_pages: dict[int, Any] = {}  # the page cache: index -> folio (mm/filemap.py)
+        # the file's blocks: index -> the (sparse) words written back
+        self.backing: dict[int, dict[int, int]] = {}
         self.host: Any = None  # the File
 
 
+MmapHook = Callable[["File", Any], int]
+"""``file->f_op->mmap(file, vma)``: 0 or a negative errno."""
+
+
 class File(SharedObject):
-    """``struct file`` of a regular file (or device) that can be mapped."""
+    """``struct file`` of a regular file (or device) that can be mapped.
+
+    ``f_op_mmap`` is the driver's ``f_op->mmap``: ``mmap_region`` calls it
+    with the new VMA before the VMA is visible, so the hook may set its
+    flags, ``vm_ops`` and ``vm_private_data`` without locks (``vm_flags_init``
+    rules); a negative return fails the mmap with that errno. Without a hook,
+    ``vm_ops`` and ``special`` are what a simple ->mmap would install."""
 
     can_mmap = True  # f_op->mmap exists (a pipe's does not)
 
-    def __init__(self, path: str, size: int = 0, vm_ops: VmOperations | None = None) -> None:
+    def __init__(self, path: str, size: int = 0, vm_ops: VmOperations | None = None,
+                 f_op_mmap: MmapHook | None = None) -> None:
         super().__init__(f"file:{path}")
         self.path = path
         self.size = size
@@ -140,6 +192,7 @@ class File(SharedObject):
         self.f_mapping.host = self
         self.vm_ops = vm_ops
         self.special = 0  # VM_* flags the file's ->mmap adds (VM_IO, VM_PFNMAP, ...)
+        self.f_op_mmap = f_op_mmap
 
 
 class AnonVma(KObject):
@@ -154,6 +207,7 @@ class AnonVma(KObject):
         self.parent: AnonVma = self
         self.rwsem: RwSemaphore = (
             root.rwsem if root is not None else RwSemaphore(f"{self.name}.rwsem"))
+        register_lock_level(self.rwsem, "anon_vma->rwsem")
         self.refcount = 1
         self.num_children = 0
         self.num_active_vmas = 0
@@ -204,8 +258,17 @@ class MmLockSeq(SharedObject):
         self.sequence = 0
 
 
-class MmStruct(SharedObject):
-    """``struct mm_struct``: one address space."""
+class MmStruct(KObject):
+    """``struct mm_struct``: one address space.
+
+    Two reference counts, as in the kernel: ``mm_users`` keeps the address
+    space (VMAs, page tables) alive and ``mm_count`` the struct itself
+    (``mmget``/``mmput`` and ``mmgrab``/``mmdrop`` in ``mm/fork.py``). The
+    last ``mmput`` tears the address space down (``exit_mmap``); the last
+    ``mmdrop`` frees the struct, after which any use is a KASAN-style
+    use-after-free. ``users_gone`` records where ``mm_users`` reached zero,
+    ``teardown_tid`` the thread running ``exit_mmap`` meanwhile (see
+    :func:`mm_assert_users`)."""
 
     def __init__(self, name: str = "mm", task_size: int = 1 << 47) -> None:
         super().__init__(name)
@@ -215,11 +278,18 @@ class MmStruct(SharedObject):
         self.mmap_lock = RwSemaphore(f"{name}.mmap_lock")
         self.mm_lock_seq = MmLockSeq(f"{name}.mm_lock_seq")
         self.page_table_lock = Spinlock(f"{name}.page_table_lock")
-        self.map_count = 0  # written under mmap W only
+        install_lock_order()  # lockdep checks this execution against mm/rmap.c's order
+        register_lock_level(self.mmap_lock, "mm->mmap_lock")
+        register_lock_level(self.page_table_lock, "mm->page_table_lock or pte_lock")
+        self.ruleset: Any = None  # the compiled locking rules (mm/rules_check.py)
+        self._map_count = 0  # map_count: checked, written under mmap W only
         self.mm_users = Var(1, f"{name}.mm_users")
         self.mm_count = Var(1, f"{name}.mm_count")
+        self.users_gone: str | None = None  # where the last mmput happened
+        self.teardown_tid: int | None = None  # the thread in __mmput (exit_mmap) now
         self.has_pinned = Var(0, f"{name}.has_pinned")
         self.tlb_flush_pending = Var(0, f"{name}.tlb_flush_pending")
+        self.write_protect_seq = SeqCount(f"{name}.write_protect_seq")
         self.mm_cpumask: Var[frozenset[int]] = Var(frozenset(), f"{name}.cpumask")
         self.task_size = task_size
         self.mmap_base = 0x7F0000000000 if task_size == 1 << 47 else task_size // 3 * 2
@@ -233,46 +303,89 @@ class MmStruct(SharedObject):
         self.vma_serial = 0  # names VMAs vma1, vma2, ... per mm, deterministically
         self.pgd: Any = None  # the top-level page table (mm/pgtable.py, allocated lazily)
         self.kernel: Any = None  # the KernelConfig of the system the mm belongs to
+        self.oracles_off: frozenset[str] = frozenset()  # names its System switched off
         self.rss = 0  # pages mapped (MM_ANONPAGES + MM_FILEPAGES), debugger view
+        self.numa_next_scan = Var(0, f"{name}.numa_next_scan")  # task_numa_work's claim
+        self.numa_scan_seq = 0
+
+    @property
+    def map_count(self) -> int:
+        """``mm->map_count``, checked against the ``mm.map_count`` rule in
+        simulated threads (set-up and final checks run alone: a read there
+        races with nothing, and tests read it as a debugger would)."""
+        if current_thread() is not None:
+            check_mm_field(self, "mm.map_count", False)
+        return self._map_count
+
+    @map_count.setter
+    def map_count(self, value: int) -> None:
+        check_mm_field(self, "mm.map_count", True)
+        self._map_count = value
+
+
+def mm_assert_users(mm: MmStruct, what: str) -> None:
+    """The caller is about to use *mm*'s address space (look a VMA up in its
+    tree, install a page in its page tables). That needs ``mm_users`` > 0
+    for as long as it lasts: the mm's own task holds a reference, anybody
+    else takes one with ``mmget_not_zero`` (include/linux/sched/mm.h; the
+    Rust ``MmWithUser`` type states the same invariant). A use after the
+    last ``mmput`` is a ``use-after-free`` naming the mm, except by the
+    thread running its ``exit_mmap``.
+
+    The kernel would find an empty tree once ``exit_mmap`` is done, but in
+    the window before (between its zap and ``free_pgtables``) the same
+    access installs pages into page tables about to be freed; the model
+    reports every use without a reference, as KASAN reports every access to
+    freed memory, not only the harmful ones. Not a visible operation: it
+    follows the caller's own visible access to the tree or the page table,
+    which ``exit_mmap``'s accesses order (it empties the tree under the mmap
+    write lock and zaps each table under its lock after the last ``mmput``
+    in program order), so an exploration that moves the access after the
+    teardown always reaches this check."""
+    gone = mm.users_gone
+    if gone is None:
+        return
+    th = current_thread()
+    tid = th.tid if th is not None else -1
+    if tid == mm.teardown_tid:
+        return
+    who = th.name if th is not None else "set-up code"
+    calls = " < ".join(reversed(th.where[-3:])) if th is not None and th.where else what
+    event = len(current_execution().events) - 1
+    raise ViolationError(
+        "use-after-free",
+        f"use-after-free of {mm.name}'s address space",
+        f"BUG: {what} by {who} ({calls}, event {event}) uses the address space of {mm.name} "
+        f"after its last mmput: mm_users reached 0 {gone}, and exit_mmap tears the VMAs and "
+        "page tables down; a user of another task's mm must hold mm_users "
+        "(mmget_not_zero) for as long as it uses it",
+    )
 
 
 # --- vm_area_struct -----------------------------------------------------------
 
 
 class _Field:
-    """A checked VMA field (see ``mm/rules.py``)."""
+    """A checked VMA field (see ``mm/rules.py``): once the VMA is visible,
+    every read and write is checked by ``mm/rules_check.py``."""
 
-    __slots__ = ("name", "raw", "label_r", "label_w")
+    __slots__ = ("name", "raw")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.raw = "_f_" + name.replace(".", "_")
-        self.label_r = f"read {name}"
-        self.label_w = f"write {name}"
 
     def __get__(self, vma: Any, owner: Any = None) -> Any:
         if vma is None:
             return self
         if vma.published:
-            _check(vma, self.name, False, None)
+            check_vma_read(vma, self.name)
         return getattr(vma, self.raw)
 
     def __set__(self, vma: Any, value: Any) -> None:
         if vma.published:
-            _check(vma, self.name, True, value)
+            check_vma_write(vma, self.name, value)
         setattr(vma, self.raw, value)
-
-
-_checker: Callable[[Any, str, bool, Any], None] | None = None
-
-
-def _check(vma: Any, field: str, write: bool, new: Any) -> None:
-    global _checker
-    if _checker is None:
-        from mmrace.mm.rules import vma_access
-
-        _checker = vma_access
-    _checker(vma, field, write, new)
 
 
 class VmAreaStruct(KObject):
@@ -299,6 +412,8 @@ class VmAreaStruct(KObject):
     anon_vma = _Field("anon_vma")
     anon_vma_chain = _Field("anon_vma_chain")
     shared_rb = _Field("shared.rb")
+    swap_readahead_info = _Field("swap_readahead_info")
+    numab_state = _Field("numab_state")
 
     def __init__(self, mm: MmStruct) -> None:
         mm.vma_serial += 1
@@ -319,6 +434,8 @@ class VmAreaStruct(KObject):
         self._f_anon_vma: AnonVma | None = None
         self._f_anon_vma_chain: list[Any] = []
         self._f_shared_rb = False  # in vm_file's i_mmap tree
+        self._f_swap_readahead_info = 0  # atomic_long_t (mm/swap_state.py)
+        self._f_numab_state: Any = None  # struct vma_numab_state * (mm/numa_balancing.py)
         self.vm_lock = VmaLock(self)
 
     @property

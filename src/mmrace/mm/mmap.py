@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mmrace.mm.fs_userfaultfd import userfaultfd_unmap_complete
-from mmrace.mm.internal import errno_error, kfunc
+from mmrace.mm.internal import errno_error, kernel_config, kfunc
 from mmrace.mm.mm_types import (
     PAGE_MASK,
     PAGE_SHIFT,
@@ -58,6 +58,7 @@ from mmrace.mm.mman import (
     PROT_WRITE,
 )
 from mmrace.mm.mmap_lock import (
+    mmap_assert_locked,
     mmap_assert_write_locked,
     mmap_read_lock,
     mmap_read_unlock,
@@ -66,7 +67,8 @@ from mmrace.mm.mmap_lock import (
     mmap_write_unlock,
     vma_start_write,
 )
-from mmrace.mm.rmap import anon_vma_lock_write, anon_vma_unlock_write
+from mmrace.mm.pgtable import ptl_lock, ptl_unlock
+from mmrace.mm.rmap import __anon_vma_prepare, anon_vma_lock_write, anon_vma_unlock_write
 from mmrace.mm.userfaultfd_k import UserfaultfdUnmapCtx
 from mmrace.mm.vma import (
     VmaIterator,
@@ -94,6 +96,16 @@ VM_DATA_DEFAULT_FLAGS = VM_READ | VM_WRITE | VM_MAYREAD | VM_MAYWRITE | VM_MAYEX
 
 mm_populate_hook: Callable[[MmStruct, int, int], None] | None = None
 """Set by the fault issue: populate ``[start, start + len)`` after mmap."""
+
+
+ULONG_MAX = (1 << 64) - 1
+
+
+def ulong(x: int) -> int:
+    """A syscall argument as the x86-64 ABI passes it, an ``unsigned long``:
+    a negative Python int arrives as its two's complement (-4096 is
+    0xfffffffffffff000, far above ``TASK_SIZE``)."""
+    return x & ULONG_MAX
 
 
 def PAGE_ALIGN(x: int) -> int:
@@ -159,9 +171,12 @@ def shmem_zero_setup(mm: MmStruct) -> File:
 def mmap_region(mm: MmStruct, file: File | None, addr: int, length: int, vm_flags: int,
                 pgoff: int) -> int:
     """``mmap_region`` / ``__mmap_region``: unmap what is in the way, then merge
-    the new range into a neighbour or link a new VMA. The mmap write lock is
-    held. Left out: the ordering trick of gathering the old VMAs first and
-    completing their removal after the new VMA is in place."""
+    the new range into a neighbour or link a new VMA, calling the file's
+    ``f_op->mmap`` on the new VMA before it is linked (its error fails the
+    mmap). The mmap write lock is held. Left out: the ordering trick of
+    gathering the old VMAs first and completing their removal after the new
+    VMA is in place; ``f_op->mmap_prepare``; the second merge attempt after
+    a hook changed the flags; the hook's VM_MAYWRITE warning."""
     mmap_assert_write_locked(mm)
     end = addr + length
     if find_vma_intersection(mm, addr, end) is not None:
@@ -173,16 +188,18 @@ def mmap_region(mm: MmStruct, file: File | None, addr: int, length: int, vm_flag
         file = shmem_zero_setup(mm)
         pgoff = 0
     vm_ops = None
+    hook = None
     if file is not None:
         vm_flags |= file.special
         vm_ops = file.vm_ops
+        hook = file.f_op_mmap
     nxt, prev = find_vma_prev(mm, addr)
     if nxt is not None and nxt.vm_start != end:
         nxt = None
     if prev is not None and prev.vm_end != addr:
         prev = None
     vma: VmAreaStruct | None = None
-    if vm_ops is None:
+    if vm_ops is None and hook is None:
         # A file whose ->mmap installs vm_ops is mapped first, then merged
         # (the model keeps such VMAs separate, as VM_SPECIAL ones are).
         vmg = VmaMergeStruct(mm, prev, None, nxt, addr, end, pgoff, vm_flags, file)
@@ -198,6 +215,13 @@ def mmap_region(mm: MmStruct, file: File | None, addr: int, length: int, vm_flag
         vma._f_vm_file = file
         vma._f_vm_ops = vm_ops
         vma._f_vm_page_prot = vm_get_page_prot(vm_flags)
+        if hook is not None and file is not None:
+            # __mmap_new_file_vma -> mmap_file: the driver's f_op->mmap sees
+            # the VMA before it is in the tree (nobody else can reach it).
+            err = hook(file, vma)
+            if err:
+                raise errno_error(-err, "f_op->mmap")
+            vm_flags = vma.raw("vm_flags")  # map->flags = vma->vm_flags
         vma_link(mm, vma)
     mm.total_vm += length >> PAGE_SHIFT
     if vm_flags & VM_LOCKED:
@@ -279,6 +303,7 @@ def vm_mmap_pgoff(mm: MmStruct, file: File | None, addr: int, length: int, prot:
 def ksys_mmap_pgoff(mm: MmStruct, addr: int, length: int, prot: int, flags: int,
                     file: File | None, off: int) -> int:
     """``ksys_mmap_pgoff`` (with the offset check of the x86 ``mmap`` entry)."""
+    addr, length, off = ulong(addr), ulong(length), ulong(off)
     if offset_in_page(off):
         raise errno_error(EINVAL, "offset not page aligned")
     if not (flags & MAP_ANONYMOUS) and file is None:
@@ -321,7 +346,7 @@ def __vm_munmap(mm: MmStruct, start: int, length: int, unlock: bool = True) -> i
 
 def vm_munmap(mm: MmStruct, start: int, length: int) -> int:
     """``vm_munmap``."""
-    return __vm_munmap(mm, start, length, True)
+    return __vm_munmap(mm, ulong(start), ulong(length), True)
 
 
 # --- brk ----------------------------------------------------------------------
@@ -400,11 +425,20 @@ def sys_brk(mm: MmStruct, brk: int) -> int:
 
 @kfunc
 def expand_downwards(vma: VmAreaStruct, address: int) -> int:
-    """``expand_downwards``: grow a VM_GROWSDOWN VMA down to *address*, under
-    the mmap write lock and the VMA write lock. Returns 0 or -errno.
-    Left out: ``anon_vma_prepare`` (no faults yet), rlimits, accounting."""
+    """``expand_downwards``: grow a VM_GROWSDOWN VMA down to *address*.
+    Returns 0 or -errno. Since ``stack-expand-write-locked`` (6.5): under the
+    mmap write lock and the VMA write lock. Before it: under the mmap *read*
+    lock held by the fault, with the anon_vma prepared and write-locked and
+    ``mm->page_table_lock`` serialising concurrent expansions around the
+    writes of vm_start, vm_pgoff and the VMA tree (the rules of that era
+    allow exactly this). Left out: rlimits, accounting, the stack guard of
+    the other direction."""
     mm: MmStruct = vma.vm_mm
-    mmap_assert_write_locked(mm)
+    write_locked = kernel_config(mm).has("stack-expand-write-locked")
+    if write_locked:
+        mmap_assert_write_locked(mm)
+    else:
+        mmap_assert_locked(mm)
     if not vma.vm_flags & VM_GROWSDOWN:
         return -EFAULT
     address &= PAGE_MASK
@@ -414,16 +448,23 @@ def expand_downwards(vma: VmAreaStruct, address: int) -> int:
     if (prev is not None and not prev.vm_flags & VM_GROWSDOWN
             and prev.vm_flags & VM_ACCESS_FLAGS and address - prev.vm_end < stack_guard_gap):
         return -ENOMEM
-    vma_start_write(vma)
+    if write_locked:
+        vma_start_write(vma)
+    elif __anon_vma_prepare(vma):
+        return -ENOMEM  # the read-locked expansion needed the anon_vma first
     av: Any = vma.anon_vma
     if av is not None:
         anon_vma_lock_write(av)
     if address < vma.vm_start:
         grow = (vma.vm_start - address) >> PAGE_SHIFT
+        if not write_locked:
+            ptl_lock(mm.page_table_lock)
         mm.total_vm += grow
         vma.vm_pgoff = vma.vm_pgoff - grow
         vma.vm_start = address
         vma_iter_store(mm, vma)
+        if not write_locked:
+            ptl_unlock(mm.page_table_lock)
     if av is not None:
         anon_vma_unlock_write(av)
     return 0

@@ -10,10 +10,22 @@ write-locked while ``vm_lock_seq == mm->mm_lock_seq``; ``mmap_write_unlock``
 and ``mmap_write_downgrade`` advance ``mm_lock_seq`` (``vma_end_write_all``),
 releasing every VMA write lock at once.
 
+Eras (``mmrace.fixes``): without ``per-vma-locks`` (before 6.4) there is no
+VMA lock at all -- ``vma_start_write`` does nothing, the mmap lock does no
+``mm_lock_seq`` bookkeeping, a VMA counts as write-locked whenever the mmap
+lock is held for write, and faults never call ``lock_vma_under_rcu``.
+Without ``vma-slab-typesafe-rcu`` (before 6.15) ``vma_start_read`` reads
+``vma->vm_mm`` under RCU alone, as those kernels did.
+
+Every transition is checked against the lock-state table, the mmap lock's
+R/D/W exclusivity and the documented lock order (``mm/rules_check.py``).
+
 Left out: lockdep annotations of the VMA lock (the rule checker covers them),
 the mmap_lock tracepoints, ``vma_start_read_locked``, killable waits for the
-VMA write lock, and SLAB_TYPESAFE_BY_RCU reuse of freed VMAs (a freed VMA
-stays readable under RCU until a grace period, see ``vm_area_free``).
+VMA write lock, the rw_semaphore VMA lock of 6.4 to 6.14 (the refcount
+scheme stands for both), and SLAB_TYPESAFE_BY_RCU reuse of freed VMAs (a
+freed VMA stays readable under RCU until a grace period, see
+``vm_area_free``).
 """
 
 from __future__ import annotations
@@ -31,7 +43,7 @@ from mmrace.engine import (
     execution_local,
     visible,
 )
-from mmrace.mm.internal import held, kfunc
+from mmrace.mm.internal import held, kernel_config, kfunc
 from mmrace.mm.locks import (
     EINTR,
     down_read,
@@ -45,7 +57,19 @@ from mmrace.mm.locks import (
     up_read,
     up_write,
 )
-from mmrace.mm.mm_types import VMA_LOCK_OFFSET, VMA_REF_LIMIT, MmStruct, VmAreaStruct
+from mmrace.mm.mm_types import (
+    VMA_LOCK_OFFSET,
+    VMA_REF_LIMIT,
+    MmStruct,
+    VmAreaStruct,
+    mm_assert_users,
+)
+from mmrace.mm.rules_check import (
+    check_lock_state,
+    check_mmap_exclusion,
+    check_mmap_lock_nesting,
+    vma_write_lock_order,
+)
 
 
 def _assert(cond: bool, title: str, what: str) -> None:
@@ -54,9 +78,21 @@ def _assert(cond: bool, title: str, what: str) -> None:
 
 
 def _took(mm: MmStruct, mode: str) -> None:
+    # The lock lives in the mm_struct: taking it after the last mmdrop freed
+    # the struct is a use-after-free (the free is not ordered against the
+    # lock's own operations: a caller without an mm reference is caught when
+    # the free came first in the execution explored).
+    mm.check_alive(f"take {mm.mmap_lock.name}")
     h = held()
     h.mmap[mm.serial] = mode
     h.names[mm.serial] = mm.mmap_lock.name
+    check_mmap_exclusion(mm, mode)
+    check_lock_state(f"mmap lock ({mode})", mm=mm)
+
+
+def per_vma_locks(mm: MmStruct) -> bool:
+    """Whether *mm*'s kernel has per-VMA locks (6.4 on: ``per-vma-locks``)."""
+    return bool(kernel_config(mm).has("per-vma-locks"))
 
 
 # --- mmap lock ----------------------------------------------------------------
@@ -81,42 +117,52 @@ def vma_end_write_all(mm: MmStruct) -> None:
 @kfunc
 def mmap_write_lock(mm: MmStruct) -> None:
     """``mmap_write_lock``."""
+    check_mmap_lock_nesting(mm)
     down_write(mm.mmap_lock)
     _took(mm, "W")
-    mm_lock_seqcount_begin(mm)
+    if per_vma_locks(mm):
+        mm_lock_seqcount_begin(mm)
 
 
 @kfunc
 def mmap_write_lock_killable(mm: MmStruct) -> int:
     """``mmap_write_lock_killable``: 0, or -EINTR (the model's sync decides)."""
+    check_mmap_lock_nesting(mm)
     ret = down_write_killable(mm.mmap_lock)
     if ret:
         return -EINTR
     _took(mm, "W")
-    mm_lock_seqcount_begin(mm)
+    if per_vma_locks(mm):
+        mm_lock_seqcount_begin(mm)
     return 0
 
 
 @kfunc
 def mmap_write_unlock(mm: MmStruct) -> None:
     """``mmap_write_unlock``: release all VMA write locks, then the rwsem."""
-    vma_end_write_all(mm)
+    if per_vma_locks(mm):
+        vma_end_write_all(mm)
     del held().mmap[mm.serial]
     up_write(mm.mmap_lock)
+    check_lock_state("mmap_write_unlock", mm=mm)
 
 
 @kfunc
 def mmap_write_downgrade(mm: MmStruct) -> None:
     """``mmap_write_downgrade``: release all VMA write locks and keep the mm
     read-locked throughout."""
-    vma_end_write_all(mm)
+    if per_vma_locks(mm):
+        vma_end_write_all(mm)
     held().mmap[mm.serial] = "D"
     downgrade_write(mm.mmap_lock)
+    check_mmap_exclusion(mm, "D")
+    check_lock_state("mmap_write_downgrade", mm=mm)
 
 
 @kfunc
 def mmap_read_lock(mm: MmStruct) -> None:
     """``mmap_read_lock``."""
+    check_mmap_lock_nesting(mm)
     down_read(mm.mmap_lock)
     _took(mm, "R")
 
@@ -124,6 +170,7 @@ def mmap_read_lock(mm: MmStruct) -> None:
 @kfunc
 def mmap_read_lock_killable(mm: MmStruct) -> int:
     """``mmap_read_lock_killable``: 0 or -EINTR."""
+    check_mmap_lock_nesting(mm)
     if down_read_killable(mm.mmap_lock):
         return -EINTR
     _took(mm, "R")
@@ -148,6 +195,7 @@ def mmap_read_unlock(mm: MmStruct) -> None:
             "mmap_read_unlock without holding the mmap lock for read")
     del h.mmap[mm.serial]
     up_read(mm.mmap_lock)
+    check_lock_state("mmap_read_unlock", mm=mm)
 
 
 def mmap_assert_locked(mm: MmStruct) -> None:
@@ -172,18 +220,24 @@ def _is_vma_write_locked(vma: VmAreaStruct) -> bool:
 
 
 def vma_assert_write_locked(vma: VmAreaStruct) -> None:
-    """``vma_assert_write_locked``."""
+    """``vma_assert_write_locked`` (before per-VMA locks: the mmap write lock)."""
     mm = vma.raw("vm_mm")
-    _assert(held().mmap.get(mm.serial) == "W" and _is_vma_write_locked(vma),
+    locked = _is_vma_write_locked(vma) if per_vma_locks(mm) else True
+    _assert(held().mmap.get(mm.serial) == "W" and locked,
             f"vma_assert_write_locked: {vma.name} not write-locked",
             f"{vma!r} must be write-locked (vma_start_write)")
 
 
 def vma_assert_locked(vma: VmAreaStruct) -> None:
-    """``vma_assert_locked``: read- or write-locked by this thread."""
+    """``vma_assert_locked``: read- or write-locked by this thread (before
+    per-VMA locks: the mmap lock held)."""
     mm = vma.raw("vm_mm")
     h = held()
-    ok = vma.serial in h.vma_read or (h.mmap.get(mm.serial) == "W" and _is_vma_write_locked(vma))
+    if not per_vma_locks(mm):
+        ok = mm.serial in h.mmap
+    else:
+        ok = vma.serial in h.vma_read or (
+            h.mmap.get(mm.serial) == "W" and _is_vma_write_locked(vma))
     _assert(ok, f"vma_assert_locked: {vma.name} not locked", f"{vma!r} must be locked")
 
 
@@ -195,12 +249,15 @@ def vma_start_write(vma: VmAreaStruct) -> None:
     write-locked in this mmap write section."""
     mm = vma.raw("vm_mm")
     mmap_assert_write_locked(mm)
+    if not per_vma_locks(mm):
+        return  # no VMA lock before 6.4: the mmap write lock is all there is
     lock = vma.vm_lock
     # __is_vma_write_locked: vm_lock_seq is only written under mmap W (which
     # we hold), so this read races with nothing and needs no operation.
     seq = mm.mm_lock_seq.sequence
     if lock.vm_lock_seq == seq:
         return
+    vma_write_lock_order()
     visible(lock, RMW, "vm_refcnt += VMA_LOCK_OFFSET")
     if lock.vm_refcnt == 0:
         # Detached: no reader can get in; just mark it.
@@ -215,11 +272,18 @@ def vma_start_write(vma: VmAreaStruct) -> None:
     visible(lock, RMW, "vm_lock_seq = mm_lock_seq; vm_refcnt -= VMA_LOCK_OFFSET")
     lock.vm_lock_seq = seq
     lock.vm_refcnt -= VMA_LOCK_OFFSET
+    check_lock_state("vma_start_write", vma=vma)
 
 
 @kfunc
 def vma_mark_attached(vma: VmAreaStruct) -> None:
     """``vma_mark_attached``: ``vm_refcnt = 1`` (the VMA is write-locked or new)."""
+    if not per_vma_locks(vma.raw("vm_mm")):
+        # No VMA lock before 6.4: the count is only the model's record of
+        # whether the VMA is in the tree (the rules' "detached" token), which
+        # nobody else reads concurrently, so no operation.
+        vma.vm_lock.vm_refcnt = 1
+        return
     visible(vma.vm_lock, WRITE, "refcount_set(vm_refcnt, 1)")
     vma.vm_lock.vm_refcnt = 1
 
@@ -231,6 +295,9 @@ def vma_mark_detached(vma: VmAreaStruct) -> None:
     wait for them to leave. Requires the VMA write lock."""
     vma_assert_write_locked(vma)
     lock = vma.vm_lock
+    if not per_vma_locks(vma.raw("vm_mm")):
+        lock.vm_refcnt = 0  # the model's tree-membership record (see vma_mark_attached)
+        return
     visible(lock, RMW, "refcount_dec_and_test(vm_refcnt)")
     lock.vm_refcnt -= 1
     if lock.vm_refcnt == 0:
@@ -254,6 +321,7 @@ def _refcount_put(vma: VmAreaStruct) -> None:
     visible(lock, RMW, "vma_refcount_put")
     lock.vm_refcnt -= 1  # a waiting writer's guard sees this (rcuwait_wake_up)
     held().vma_read.pop(vma.serial, None)
+    check_lock_state("vma_end_read", vma=vma)
 
 
 def _describe_vma_locks(th: SimThread) -> str:
@@ -270,7 +338,11 @@ def _describe_vma_locks(th: SimThread) -> str:
 @kfunc
 def vma_start_read(mm: MmStruct, vma: VmAreaStruct) -> bool:
     """``vma_start_read``: an optimistic read lock, called under RCU. Fails
-    (False) if the VMA is write-locked, being write-locked, or detached."""
+    (False) if the VMA is write-locked, being write-locked, or detached.
+    Before ``vma-slab-typesafe-rcu`` (6.15) it took the mm from
+    ``vma->vm_mm``, read under RCU alone (VMAs were freed by RCU then)."""
+    if not kernel_config(mm).has("vma-slab-typesafe-rcu"):
+        mm = vma.vm_mm
     lock = vma.vm_lock
     visible(lock, READ, "READ_ONCE(vm_lock_seq)")
     lock_seq = lock.vm_lock_seq
@@ -290,6 +362,7 @@ def vma_start_read(mm: MmStruct, vma: VmAreaStruct) -> bool:
     if lock.vm_lock_seq == mm.mm_lock_seq.sequence:
         _refcount_put(vma)
         return False
+    check_lock_state("vma_start_read", vma=vma)
     return True
 
 
@@ -309,10 +382,13 @@ def lock_vma_under_rcu(mm: MmStruct, address: int) -> VmAreaStruct | None:
 
     Left out: the retry on a racing detach (the model just fails) and the
     per-VMA-lock statistics."""
+    if not per_vma_locks(mm):
+        return None  # no per-VMA lock before 6.4: callers fall back to the mmap lock
     rcu_read_lock()
     h = held()
     h.rcu += 1
     vma: Any = mm.mm_mt.load(address)
+    mm_assert_users(mm, "lock_vma_under_rcu")
     if vma is not None and not vma_start_read(mm, vma):
         vma = None
     # The VMA may have been freed and reused (SLAB_TYPESAFE_BY_RCU) or
@@ -340,4 +416,5 @@ def vma_start_read_locked(vma: VmAreaStruct) -> bool:
     lock.vm_refcnt = old + 1
     held().vma_read[vma.serial] = vma
     add_thread_describer(_describe_vma_locks)
+    check_lock_state("vma_start_read_locked", vma=vma)
     return True

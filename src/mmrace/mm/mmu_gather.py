@@ -21,13 +21,15 @@ Left out: the per-CPU batch pages and their size limits (a batch never
 fills, so there is no intermediate ``tlb_flush_mmu`` from
 ``__tlb_remove_page``), ``tlb_change_page_size`` and stride tracking,
 delayed rmap removal, ``need_flush_all``, the fullmm teardown shortcut
-(a fullmm gather still flushes: harmless), ``tlb_remove_table_sync_one``.
+(a fullmm gather still flushes: harmless). ``tlb_remove_table_sync_one``
+is here for callers that free a table without the gather.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from mmrace.arch import smp_call_function_sync
 from mmrace.mm.internal import kfunc
 from mmrace.mm.mm_types import (
     PAGE_SIZE,
@@ -36,6 +38,7 @@ from mmrace.mm.mm_types import (
     inc_tlb_flush_pending,
     mm_tlb_flush_nested,
 )
+from mmrace.mm.swap_state import free_swap_cache
 
 _NO_START = 1 << 64
 
@@ -99,6 +102,22 @@ def tlb_flush_pte_range(tlb: MmuGather, addr: int, size: int) -> None:
     tlb.cleared_ptes = True
 
 
+def tlb_flush_pmd_range(tlb: MmuGather, addr: int, size: int) -> None:
+    """``tlb_flush_pmd_range`` / ``tlb_remove_pmd_tlb_entry``: a huge PMD of
+    ``[addr, addr + size)`` changed or was cleared."""
+    __tlb_adjust_range(tlb, addr, size)
+    tlb.cleared_ptes = True
+
+
+@kfunc
+def tlb_remove_table_sync_one() -> None:
+    """``tlb_remove_table_sync_one``: an IPI to every other CPU, waiting
+    for each to take it -- so for every GUP-fast walk in progress (it runs
+    with interrupts off) to finish -- before a page table unlinked without
+    RCU freeing may be freed (khugepaged's collapse does this)."""
+    smp_call_function_sync("tlb_remove_table_smp_sync")
+
+
 def tlb_remove_folio(tlb: MmuGather, folio: Any, nr_refs: int = 1) -> None:
     """``tlb_remove_folio`` / ``__tlb_remove_folio_pages``: drop the
     mapping's *nr_refs* references to *folio* after the flush."""
@@ -152,6 +171,13 @@ def tlb_flush_mmu_free(tlb: MmuGather) -> None:
         pte_free_defer(tlb.mm, t)
     folios, tlb.folios = tlb.folios, []
     for folio, nr in folios:
+        # free_pages_and_swap_cache: a folio only the swap cache will hold
+        # leaves it. The lockless PG_swapcache test is the kernel's too: a
+        # folio entering the cache meanwhile is locked by reclaim (the
+        # trylock fails), one leaving it needs nothing; so it is not a
+        # scheduling point, and zaps of pages never swapped cost nothing.
+        if folio.swapcache:
+            free_swap_cache(folio)
         folio_put_refs(folio, nr)
 
 

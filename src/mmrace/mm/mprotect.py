@@ -10,10 +10,17 @@ the same without an ``mmu_gather`` (``inc_tlb_flush_pending``,
 ``flush_tlb_range``, ``dec_tlb_flush_pending`` in
 ``change_protection_range``); the order of events is the same.
 
-Left out: pkeys, PROT_GROWSDOWN/PROT_GROWSUP extension of the range,
-arch-specific VM_FLAGS_CLEAR bits, RLIMIT_AS, NUMA hinting (MM_CP_PROT_NUMA),
-huge PMDs, swap/migration entries and uffd-wp PTE markers on empty entries,
-hugetlb, mmu notifiers, large folio batching.
+``PROT_GROWSDOWN`` extends the range down to the start of a grows-down VMA
+(EINVAL on any other); ``PROT_GROWSUP`` is EINVAL (x86 has no grows-up
+VMAs), and so are both together.
+
+A huge PMD covered whole is changed in place (``change_huge_pmd``), one
+covered in part is split first; a writable migration entry loses write
+permission with its VMA.
+
+Left out: pkeys, arch-specific VM_FLAGS_CLEAR bits, RLIMIT_AS, NUMA hinting
+(MM_CP_PROT_NUMA), uffd-wp bits of swap entries and PTE markers on empty
+entries, hugetlb, mmu notifiers, large folio batching.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from mmrace.mm.mm_types import (
     PAGE_SIZE,
     VM_ACCESS_FLAGS,
     VM_ACCOUNT,
+    VM_GROWSDOWN,
     VM_HUGETLB,
     VM_NORESERVE,
     VM_SHARED,
@@ -36,10 +44,19 @@ from mmrace.mm.mm_types import (
     VmAreaStruct,
 )
 from mmrace.mm.mman import PROT_EXEC, PROT_GROWSDOWN, PROT_GROWSUP, PROT_READ, PROT_SEM, PROT_WRITE
-from mmrace.mm.mmap import PAGE_ALIGN, calc_vm_prot_bits, offset_in_page
+from mmrace.mm.mmap import PAGE_ALIGN, calc_vm_prot_bits, offset_in_page, ulong
 from mmrace.mm.mmap_lock import mmap_write_lock, mmap_write_unlock, vma_start_write
 from mmrace.mm.mmu_gather import MmuGather, tlb_finish_mmu, tlb_gather_mmu
-from mmrace.mm.pgtable import vm_prot_to_pte
+from mmrace.mm.page_alloc import pfn_folio
+from mmrace.mm.pgtable import set_pte_at, vm_prot_to_pte
+from mmrace.mm.swapops import (
+    is_writable_migration_entry,
+    make_readable_exclusive_migration_entry,
+    make_readable_migration_entry,
+    pte_swp_flags,
+    pte_to_swp_entry,
+    swp_entry_to_pte,
+)
 from mmrace.mm.vma import (
     find_vma,
     find_vma_prev,
@@ -105,7 +122,11 @@ def do_mprotect_pkey(mm: MmStruct, start: int, length: int, prot: int) -> int:
     kernel, VMAs before a hole keep their new protection when ENOMEM is
     returned for the hole. The PTE changes of every VMA are flushed once,
     by ``tlb_finish_mmu``, before the mmap write lock is dropped."""
+    start, length = ulong(start), ulong(length)
+    grows = prot & (PROT_GROWSDOWN | PROT_GROWSUP)
     prot &= ~(PROT_GROWSDOWN | PROT_GROWSUP)
+    if grows == PROT_GROWSDOWN | PROT_GROWSUP:  # a range cannot grow both ways
+        raise errno_error(EINVAL)
     if offset_in_page(start):
         raise errno_error(EINVAL)
     if not length:
@@ -120,8 +141,18 @@ def do_mprotect_pkey(mm: MmStruct, start: int, length: int, prot: int) -> int:
     tlb = tlb_gather_mmu(mm)
     try:
         vma = find_vma(mm, start)
-        if vma is None or vma.vm_start >= end or vma.vm_start > start:
+        if vma is None or vma.vm_start >= end:
             raise errno_error(ENOMEM)
+        if grows & PROT_GROWSDOWN:
+            # The range extends down to the start of a grows-down VMA.
+            start = vma.vm_start
+            if not vma.vm_flags & VM_GROWSDOWN:
+                raise errno_error(EINVAL)
+        elif vma.vm_start > start:
+            raise errno_error(ENOMEM)
+        elif grows & PROT_GROWSUP:
+            # x86 has no VM_GROWSUP (it is VM_NONE there): never a grows-up VMA.
+            raise errno_error(EINVAL)
         _, prev = find_vma_prev(mm, vma.vm_start)
         if start > vma.vm_start:
             prev = vma
@@ -267,6 +298,7 @@ def change_pte_range(tlb: MmuGather, vma: VmAreaStruct, pmd: Any, mi: int, addr:
             continue  # never touched: filling it needs the PTL we hold
         oldpte = ptep_get(pm.table, idx)
         if not pte_present(oldpte):
+            change_nonpresent_pte(vma, a, pm.table, idx, oldpte, newprot)
             continue
         if uffd_wp_resolve and not pte_uffd_wp(oldpte) and cfg.has("uffd-wp-resolve-skip"):
             continue
@@ -291,6 +323,23 @@ def change_pte_range(tlb: MmuGather, vma: VmAreaStruct, pmd: Any, mi: int, addr:
     return pages
 
 
+def change_nonpresent_pte(vma: VmAreaStruct, addr: int, table: Any, idx: int, oldpte: int,
+                          newprot: int) -> None:
+    """The non-present branch of ``change_pte_range``: a writable migration
+    entry becomes readable ("a protection check is difficult so just be
+    safe"; readable-exclusive for an anonymous page), so the page is not
+    mapped writable against the new protection when the migration
+    completes. Swap entries keep their bits (changing the uffd-wp bit of a
+    swap PTE is left out)."""
+    entry = pte_to_swp_entry(oldpte)
+    if is_writable_migration_entry(entry):
+        folio = pfn_folio(entry.offset)
+        make = (make_readable_exclusive_migration_entry if folio.anon
+                else make_readable_migration_entry)
+        new = swp_entry_to_pte(make(entry.offset))
+        set_pte_at(vma.vm_mm, addr, table, idx, new | pte_swp_flags(oldpte))
+
+
 @kfunc
 def change_protection_range(tlb: MmuGather, vma: VmAreaStruct, start: int, end: int,
                             newprot: int, cp_flags: int) -> int:
@@ -308,6 +357,19 @@ def change_protection_range(tlb: MmuGather, vma: VmAreaStruct, start: int, end: 
         if found is not None:
             pmd, mi = found
             pmdval = pmdp_get(pmd, mi)
+            # change_pmd_range: a huge PMD covered whole is changed in place;
+            # one covered in part is split and handled by PTEs.
+            if pmd_trans_huge(pmdval):
+                if nxt - addr != PMD_SIZE:
+                    huge_memory.__split_huge_pmd(vma, pmd, mi, addr, False)
+                else:
+                    ret = huge_memory.change_huge_pmd(tlb, vma, pmd, mi, addr, newprot,
+                                                      cp_flags)
+                    if ret:
+                        pages += ret
+                        addr = nxt
+                        continue
+                pmdval = pmdp_get(pmd, mi)
             if not pmd_none(pmdval) and not pmd_trans_huge(pmdval):
                 pages += change_pte_range(tlb, vma, pmd, mi, addr, nxt, newprot, cp_flags)
         addr = nxt
@@ -325,3 +387,7 @@ def change_protection(tlb: MmuGather, vma: VmAreaStruct, start: int, end: int,
     changed."""
     assert (cp_flags & MM_CP_UFFD_WP_ALL) != MM_CP_UFFD_WP_ALL
     return change_protection_range(tlb, vma, start, end, vma.vm_page_prot, cp_flags)
+
+# change_huge_pmd (mm/huge_memory.py) reads this module's MM_CP_* flags:
+# imported last (the seam of that cycle).
+from mmrace.mm import huge_memory  # noqa: E402

@@ -5,8 +5,8 @@ include/linux/page_ref.h helpers).
 A :class:`Folio` is a kernel object with a lifetime. Its reference count,
 map count, flags and folio lock are fields of the folio, so every access
 to them is a visible operation on the folio (all of them conflict, as a
-cache line would). The data (a few words per page, enough for scenarios
-to check contents) is its own shared object, :class:`FolioContents`, so
+cache line would). The data (512 8-byte words per page, kept sparsely)
+is its own shared object, :class:`FolioContents`, so
 that loads and stores of data do not conflict with reference counting;
 freeing a folio writes both, so DPOR orders every data access against
 the free and an access after it is a use-after-free.
@@ -44,10 +44,15 @@ from mmrace.engine import (
 )
 from mmrace.mm.internal import kfunc
 from mmrace.mm.locks import KObject, kfree
+from mmrace.mm.mm_types import PAGE_SIZE
+from mmrace.mm.rules_check import folio_lock_order
 
-WORDS_PER_PAGE = 8
-"""Words of data the model keeps per page (``process.poke``/``peek`` address
-them at ``PAGE_SIZE // WORDS_PER_PAGE`` byte granularity)."""
+WORD_SIZE = 8
+"""Bytes per word of user data: a user load or store addresses one naturally
+aligned 8-byte word (``unsigned long``)."""
+WORDS_PER_PAGE = PAGE_SIZE // WORD_SIZE
+"""Words per page (512): every naturally aligned word of a page is
+addressable; only the words ever stored are kept (untouched words read 0)."""
 
 GUP_PIN_COUNTING_BIAS = 1024
 """A ``FOLL_PIN`` on a small folio adds this to its refcount (include/linux/mm.h)."""
@@ -93,7 +98,10 @@ class FolioContents(SharedObject):
     def __init__(self, folio: Folio, nr_pages: int) -> None:
         super().__init__(f"{folio.name}.data")
         self.folio = folio
-        self.words: list[list[int]] = [[0] * WORDS_PER_PAGE for _ in range(nr_pages)]
+        # Sparse: per page, word index -> value; a word never stored reads 0
+        # (a new page is zeroed). Cells, too, exist only for words some
+        # access touched, so the 510 words a scenario never uses cost nothing.
+        self.words: list[dict[int, int]] = [{} for _ in range(nr_pages)]
         self.loads = SharedObject(f"{folio.name}.data(loads)")
         self.cells: dict[int, SharedObject] = {}
 
@@ -104,6 +112,13 @@ class FolioContents(SharedObject):
             name = f"{self.name}.w{word}" if len(self.words) == 1 else f"{self.name}[{idx}].w{word}"
             c = self.cells[key] = SharedObject(name)
         return c
+
+    def get(self, idx: int, word: int) -> int:
+        """The value of *word* of page *idx* (0 if never stored)."""
+        return self.words[idx].get(word, 0)
+
+    def set(self, idx: int, word: int, value: int) -> None:
+        self.words[idx][word] = value
 
     def word_footprint(self, idx: int, word: int, kind: int) -> Accesses:
         """The (object, kind) accesses of a load (READ), store (WRITE) or
@@ -124,7 +139,21 @@ class Folio(KObject):
     (``_mapcount`` here is the number of mappings, not the kernel's -1 based
     field); ``_pincount`` is the large-folio pin count. ``mapping`` is the
     anon_vma of an anonymous folio (``PageAnon``) or the file's
-    address_space; ``anon_exclusive`` holds ``PageAnonExclusive`` per page."""
+    address_space; ``anon_exclusive`` holds ``PageAnonExclusive`` per page.
+
+    Large folios keep the mapcounts of kernels with ``CONFIG_PAGE_MAPCOUNT``
+    (up to 6.14 by default): ``_mapcount`` is then the folio's total
+    (``_large_mapcount``: one per PTE and one per PMD mapping, what
+    ``folio_mapcount`` returns), ``_entire_mapcount`` counts PMD mappings
+    and ``page_mapcount[i]`` the PTE mappings of page *i*.
+
+    Flags (PG_*): ``isolated`` (PG_lru cleared: taken off the LRU by reclaim
+    or migration; a folio is on the LRU otherwise), ``active``,
+    ``referenced``, ``swapbacked``
+    (anonymous memory that needs swap to be reclaimed; cleared by
+    MADV_FREE), ``swapcache`` with ``swap`` its entry, ``dirty``,
+    ``uptodate``, ``locked``. Waiters for the lock bit without taking it
+    (``folio_wait_locked``) are in ``unlock_waiters``."""
 
     def __init__(self, name: str, order: int, pfn: int) -> None:
         super().__init__(name)
@@ -145,6 +174,15 @@ class Folio(KObject):
         self.mapping: Any = None
         self.index = 0
         self.is_zero = False
+        self._entire_mapcount = 0
+        self.page_mapcount = [0] * self.nr_pages if order else []
+        self.isolated = False
+        self.active = False
+        self.referenced = False
+        self.swapbacked = False
+        self.swapcache = False
+        self.swap: Any = None  # the swap entry (folio->swap) while in the swap cache
+        self.unlock_waiters: list[list[bool]] = []
         self.contents = FolioContents(self, self.nr_pages)
 
     def __repr__(self) -> str:
@@ -287,12 +325,52 @@ def folio_ref_add(folio: Folio, nr: int) -> None:
 
 
 def folio_try_get(folio: Folio) -> bool:
-    """``folio_try_get``: increment unless zero (speculative lookups)."""
-    folio.access(RMW, "folio_try_get")
-    if folio._refcount == 0:
+    """``folio_try_get``: increment unless zero (speculative lookups).
+    ``struct page`` is never freed, so a speculative reference on a freed
+    (or frozen) folio fails instead of being a use-after-free."""
+    visible(folio, RMW, "folio_try_get")
+    if folio._refcount == 0 or folio.freed_at is not None:
         return False
     folio._refcount += 1
     return True
+
+
+def folio_ref_try_add(folio: Folio, nr: int) -> bool:
+    """``folio_ref_try_add``: add *nr* unless the count is zero (GUP-fast's
+    ``try_get_folio``); fails on a freed or frozen folio."""
+    ev = visible(folio, RMW, f"folio_ref_try_add({nr})")
+    if folio._refcount == 0 or folio.freed_at is not None:
+        if ev is not None:
+            ev.detail = "failed: refcount 0"
+        return False
+    folio._refcount += nr
+    return True
+
+
+def folio_ref_freeze(folio: Folio, count: int) -> bool:
+    """``folio_ref_freeze``: atomically replace a refcount of exactly
+    *count* by 0 (so speculative ``folio_try_get`` fails); False if other
+    references exist."""
+    ev = visible(folio, RMW, f"folio_ref_freeze({count})")
+    folio.check_alive("folio_ref_freeze")
+    if folio._refcount != count:
+        if ev is not None:
+            ev.detail = f"failed: refcount {folio._refcount}"
+        return False
+    folio._refcount = 0
+    return True
+
+
+def folio_ref_unfreeze(folio: Folio, count: int) -> None:
+    """``folio_ref_unfreeze``: set the refcount of a frozen folio."""
+    folio.access(RMW, f"folio_ref_unfreeze({count})")
+    folio._refcount = count
+
+
+def folio_free_frozen(folio: Folio) -> None:
+    """Free a folio whose refcount reclaim or migration froze to zero
+    (``free_unref_folios`` of the frozen folio)."""
+    free_folio(folio)
 
 
 @kfunc
@@ -343,20 +421,51 @@ def folio_mapped(folio: Folio) -> bool:
     return folio_mapcount(folio) > 0
 
 
-def folio_inc_mapcount(folio: Folio, what: str) -> None:
-    """The ``atomic_inc(&page->_mapcount)`` of the rmap functions."""
+def folio_inc_mapcount(folio: Folio, what: str, idx: int = 0, nr: int = 1) -> None:
+    """The ``atomic_inc(&page->_mapcount)`` of the rmap functions: *nr* PTE
+    mappings of pages *idx*.. (a large folio's per-page counts and its
+    total) in one visible RMW."""
     folio.access(RMW, what)
-    folio._mapcount += 1
+    folio._mapcount += nr
+    if folio.order:
+        for i in range(idx, idx + nr):
+            folio.page_mapcount[i] += 1
 
 
-def folio_dec_mapcount(folio: Folio, what: str) -> int:
+def folio_dec_mapcount(folio: Folio, what: str, idx: int = 0, nr: int = 1) -> int:
     """The ``atomic_add_negative(-1, &page->_mapcount)`` of the rmap
-    functions; returns the new count. Below zero is a violation."""
+    functions, for *nr* PTE mappings of pages *idx*..; returns the new
+    total. Below zero is a violation."""
     folio.access(RMW, what)
-    folio._mapcount -= 1
+    folio._mapcount -= nr
+    if folio.order:
+        for i in range(idx, idx + nr):
+            folio.page_mapcount[i] -= 1
+            if folio.page_mapcount[i] < 0:
+                raise _refcount_violation(folio, f"page {i} mapcount underflow")
     if folio._mapcount < 0:
         raise _refcount_violation(folio, "mapcount underflow")
     return folio._mapcount
+
+
+def folio_entire_mapcount_add(folio: Folio, delta: int, what: str) -> int:
+    """A PMD mapping added (+1) or removed (-1): ``_entire_mapcount`` and
+    the total, in one visible RMW; returns the new entire mapcount."""
+    folio.access(RMW, what)
+    folio._entire_mapcount += delta
+    folio._mapcount += delta
+    if folio._entire_mapcount < 0 or folio._mapcount < 0:
+        raise _refcount_violation(folio, "entire mapcount underflow")
+    return folio._entire_mapcount
+
+
+def page_mapcount(folio: Folio, idx: int) -> int:
+    """``page_mapcount``: how often page *idx* is mapped (its PTE mappings
+    plus the folio's PMD mappings); one visible read."""
+    folio.access(READ, "page_mapcount")
+    if not folio.order:
+        return folio._mapcount
+    return folio.page_mapcount[idx] + folio._entire_mapcount
 
 
 # --- flags and the folio lock --------------------------------------------------------
@@ -406,7 +515,9 @@ def folio_lock(folio: Folio) -> None:
     to me" cannot turn false again, while "the lock is free" could, before
     this task runs -- the engine's DPOR relies on monotone guards. Left out:
     lock stealing by a task arriving between the unlock and the wake-up,
-    killable and async waits."""
+    killable and async waits. The folio lock's place in the documented lock
+    order is checked here (lockdep does not see PG_locked)."""
+    folio_lock_order()
     folio.access(RMW, "folio_lock")
     if not folio.locked:
         folio.locked = True
@@ -418,12 +529,59 @@ def folio_lock(folio: Folio) -> None:
 
 
 def folio_unlock(folio: Folio) -> None:
-    """``folio_unlock``: clear PG_locked, or hand it to the first waiter."""
+    """``folio_unlock``: clear PG_locked, or hand it to the first waiter;
+    wake every ``folio_wait_locked`` waiter either way."""
     folio.access(RMW, "folio_unlock")
+    for w in folio.unlock_waiters:
+        w[0] = True
+    folio.unlock_waiters = []
     if folio.lock_waiters:
         folio.lock_waiters.pop(0)[0] = True  # stays locked, now by the waiter
     else:
         folio.locked = False
+
+
+def folio_wait_locked_prepare(folio: Folio) -> list[bool]:
+    """Queue for the next ``folio_unlock`` of *folio* (the first half of
+    ``folio_wait_bit_common`` without taking the bit); the caller holds a
+    lock or a reference that keeps *folio* from being unlocked before it
+    is queued, then drops it and calls :func:`folio_wait_locked_finish`."""
+    woken = [False]
+    folio.unlock_waiters.append(woken)
+    return woken
+
+
+@kfunc
+def folio_wait_locked_finish(folio: Folio, woken: list[bool]) -> None:
+    """Sleep until the ``folio_unlock`` that *woken* was queued for (a
+    visible WAIT: its guard, "woken", is monotone)."""
+    visible(folio, WAIT, "folio_wait_locked", guard=lambda: woken[0])
+
+
+@kfunc
+def folio_wait_locked(folio: Folio) -> None:
+    """``folio_wait_locked``: one visible read; if PG_locked is set, sleep
+    until the next unlock (without taking the lock)."""
+    folio.access(READ, "folio_test_locked")
+    if not folio.locked:
+        return
+    folio_wait_locked_finish(folio, folio_wait_locked_prepare(folio))
+
+
+def folio_test_set_flag(folio: Folio, flag: str, value: bool, what: str) -> bool:
+    """Set (or clear) the PG_* flag *flag* as one visible RMW of the folio's
+    flags; returns the old value (``folio_test_set_*`` /
+    ``folio_test_clear_*``)."""
+    folio.access(RMW, what)
+    old = bool(getattr(folio, flag))
+    setattr(folio, flag, value)
+    return old
+
+
+def folio_test_flag(folio: Folio, flag: str, what: str) -> bool:
+    """Read the PG_* flag *flag* (one visible read of the folio)."""
+    folio.access(READ, what)
+    return bool(getattr(folio, flag))
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -448,7 +606,7 @@ def _visible_word(folio: Folio, idx: int, word: int, kind: int, what: str) -> No
 def folio_read_word(folio: Folio, idx: int, word: int) -> int:
     """A load of one word of page *idx* (one visible read of that word)."""
     _visible_word(folio, idx, word, READ, f"load word {word}")
-    return folio.contents.words[idx][word]
+    return folio.contents.get(idx, word)
 
 
 def folio_write_word(folio: Folio, idx: int, word: int, value: int) -> None:
@@ -457,7 +615,7 @@ def folio_write_word(folio: Folio, idx: int, word: int, value: int) -> None:
         raise ViolationError("memory-corruption", "store to the shared zero page",
                              "a store reached the shared zero page")
     _visible_word(folio, idx, word, WRITE, f"store word {word}")
-    folio.contents.words[idx][word] = value
+    folio.contents.set(idx, word, value)
 
 
 @kfunc
@@ -465,7 +623,7 @@ def copy_user_highpage(dst: Folio, dst_idx: int, src: Folio, src_idx: int) -> No
     """``copy_user_highpage`` / ``__wp_page_copy_user``: read the source page
     (one visible read), write the copy (one visible write)."""
     visible_contents(src, READ, "copy_user_highpage (read)")
-    data = list(src.contents.words[src_idx])
+    data = dict(src.contents.words[src_idx])
     visible_contents(dst, WRITE, "copy_user_highpage (write)")
     dst.contents.words[dst_idx] = data
 
@@ -473,6 +631,7 @@ def copy_user_highpage(dst: Folio, dst_idx: int, src: Folio, src_idx: int) -> No
 __all__ = [
     "GUP_PIN_COUNTING_BIAS",
     "WORDS_PER_PAGE",
+    "WORD_SIZE",
     "Folio",
     "folio_alloc",
     "folio_get",

@@ -18,9 +18,11 @@ positions, the page frame number from bit 12. Upper-level entries point at
 the next table by its pfn (``pmd_page``), leaves at a folio's page.
 
 Locks: PGD/PUD entries are guarded by ``mm->page_table_lock``; each PMD
-table and each PTE table has its own split lock (``ptlock``). The rule
-checker (``RULES`` entries ``pte``, ``pmd``, ``pud``, ``pgtables``) is
-enforced on every entry write.
+table and each PTE table has its own split lock (``ptlock``). The rules
+(``RULES`` entries ``pte``, ``pmd``, ``pud``, ``pgtables`` of
+``mm/rules.py``) are enforced on every entry read and write by
+``check_entry_read`` / ``check_entry_write``, which hand them to
+``mm/rules_check.py``: no rule is written down here.
 
 Left out: P4D (folded, 4-level paging), 32-bit highmem mapping of PTE
 tables (``pte_offset_map`` only takes the RCU read lock), PUD-sized
@@ -51,6 +53,16 @@ from mmrace.mm.locks import (
 )
 from mmrace.mm.mm_types import PAGE_SHIFT, MmStruct
 from mmrace.mm.page_alloc import alloc_pfns, pfn_to_obj
+from mmrace.mm.rules_check import (
+    PtAccess,
+    check_atomicity,
+    check_free_pgtables,
+    check_pgtable_read,
+    check_pgtable_write,
+    check_pte_table_free,
+    entry_read_fast,
+)
+from mmrace.mm.swapops import swap_pte_str
 from mmrace.sync import SINGLE_DEPTH_NESTING, spin_lock_nested
 
 # --- x86-64 layout ----------------------------------------------------------------
@@ -102,9 +114,12 @@ _BIT_NAMES = [(_PAGE_PRESENT, "P"), (_PAGE_RW, "W"), (_PAGE_USER, "U"), (_PAGE_A
 
 
 def pte_str(pte: int) -> str:
-    """``pfn 0x1000 P|W|U|A|D`` for traces."""
+    """``pfn 0x1000 P|W|U|A|D`` for traces (``swap 0:0x1`` for a swap or
+    migration entry)."""
     if not pte:
         return "none"
+    if not pte & (_PAGE_PRESENT | _PAGE_PSE):
+        return swap_pte_str(pte)
     bits = "|".join(n for b, n in _BIT_NAMES if pte & b)
     return f"pfn {pte_pfn(pte):#x} {bits}"
 
@@ -219,12 +234,17 @@ def pmd_none(pmd: int) -> bool:
 
 
 def pmd_present(pmd: int) -> bool:
-    return bool(pmd & _PAGE_PRESENT)
+    """x86 ``pmd_present``: ``_PAGE_PRESENT`` or ``_PAGE_PSE``, so a huge PMD
+    made not-present by ``pmdp_invalidate`` (during a split or a change of
+    protection) still counts as present and huge for software walkers; the
+    MMU faults on it."""
+    return bool(pmd & (_PAGE_PRESENT | _PAGE_PSE))
 
 
 def pmd_trans_huge(pmd: int) -> bool:
-    """A PMD leaf (``_PAGE_PSE``): maps a 2 MiB folio."""
-    return bool(pmd & _PAGE_PSE) and pmd_present(pmd)
+    """A PMD leaf (``_PAGE_PSE``): maps a 2 MiB folio (also while
+    invalidated, as on x86)."""
+    return bool(pmd & _PAGE_PSE)
 
 
 def pmd_leaf(pmd: int) -> bool:
@@ -233,6 +253,49 @@ def pmd_leaf(pmd: int) -> bool:
 
 def pmd_mkhuge(pmd: int) -> int:
     return pmd | _PAGE_PSE
+
+
+# Huge-PMD bits are the PTE bits at the same positions (x86); these name
+# them as the kernel's huge_memory.c does.
+pmd_pfn = pte_pfn
+pmd_write = pte_write
+pmd_dirty = pte_dirty
+pmd_young = pte_young
+pmd_soft_dirty = pte_soft_dirty
+pmd_uffd_wp = pte_uffd_wp
+pmd_mkwrite = pte_mkwrite
+pmd_wrprotect = pte_wrprotect
+pmd_mkdirty = pte_mkdirty
+pmd_mkclean = pte_mkclean
+pmd_mkyoung = pte_mkyoung
+pmd_mkold = pte_mkold
+pmd_mkuffd_wp = pte_mkuffd_wp
+pmd_clear_uffd_wp = pte_clear_uffd_wp
+pmd_clear_soft_dirty = pte_clear_soft_dirty
+
+
+def mk_huge_pmd(pfn: int, prot: int) -> int:
+    """``mk_huge_pmd``: a present PMD leaf mapping the 2 MiB folio at *pfn*."""
+    return pmd_mkhuge(pfn_pte(pfn, prot))
+
+
+def pmd_mkinvalid(pmd: int) -> int:
+    """``pmd_mkinvalid``: clear ``_PAGE_PRESENT`` (x86 also clears
+    PROTNONE); ``_PAGE_PSE`` stays, so the entry is still ``pmd_trans_huge``."""
+    return pmd & ~_PAGE_PRESENT
+
+
+def pmd_hw_present(pmd: int) -> bool:
+    """Whether the MMU would use the entry (``_PAGE_PRESENT`` set)."""
+    return bool(pmd & _PAGE_PRESENT)
+
+
+def pte_access_permitted(pte: int, write: bool) -> bool:
+    """x86 ``pte_access_permitted`` / ``pmd_access_permitted``: present,
+    user-accessible and, for a write, writable (so GUP-fast refuses
+    PROT_NONE mappings, as the MMU does)."""
+    return bool(pte & _PAGE_PRESENT) and bool(pte & _PAGE_USER) and (
+        not write or bool(pte & _PAGE_RW))
 
 
 def pmd_same(a: int, b: int) -> bool:
@@ -294,6 +357,9 @@ class PageTable(KObject):
         self.entries: dict[int, int] = {}
         self.slots: dict[int, PteSlot] = {}
         self.installed = False
+        # PMD tables: the PTE table deposited for each huge PMD
+        # (pgtable_trans_huge_deposit), touched only under this table's lock.
+        self.deposited: dict[int, PageTable] = {}
         self.pfn = alloc_pfns(self, 1)
         key = "ptlock" if level == LEVEL_PTE else "pmd_ptlock"
         self.ptl: Spinlock | None = (
@@ -417,73 +483,84 @@ def holds(lock: Spinlock | None) -> bool:
 # --- the page-table rules --------------------------------------------------------------
 
 
-def _rules_off() -> bool:
-    from mmrace.engine import current_execution
-
-    return bool(current_execution().locals.get("mm.rules_off"))
+_KIND = {LEVEL_PTE: "pte", LEVEL_PMD: "pmd", LEVEL_PUD: "pud", LEVEL_PGD: "pud"}
 
 
-def _has_fault_lock(mm: MmStruct, addr: int, size: int = 1 << PAGE_SHIFT) -> bool:
-    """mmap lock (any mode) or a VMA read lock on a VMA overlapping
-    ``[addr, addr + size)``."""
-    h = held()
-    if mm.serial in h.mmap:
-        return True
-    for vma in h.vma_read.values():
-        if (vma.raw("vm_mm") is mm and vma.raw("vm_start") < addr + size
-                and addr < vma.raw("vm_end")):
-            return True
-    return False
+def _access(table: PageTable, index: int, old: int, vma: Any = None) -> PtAccess:
+    lo = table.addr_of(index)
+    child = None
+    if table.level != LEVEL_PTE and pte_present(old) and not (
+            table.level == LEVEL_PMD and pmd_trans_huge(old)):
+        child = table_of(old).ptl
+    return PtAccess(_KIND[table.level], table.mm, lo, lo + (1 << LEVEL_SHIFT[table.level]),
+                    table.ptl if table.level <= LEVEL_PMD else None, child, vma)
 
 
-def _breach(what: str, table: PageTable, index: int, needs: str) -> None:
-    if _rules_off():
-        return
-    addr = table.addr_of(index)
-    raise ViolationError(
-        "locking-rule",
-        f"locking rule: {what} of {LEVEL_NAMES[table.level]} entry without the required locks",
-        f"{what} of {table.name}[{index}] (address {addr:#x}) needs {needs}; "
-        f"held: {held().describe()}",
-    )
+def _points_to_table(table: PageTable, entry: int) -> bool:
+    return table.level != LEVEL_PTE and pte_present(entry) and not (
+        table.level == LEVEL_PMD and pmd_trans_huge(entry))
 
 
-def check_entry_write(table: PageTable, index: int, old: int, new: int) -> None:
-    """The page-table rules of ``mm/rules.py`` for one entry write.
-
-    R1: changing an entry needs that table's lock (unless nobody else can
-    reach the table). R4: filling an empty entry with a leaf needs the mmap
-    lock or the VMA lock as well. A PMD entry that points to a PTE table is
-    changed only under the PMD lock *and* that PTE table's lock."""
+def check_entry_write(table: PageTable, index: int, old: int, new: int, *,
+                      plain: bool = False, vma: Any = None) -> None:
+    """The ``pte`` / ``pmd`` / ``pud`` rules of ``mm/rules.py`` for one entry
+    write (``mm/rules_check.py`` judges it by the mm's kernel): filling an
+    empty entry (``fill``), changing a present leaf (``change``) or an entry
+    that points to a page table (``table``). A table nobody can reach yet
+    (being built) is written freely. *plain*: the write is a plain store
+    (``set_pte_at``), which must not drop an accessed or dirty bit the entry
+    has (the hardware sets them concurrently: only an atomic RMW may clear
+    them). *vma*: the VMA whose tables free_pgtables is tearing down."""
     if not table.installed or old == new:
         return
-    mm = table.mm
-    if table.level >= LEVEL_PUD:
-        if not holds(mm.page_table_lock):
-            _breach("write", table, index, "page_table_lock")
+    if old == 0:
+        cond = "fill"
+    elif _points_to_table(table, old):
+        cond = "table"
+    else:
+        cond = "change"
+    check_pgtable_write(_access(table, index, old, vma), cond, table, index)
+    if plain and cond == "change" and pte_present(old):
+        lost = old & (_PAGE_ACCESSED | _PAGE_DIRTY) & ~new
+        if lost:
+            check_atomicity(table.mm, f"{table.name}[{index}]", pte_str(old), pte_str(new))
+
+
+def check_entry_read(table: PageTable, index: int) -> None:
+    """The read column of the ``pte`` / ``pmd`` / ``pud`` rules: a lock that
+    keeps the VMA stable, or RCU (since 6.5). Cached per table against the
+    thread's lock record. Reads outside simulated threads (set-up, final
+    checks) are not checked: nothing runs concurrently with them."""
+    if not table.installed:
         return
-    if not holds(table.ptl):
-        _breach("write", table, index, f"{LEVEL_NAMES[table.level]} ptl")
-    if table.level == LEVEL_PMD and pmd_present(old) and not pmd_trans_huge(old):
-        child = table_of(old)
-        if not holds(child.ptl):
-            _breach("change of a PMD pointing to a PTE table", table, index,
-                    "pmd ptl + pte ptl")
-    if old == 0 and new:
-        leaf = table.level == LEVEL_PTE or pmd_trans_huge(new)
-        if leaf and not _has_fault_lock(mm, table.addr_of(index)):
-            _breach("fill of an empty entry", table, index,
-                    "ptl + (mmap R | VMA R): rmap locks alone are not enough")
-        if not leaf and not _has_fault_lock(mm, table.addr_of(index),
-                                            1 << LEVEL_SHIFT[table.level]):
-            _breach("install of a page table", table, index, "pmd ptl + (mmap R | VMA R)")
+    h = held()
+    if h.setup or entry_read_fast(table, index, _KIND[table.level], h):
+        return
+    key = -((table.serial << 9) | index) - 1
+    if h.cache.get(key) == h.version:
+        return
+    check_pgtable_read(_access(table, index, 0), key, table, index)
+
+
+def check_retract_free(pmd: PageTable, index: int, table: PageTable, deferred: bool) -> None:
+    """The ``pgtables`` rule's ``retract`` alternatives, for freeing a PTE
+    table that was unlinked from PMD entry *index* of *pmd* outside
+    free_pgtables (khugepaged retraction): before 6.6 with every high-level
+    lock held; since 6.6 under the PMD and PTE locks, freed by RCU
+    (*deferred*: ``pte_free_defer``). Call it before ``pte_free`` /
+    ``pte_free_defer``, with the locks still held."""
+    lo = pmd.addr_of(index)
+    acc = PtAccess("pmd", pmd.mm, lo, lo + (1 << LEVEL_SHIFT[LEVEL_PMD]), pmd.ptl, table.ptl)
+    check_pte_table_free(acc, deferred)
 
 
 # --- entry accessors ---------------------------------------------------------------------
 
 
 def ptep_get(table: PageTable, index: int) -> int:
-    """``ptep_get`` / ``pmdp_get`` / ``READ_ONCE(*pudp)``: one visible read."""
+    """``ptep_get`` / ``pmdp_get`` / ``READ_ONCE(*pudp)``: one visible read,
+    checked against the rule's read column (``check_entry_read``)."""
+    check_entry_read(table, index)
     ev = _entry(table, index, READ, f"{LEVEL_NAMES[table.level]}p_get")
     v = table.entries.get(index, 0)
     if ev is not None:
@@ -495,7 +572,7 @@ def ptep_get_stable_bits(table: PageTable, index: int) -> int:
     """A re-read of a PTE whose PTL this thread holds, for bits that only
     software changes (the uffd-wp, soft-dirty, present and pfn bits; not
     accessed/dirty): not a visible operation. Every software write of a PTE
-    needs its PTL (the rule table; ``_breach`` reports one that does not;
+    needs its PTL (the rule table; ``check_entry_write`` reports one that does not;
     with the checker off this is a plain ``ptep_get``), and the hardware
     walker's atomic updates touch only the accessed and dirty bits, so no
     other thread can change the bits the caller uses while it holds the
@@ -503,8 +580,9 @@ def ptep_get_stable_bits(table: PageTable, index: int) -> int:
     Callers must not use the A/D bits of the result (those can change under
     the PTL: use ``ptep_get``)."""
     ptl = table.ptl
-    assert ptl is not None and ptl.serial in held().spin, "PTL not held"
-    if _rules_off():
+    h = held()
+    assert ptl is not None and ptl.serial in h.spin, "PTL not held"
+    if h.rules_off:
         return ptep_get(table, index)
     if table.freed_at is not None:
         raise table._uaf(f"pte re-read [{index}]")
@@ -529,13 +607,29 @@ def set_pte_at(mm: MmStruct, addr: int, table: PageTable, index: int, pte: int) 
     """``set_pte_at`` / ``set_ptes`` (one) / ``set_pmd_at``: one visible write."""
     ev = _entry(table, index, WRITE, f"set_{LEVEL_NAMES[table.level]}")
     old = table.entries.get(index, 0)
-    check_entry_write(table, index, old, pte)
+    check_entry_write(table, index, old, pte, plain=True)
     _store(table, index, pte)
     if ev is not None:
         ev.detail = pte_str(pte)
 
 
 set_pmd_at = set_pte_at
+
+
+def set_pte_at_cleared(mm: MmStruct, addr: int, table: PageTable, index: int, pte: int,
+                       cleared: int) -> None:
+    """``set_pte_at`` of an entry that this thread cleared (``ptep_clear_flush``)
+    under the PTL it still holds -- the rmap actors' replacement of a PTE by
+    a swap or migration entry, or putting it back. Nobody could see the
+    entry empty, so the rules judge it as a change of *cleared*, not as
+    filling an empty entry (which would need the mmap or VMA lock)."""
+    ev = _entry(table, index, WRITE, "set_pte")
+    old = table.entries.get(index, 0)
+    assert old == 0 and holds(table.ptl), "set_pte_at_cleared: the entry was not cleared here"
+    check_entry_write(table, index, cleared, pte)
+    _store(table, index, pte)
+    if ev is not None:
+        ev.detail = pte_str(pte)
 
 
 def pte_clear(mm: MmStruct, addr: int, table: PageTable, index: int) -> None:
@@ -681,6 +775,94 @@ def ptep_clear_flush(vma: Any, addr: int, table: PageTable, index: int) -> int:
     return pte
 
 
+# --- huge PMDs (mm/pgtable-generic.c, include/linux/pgtable.h) ---------------------------
+
+pmdp_huge_get_and_clear_full = ptep_get_and_clear
+pmdp_set_wrprotect = ptep_set_wrprotect
+pmdp_set_access_flags = ptep_set_access_flags
+pmdp_test_and_clear_young = ptep_test_and_clear_young
+
+
+@kfunc
+def flush_pmd_tlb_range(vma: Any, start: int, end: int) -> None:
+    """``flush_pmd_tlb_range`` (x86: ``flush_tlb_mm_range`` with the PMD
+    stride; a 2 MiB range is beyond the single-page ceiling, so every CPU
+    in ``mm_cpumask`` flushes the mm)."""
+    flush_tlb_mm_range(vma.raw("vm_mm"), start, end, LEVEL_SHIFT[LEVEL_PMD], False)
+
+
+@kfunc
+def pmdp_invalidate(vma: Any, addr: int, table: PageTable, index: int) -> int:
+    """``pmdp_invalidate``: atomically replace a huge PMD by its
+    not-present version (``pmdp_establish`` with ``pmd_mkinvalid``: the
+    entry stays ``pmd_trans_huge`` and never becomes none, so a lockless
+    ``pmd_none`` check cannot skip it), then flush the range; returns the
+    old entry, with the accessed and dirty bits the MMU set."""
+    ev = _entry(table, index, RMW, "pmdp_invalidate")
+    old = table.entries.get(index, 0)
+    new = pmd_mkinvalid(old)
+    check_entry_write(table, index, old, new)
+    _store(table, index, new)
+    if ev is not None:
+        ev.detail = pte_str(new)
+    flush_pmd_tlb_range(vma, addr, addr + (1 << PMD_SHIFT))
+    return old
+
+
+@kfunc
+def pmdp_invalidate_ad(vma: Any, addr: int, table: PageTable, index: int) -> int:
+    """``pmdp_invalidate_ad`` (x86): ``pmdp_invalidate`` without the flush,
+    for callers whose ``mmu_gather`` flushes later (``change_huge_pmd``):
+    the returned entry has the accessed and dirty bits the MMU set."""
+    ev = _entry(table, index, RMW, "pmdp_invalidate_ad")
+    old = table.entries.get(index, 0)
+    new = pmd_mkinvalid(old)
+    check_entry_write(table, index, old, new)
+    _store(table, index, new)
+    if ev is not None:
+        ev.detail = pte_str(new)
+    return old
+
+
+@kfunc
+def pmdp_huge_clear_flush(vma: Any, addr: int, table: PageTable, index: int) -> int:
+    """``pmdp_huge_clear_flush``: clear a huge PMD and flush its range."""
+    old = ptep_get_and_clear(vma.raw("vm_mm"), addr, table, index)
+    flush_pmd_tlb_range(vma, addr, addr + (1 << PMD_SHIFT))
+    return old
+
+
+def pgtable_trans_huge_deposit(mm: MmStruct, pmd: PageTable, index: int,
+                               pgtable: PageTable) -> None:
+    """``pgtable_trans_huge_deposit``: keep a preallocated PTE table with a
+    huge PMD, so that splitting it never allocates. Called under the PMD
+    lock; the deposit list is touched only under that lock, so it is not a
+    visible operation of its own."""
+    assert (pmd.ptl is not None and holds(pmd.ptl)) or not pmd.installed, "PMD lock not held"
+    pmd.deposited[index] = pgtable
+
+
+def pgtable_trans_huge_withdraw(mm: MmStruct, pmd: PageTable, index: int) -> PageTable:
+    """``pgtable_trans_huge_withdraw``: take the deposited PTE table back
+    (PMD lock held; see :func:`pgtable_trans_huge_deposit`)."""
+    return pmd.deposited.pop(index)
+
+
+def pmd_populate(mm: MmStruct, pmd: PageTable, index: int, pgtable: PageTable) -> None:
+    """``pmd_populate``: point a PMD entry at a PTE table that its builder
+    filled while nobody could reach it (``smp_wmb`` before: the entries
+    are visible first). One visible write of the PMD entry."""
+    pgtable.installed = True
+    set_pmd_at(mm, pmd.addr_of(index), pmd, index, pfn_pte(pgtable.pfn, _PAGE_TABLE))
+
+
+def set_pte_private(table: PageTable, index: int, pte: int) -> None:
+    """Fill an entry of a table nobody else can reach yet (a withdrawn
+    deposit being prepared for ``pmd_populate``): no visible operation."""
+    assert not table.installed, f"{table.name} is reachable"
+    _store(table, index, pte)
+
+
 # --- the hardware walker (arch/x86: the MMU's side of the page tables) ------------------
 
 
@@ -704,7 +886,7 @@ class FolioFrame:
     def read(self, word: int) -> int:
         if self.folio.freed_at is not None:
             raise self.folio._uaf(f"user load word {word}")
-        return self.folio.contents.words[self.idx][word]  # type: ignore[no-any-return]
+        return self.folio.contents.get(self.idx, word)  # type: ignore[no-any-return]
 
     def write(self, word: int, value: int) -> None:
         if self.folio.freed_at is not None:
@@ -712,29 +894,34 @@ class FolioFrame:
         if self.folio.is_zero:
             raise ViolationError("memory-corruption", "store to the shared zero page",
                                  "a user store reached the shared zero page")
-        self.folio.contents.words[self.idx][word] = value
+        self.folio.contents.set(self.idx, word, value)
 
     def describe(self) -> str:
         name = self.folio.name
         return name if self.folio.nr_pages == 1 else f"{name}[{self.idx}]"
 
 
-def frame_of_pte(pte: int) -> FolioFrame | None:
-    """The frame a present leaf PTE maps (None if it is not a folio's)."""
-    obj = pfn_to_obj(pte_pfn(pte))
+def frame_of_pte(pte: int, sub: int = 0) -> FolioFrame | None:
+    """The frame a present leaf PTE maps (None if it is not a folio's); for
+    a huge PMD, its page *sub*."""
+    pfn = pte_pfn(pte) + sub
+    obj = pfn_to_obj(pfn)
     if isinstance(obj, PageTable) or obj is None:
         return None
-    return FolioFrame(obj, pte_pfn(pte) - obj.pfn)
+    return FolioFrame(obj, pfn - obj.pfn)
 
 
 class X86PageWalker:
     """The hardware page walker (``mmrace.arch.walker.PageWalker``): reads
-    PGD, PUD and PMD entries (one visible read each, inside an RCU read
-    section -- see the walker contract), then accesses the PTE in one event
-    that also fills the TLB entry, setting the accessed bit (and the dirty
-    bit for a write) with an atomic RMW when they are not set yet. It does
-    not touch the soft-dirty bit (software's, set by the fault handler).
-    Huge PMDs are not walked (the model has no huge TLB entries)."""
+    PGD and PUD entries (one visible read each, inside an RCU read section
+    -- see the walker contract), then the PMD entry; a huge PMD (a present
+    ``_PAGE_PSE`` leaf) is the leaf, otherwise it accesses the PTE. The
+    leaf access is one event that also fills the TLB entry, setting the
+    accessed bit (and the dirty bit for a write) with an atomic RMW when
+    they are not set yet. It does not touch the soft-dirty bit (software's,
+    set by the fault handler). A huge leaf fills a 4 KiB entry for the page
+    accessed (the model has no 2 MiB TLB entries; flushes of a huge
+    mapping's range reach every such entry)."""
 
     def walk(self, cpu: Any, mm: Any, addr: int, write: bool, entry: TlbEntry) -> int:
         rcu_read_lock()
@@ -744,43 +931,75 @@ class X86PageWalker:
 
     def _walk(self, mm: Any, addr: int, write: bool, entry: TlbEntry) -> int:
         t = mm_pgd(mm)
-        for idxf in (pgd_index, pud_index, pmd_index):
+        want = _PAGE_ACCESSED | (_PAGE_DIRTY if write else 0)
+        for idxf in (pgd_index, pud_index):
             i = idxf(addr)
             ev = _entry(t, i, READ, f"hw walk: {LEVEL_NAMES[t.level]}")
             e = t.entries.get(i, 0)
             if ev is not None:
                 ev.detail = pte_str(e)
-            if not pte_present(e) or (t.level == LEVEL_PMD and pmd_trans_huge(e)):
+            if not pte_present(e):
                 return FAULT_NOT_PRESENT
             t = table_of(e)
-        i = pte_index(addr)
-        slot = t.slot(i)
-        want = _PAGE_ACCESSED | (_PAGE_DIRTY if write else 0)
+        i = pmd_index(addr)
         while True:
             peek = t.entries.get(i, 0)
-            needs_update = pte_present(peek) and (peek & want) != want
+            if pmd_trans_huge(peek):
+                code = self._leaf(t, i, pte_index(addr), want, write, entry)
+                if code is not None:
+                    return code
+                continue  # it stopped being a huge leaf: read it again
+            ev = _entry(t, i, READ, "hw walk: pmd")
+            e = t.entries.get(i, 0)
+            if ev is not None:
+                ev.detail = pte_str(e)
+            if pmd_trans_huge(e):
+                continue  # it became a huge leaf since the peek: access it as one
+            if not pte_present(e):
+                return FAULT_NOT_PRESENT
+            break
+        t = table_of(e)
+        while True:
+            code = self._leaf(t, pte_index(addr), 0, want, write, entry)
+            if code is not None:
+                return code
+
+    @staticmethod
+    def _leaf(t: PageTable, i: int, sub: int, want: int, write: bool,
+              entry: TlbEntry) -> int | None:
+        """Access leaf entry *i* of *t* (a PTE, or a huge PMD whose page
+        *sub* is accessed) in one event; the fault code, 0 once *entry* is
+        filled, or None if a PMD entry turned out not to be a huge leaf."""
+        slot = t.slot(i)
+        huge = t.level == LEVEL_PMD
+        while True:
+            peek = t.entries.get(i, 0)
+            needs_update = bool(peek & _PAGE_PRESENT) and (peek & want) != want
             kind = RMW if needs_update else READ
-            # One event: the PTE access (an atomic A/D update when needed)
+            # One event: the leaf access (an atomic A/D update when needed)
             # and the fill of this CPU's entry, which a shootdown must order
             # against (the IPI cannot split an instruction's walk and fill).
-            ev = tlb_footprint(slot, kind, "hw walk: pte", also=((entry, WRITE),))
+            ev = tlb_footprint(slot, kind, f"hw walk: {LEVEL_NAMES[t.level]}",
+                               also=((entry, WRITE),))
             if t.freed_at is not None:
                 raise t._uaf(f"hardware walk [{i}]")
             pte = t.entries.get(i, 0)
             if ev is not None:
                 ev.detail = pte_str(pte)
-            if not pte_present(pte):
+            if huge and not pmd_trans_huge(pte):
+                return None
+            if not pte & _PAGE_PRESENT:
                 return FAULT_NOT_PRESENT
             if not pte & _PAGE_USER or (write and not pte_write(pte)):
                 return FAULT_PROT
             new = pte | want
             if new != pte:
                 if kind != RMW:
-                    continue  # the PTE changed since the announcement: redo as an RMW
+                    continue  # the entry changed since the announcement: redo as an RMW
                 t.entries[i] = new
                 if ev is not None:
                     ev.detail = pte_str(new)
-            frame = frame_of_pte(new)
+            frame = frame_of_pte(new, sub)
             if frame is None:
                 return FAULT_PROT
             entry.fill(frame, pte_write(new), True, pte_dirty(new), new, slot, ev)
@@ -973,11 +1192,26 @@ def lookup_pte(mm: MmStruct, addr: int) -> tuple[PageTable, int] | None:
 
 
 def peek_pte(mm: MmStruct, addr: int) -> int:
-    """Debugger view: the PTE value mapping *addr* (0 if none)."""
+    """Debugger view: the PTE value mapping *addr* (0 if none); under a huge
+    PMD, the PTE that would map that page (the PMD's bits, the page's pfn)."""
+    pmdval = peek_pmd(mm, addr)
+    if pmd_trans_huge(pmdval):
+        return (pmdval & ~_PAGE_PSE) + (pte_index(addr) << PAGE_SHIFT)
     found = lookup_pte(mm, addr)
     if found is None:
         return 0
     return found[0].entries.get(found[1], 0)
+
+
+def peek_pmd(mm: MmStruct, addr: int) -> int:
+    """Debugger view: the PMD entry covering *addr* (0 if none)."""
+    t: PageTable = mm_pgd(mm)
+    for idxf in (pgd_index, pud_index):
+        e = t.entries.get(idxf(addr), 0)
+        if not pte_present(e):
+            return 0
+        t = table_of(e)
+    return t.entries.get(pmd_index(addr), 0)
 
 
 def all_tables(mm: MmStruct) -> list[PageTable]:
@@ -1022,10 +1256,12 @@ def _rmap_reachable(vma: Any) -> str:
     return ""
 
 
-def _clear_unreachable(table: PageTable, index: int) -> None:
+def _clear_unreachable(table: PageTable, index: int, vma: Any) -> None:
     """``pmd_clear``/``pud_clear`` in ``free_pgd_range``: no lock (nobody can
-    reach the range any more), but still a visible write of the entry."""
+    reach the range any more: the ``unreachable`` alternative of the rule),
+    but still a visible write of the entry."""
     ev = _entry(table, index, WRITE, f"{LEVEL_NAMES[table.level]}_clear (free_pgtables)")
+    check_entry_write(table, index, table.entries.get(index, 0), 0, vma=vma)
     table.entries.pop(index, None)
     if ev is not None:
         ev.detail = "none"
@@ -1035,24 +1271,13 @@ def _clear_unreachable(table: PageTable, index: int) -> None:
 def free_pgd_range(tlb: Any, vma: Any, addr: int, end: int, floor: int, ceiling: int) -> None:
     """``free_pgd_range``: free every page table that maps only addresses in
     ``[floor, ceiling)`` and part of ``[addr, end)``, clearing the entries
-    above them. The rule (``pgtables``): the VMA must no longer be reachable
-    through any rmap tree (an rmap-locked zapper such as truncate could
-    otherwise walk into the freed tables) and the mmap lock is held. A PTE
-    table that is not empty means an entry was installed after the zap."""
+    above them. The rule (``pgtables``, checked by ``check_free_pgtables``):
+    the VMA must no longer be reachable through any rmap tree (an
+    rmap-locked zapper such as truncate could otherwise walk into the freed
+    tables) and the mmap lock is held. A PTE table that is not empty means an
+    entry was installed after the zap."""
     mm: MmStruct = vma.raw("vm_mm")
-    where = _rmap_reachable(vma)
-    if where and not _rules_off():
-        raise ViolationError(
-            "locking-rule",
-            "locking rule: free_pgtables on a VMA still reachable through the rmap",
-            f"free_pgtables of {vma!r} while it is still reachable through {where}: "
-            f"page tables may be freed only once no rmap walker can reach them "
-            f"(or with mmap W + VMA W + rmap W held); held: {held().describe()}",
-        )
-    if mm.serial not in held().mmap and not _rules_off():
-        raise ViolationError(
-            "locking-rule", "locking rule: free_pgtables without the mmap lock",
-            f"free_pgtables of {vma!r} needs the mmap lock; held: {held().describe()}")
+    check_free_pgtables(vma, mm)
     top = ceiling or (1 << 48)
     pgd: PageTable | None = mm.pgd
     if pgd is None:
@@ -1080,7 +1305,7 @@ def free_pgd_range(tlb: Any, vma: Any, addr: int, end: int, floor: int, ceiling:
                     "(under an rmap lock alone?); the pages leak")
             if child.entries:
                 continue
-            _clear_unreachable(t, i)
+            _clear_unreachable(t, i, vma)
             child.installed = False
             if tlb is not None:
                 from mmrace.mm.mmu_gather import pte_free_tlb

@@ -26,11 +26,10 @@ from mmrace.engine import READ
 from mmrace.mm.gup import get_user_pages_unlocked, put_user_page
 from mmrace.mm.internal import errno_error, kfunc
 from mmrace.mm.mm_types import PAGE_MASK, PAGE_SIZE, File, MmStruct
-from mmrace.mm.page_alloc import WORDS_PER_PAGE, Folio, visible_contents
+from mmrace.mm.page_alloc import WORD_SIZE, Folio, visible_contents
 from mmrace.sync import Mutex, mutex_init, mutex_lock, mutex_unlock
 
 PIPE_DEF_BUFFERS = 16
-WORD_SIZE = PAGE_SIZE // WORDS_PER_PAGE
 EAGAIN, EBADF, EFAULT, EINVAL = 11, 9, 14, 22
 
 
@@ -161,7 +160,8 @@ def pipe_read(file: PipeFile, nbytes: int | None = None) -> list[int]:
             page = buf.page
             visible_contents(page, READ, "copy_page_to_iter")
             first = buf.offset // WORD_SIZE
-            out.extend(page.contents.words[0][first:first + n // WORD_SIZE])
+            words = page.contents.words[0]  # sparse: untouched words read 0
+            out.extend(words.get(w, 0) for w in range(first, first + n // WORD_SIZE))
             buf.offset += n
             buf.len -= n
             want -= n

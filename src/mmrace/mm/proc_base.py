@@ -22,12 +22,11 @@ from __future__ import annotations
 
 from mmrace.mm.gup import FOLL_FORCE, FOLL_WRITE, get_user_pages_remote, put_user_page
 from mmrace.mm.internal import errno_error, kfunc
-from mmrace.mm.mm_types import PAGE_MASK, PAGE_SIZE, MmStruct
+from mmrace.mm.mm_types import PAGE_MASK, MmStruct
 from mmrace.mm.mmap_lock import mmap_read_lock, mmap_read_unlock
-from mmrace.mm.page_alloc import WORDS_PER_PAGE, folio_read_word, folio_write_word
+from mmrace.mm.page_alloc import WORD_SIZE, folio_read_word, folio_write_word
 
 EIO, EINVAL = 5, 22
-WORD_SIZE = PAGE_SIZE // WORDS_PER_PAGE
 
 
 @kfunc

@@ -44,13 +44,18 @@ from mmrace.mm.mmap_lock import (
     mmap_write_unlock,
 )
 from mmrace.mm.mmu_gather import tlb_finish_mmu, tlb_gather_mmu
+from mmrace.mm.page_alloc import folio_test_set_flag, pfn_folio
 from mmrace.mm.pgtable import (
     PMD_SIZE,
+    PageTable,
     flush_tlb_mm,
     pmd_none,
     pmd_trans_huge,
     pmdp_get,
+    pmdp_invalidate,
+    pmdp_test_and_clear_young,
     pte_clear_soft_dirty,
+    pte_index,
     pte_offset_map_lock,
     pte_pfn,
     pte_present,
@@ -62,6 +67,8 @@ from mmrace.mm.pgtable import (
     ptep_modify_prot_commit,
     ptep_modify_prot_start,
     ptep_test_and_clear_young,
+    ptl_unlock,
+    set_pmd_at,
     walk_to_pmd,
 )
 from mmrace.mm.vma import find_vma, vm_flags_clear, vma_set_page_prot
@@ -100,6 +107,30 @@ def clear_soft_dirty(vma: VmAreaStruct, addr: int, table: object, index: int) ->
     old = ptep_modify_prot_start(vma, addr, table, index)
     ptent = pte_clear_soft_dirty(pte_wrprotect(old))
     ptep_modify_prot_commit(vma, addr, table, index, old, ptent)
+
+
+@kfunc
+def clear_refs_huge_pmd(vma: VmAreaStruct, pmd: PageTable, mi: int, addr: int,
+                        type_: int) -> None:
+    """The huge-PMD part of ``clear_refs_pte_range`` (the lockless look at the
+    PMD was the walker's): under the PMD lock (rechecked), clear soft-dirty
+    the way ``clear_soft_dirty_pmd`` does -- ``pmdp_invalidate``, keeping
+    the accessed and dirty bits, then write-protected and not soft-dirty --
+    or the accessed bit and the folio's PG_referenced."""
+    ptl = huge_memory.__pmd_trans_huge_lock(pmd, mi, vma)
+    if ptl is None:
+        return
+    if type_ == CLEAR_REFS_SOFT_DIRTY:
+        old = pmdp_invalidate(vma, addr & ~(PMD_SIZE - 1), pmd, mi)
+        new = pte_clear_soft_dirty(pte_wrprotect(old))
+        set_pmd_at(vma.vm_mm, addr & ~(PMD_SIZE - 1), pmd, mi, new)
+    else:
+        v = pmdp_get(pmd, mi)
+        if pte_present(v):
+            pmdp_test_and_clear_young(vma, addr, pmd, mi)
+            folio_test_set_flag(pfn_folio(pte_pfn(v)), "referenced", False,
+                                "folio_clear_referenced")
+    ptl_unlock(ptl)
 
 
 @kfunc
@@ -149,7 +180,9 @@ def walk_page_range_clear_refs(mm: MmStruct, type_: int) -> None:
             if found is not None:
                 pmd, mi = found
                 v = pmdp_get(pmd, mi)
-                if not pmd_none(v) and not pmd_trans_huge(v):
+                if pmd_trans_huge(v):
+                    clear_refs_huge_pmd(vma, pmd, mi, addr, type_)
+                elif not pmd_none(v):
                     clear_refs_pte_range(vma, pmd, mi, addr, nxt, type_)
             addr = nxt
 
@@ -228,7 +261,16 @@ def pagemap_read(mm: MmStruct, addr: int) -> PagemapEntry:
         if found is not None:
             pmd, mi = found
             v = pmdp_get(pmd, mi)
-            if not pmd_none(v) and not pmd_trans_huge(v):
+            if pmd_trans_huge(v):
+                # pagemap_pmd_range: the huge PMD, under its lock, as the
+                # entry of each of its pages.
+                ptl = huge_memory.__pmd_trans_huge_lock(pmd, mi, vma)
+                if ptl is not None:
+                    hv = pmdp_get(pmd, mi)
+                    if hv & 0x1:
+                        pte = (hv & ~0x80) + (pte_index(addr) << PAGE_SHIFT)
+                    ptl_unlock(ptl)
+            elif not pmd_none(v):
                 pm = pte_offset_map_lock(mm, pmd, mi, addr)
                 if pm is not None:
                     pte = ptep_get(pm.table, pm.index)
@@ -246,3 +288,7 @@ __all__ = [
     "clear_refs_write",
     "pagemap_read",
 ]
+
+# The huge-PMD lock helper lives with the THP code, which imports the fault
+# path that imports this module's callers: imported last (the seam).
+from mmrace.mm import huge_memory  # noqa: E402

@@ -38,9 +38,14 @@ every era: it walks several VMAs.
 Sources of ``UFFDIO_COPY`` are values (the monitor's private buffer: a
 word, or a list of words) or a :class:`UserPtr` into a process's memory.
 
-Left out: hugetlb, THP (huge PMDs are never moved or filled), shmem
-``UFFDIO_COPY``/``ZEROPAGE`` (refused as not modelled), ``UFFDIO_POISON``,
-uffd-wp PTE markers, swap entries in ``move_pages_pte``, the batched
+A source PTE that is a migration entry waits for the migration
+(``migration_entry_wait``) and tries the page again, as the kernel does.
+
+Left out: hugetlb, THP (a huge destination PMD is ``-EEXIST`` as in the
+kernel; moving a transparent huge page, PMD- or PTE-mapped, raises
+``NotImplementedError``), shmem ``UFFDIO_COPY``/``ZEROPAGE`` (refused as not
+modelled), ``UFFDIO_POISON``, uffd-wp PTE markers, swap entries in
+``move_pages_pte`` (``move_swap_pte``: ``NotImplementedError``), the batched
 ``move_present_ptes`` of the newest kernels (one page at a time here), mmu
 notifiers, memcg charging, the ``mmget_not_zero`` check (``-ESRCH``).
 """
@@ -76,6 +81,7 @@ from mmrace.mm.memory import (
     vm_normal_page,
     vma_is_anonymous,
 )
+from mmrace.mm.migrate import migration_entry_wait
 from mmrace.mm.mm_types import (
     PAGE_MASK,
     PAGE_SHIFT,
@@ -176,7 +182,9 @@ from mmrace.mm.rmap import (
     linear_page_index,
     put_anon_vma,
 )
+from mmrace.mm.rules_check import exception_path_enter, exception_path_leave
 from mmrace.mm.shmem import shmem_get_folio_noalloc, vma_is_shmem
+from mmrace.mm.swapops import is_migration_entry, non_swap_entry, pte_to_swp_entry
 from mmrace.mm.userfaultfd_k import (
     EAGAIN,
     EBUSY,
@@ -205,6 +213,7 @@ from mmrace.mm.userfaultfd_k import (
     userfaultfd_wp,
 )
 from mmrace.mm.vma import find_vma, vma_lookup
+from mmrace.sync import rcu_read_lock, rcu_read_unlock
 
 # --- sources -------------------------------------------------------------------------------
 
@@ -227,16 +236,19 @@ CopySource = int | Sequence[int] | UserPtr
 
 
 def _user_pte(mm: MmStruct, addr: int) -> int:
-    """The PTE mapping *addr*, read without locks (the walk a user access
-    makes): one visible read per level."""
+    """The PTE mapping *addr*, read without locks as the CPU's access of
+    ``copy_from_user`` does (the model's hardware walker reads inside an
+    RCU read section, which keeps the tables from being freed): one
+    visible read per level."""
+    rcu_read_lock()
+    pte = 0
     found = walk_to_pmd(mm, addr)
-    if found is None:
-        return 0
-    pm = pte_offset_map(found[0], found[1], addr)
-    if pm is None:
-        return 0
-    pte = ptep_get_lockless(pm.table, pm.index)
-    pte_unmap(pm)
+    if found is not None:
+        pm = pte_offset_map(found[0], found[1], addr)
+        if pm is not None:
+            pte = ptep_get_lockless(pm.table, pm.index)
+            pte_unmap(pm)
+    rcu_read_unlock()
     return pte
 
 
@@ -250,14 +262,16 @@ def copy_from_user_page(folio: Folio, src: CopySource, offset: int, nofault: boo
     each entry and one of the source page); if the page is not mapped the
     copy fails with page faults disabled (*nofault*), or faults it in with
     them allowed. False if the copy failed (``-EFAULT``)."""
-    words = folio.contents.words[0]
+    contents = folio.contents
+    # The page's words are sparse (a word never stored reads 0): keep only
+    # the words that are not zero.
     if isinstance(src, int):
-        words[:] = [src] * WORDS_PER_PAGE
+        contents.words[0] = dict.fromkeys(range(WORDS_PER_PAGE), src) if src else {}
         return True
     if not isinstance(src, UserPtr):
         base = (offset // PAGE_SIZE) * WORDS_PER_PAGE
         chunk = [int(w) for w in src[base:base + WORDS_PER_PAGE]]
-        words[:] = chunk + [0] * (WORDS_PER_PAGE - len(chunk))
+        contents.words[0] = {i: w for i, w in enumerate(chunk) if w}
         return True
     addr = src.addr + offset
     for _ in range(2):
@@ -265,7 +279,7 @@ def copy_from_user_page(folio: Folio, src: CopySource, offset: int, nofault: boo
         if pte_present(pte) and pte & 0x4:  # _PAGE_USER
             page = pfn_folio(pte_pfn(pte))
             visible_contents(page, READ, "copy_from_user (read)")
-            words[:] = list(page.contents.words[pte_pfn(pte) - page.pfn])
+            contents.words[0] = dict(page.contents.words[pte_pfn(pte) - page.pfn])
             return True
         if nofault:
             return False
@@ -393,19 +407,20 @@ def _file_over_size(vma: VmAreaStruct, addr: int) -> bool:
 
 @kfunc
 def mfill_atomic_install_pte(state: MfillState, dst_pmd: PageTable, mi: int,
-                             dst_vma: VmAreaStruct, dst_addr: int, folio: Folio) -> int:
-    """``mfill_atomic_install_pte``: under the PTL, map *folio* at
-    *dst_addr* if the PTE is still empty (``-EEXIST`` otherwise): dirty,
-    writable if the VMA is (a page-cache page only in a shared mapping),
-    uffd-wp with ``MFILL_ATOMIC_WP``; a new page gets the exclusive anon
-    rmap, a page-cache page (``UFFDIO_CONTINUE``) the file rmap and is
-    unlocked. Returns 0 or -errno."""
+                             dst_vma: VmAreaStruct, dst_addr: int, folio: Folio,
+                             idx: int = 0) -> int:
+    """``mfill_atomic_install_pte``: under the PTL, map page *idx* of
+    *folio* at *dst_addr* if the PTE is still empty (``-EEXIST``
+    otherwise): dirty, writable if the VMA is (a page-cache page only in a
+    shared mapping), uffd-wp with ``MFILL_ATOMIC_WP``; a new page gets the
+    exclusive anon rmap, a page-cache page (``UFFDIO_CONTINUE``, possibly of
+    a large folio) the file rmap and is unlocked. Returns 0 or -errno."""
     mm = dst_vma.vm_mm
     writable = bool(dst_vma.vm_flags & VM_WRITE)
     vm_shared = bool(dst_vma.vm_flags & VM_SHARED)
     # folio_mapping of a page we allocated or hold locked: stable, no operation.
     page_in_cache = folio.mapping is not None and not folio.anon
-    pte = pte_mkdirty(mk_pte(folio, dst_vma))
+    pte = pte_mkdirty(pfn_pte(folio.pfn + idx, vm_prot_to_pte(dst_vma.vm_page_prot)))
     if page_in_cache and not vm_shared:
         writable = False
     if writable:
@@ -422,7 +437,7 @@ def mfill_atomic_install_pte(state: MfillState, dst_pmd: PageTable, mi: int,
         pte_unmap_unlock(pm)
         return -EEXIST
     if page_in_cache:
-        folio_add_file_rmap_pte(folio, 0, dst_vma)
+        folio_add_file_rmap_pte(folio, idx, dst_vma)
     else:
         folio_add_new_anon_rmap(folio, dst_vma, dst_addr, True)
     _map_count(mm, 1)
@@ -482,12 +497,17 @@ def mfill_atomic_pte_zeropage(state: MfillState, dst_pmd: PageTable, mi: int,
 def mfill_atomic_pte_continue(state: MfillState, dst_pmd: PageTable, mi: int,
                               dst_vma: VmAreaStruct, dst_addr: int) -> int:
     """``mfill_atomic_pte_continue``: map the page the page cache already
-    holds at this offset (``-EFAULT`` if it holds none)."""
-    mapping = dst_vma.vm_file.f_mapping
-    folio = shmem_get_folio_noalloc(mapping, linear_page_index(dst_vma, dst_addr))
+    holds at this offset (``-EFAULT`` if it holds none, ``-EINVAL``
+    beyond EOF); of a large folio, the page at the offset
+    (``folio_file_page``)."""
+    pgoff = linear_page_index(dst_vma, dst_addr)
+    folio = shmem_get_folio_noalloc(dst_vma.vm_file, pgoff)
+    if isinstance(folio, int):
+        return folio
     if folio is None:
         return -EFAULT
-    ret = mfill_atomic_install_pte(state, dst_pmd, mi, dst_vma, dst_addr, folio)
+    ret = mfill_atomic_install_pte(state, dst_pmd, mi, dst_vma, dst_addr, folio,
+                                   pgoff - folio.index)
     if ret:
         folio_unlock(folio)
         folio_put(folio)
@@ -814,6 +834,7 @@ def move_pages_pte(op: UffdIoctl, ctx: UserfaultfdCtx, mm: MmStruct, dst_pmd: Pa
     src_folio: Folio | None = None
     src_folio_pte = 0
     src_anon_vma: Any = None
+    wait_migration = False
     dst: PteMap | None = None
     src: PteMap | None = None
     ret = 0
@@ -849,7 +870,14 @@ def move_pages_pte(op: UffdIoctl, ctx: UserfaultfdCtx, mm: MmStruct, dst_pmd: Pa
             ret = -EAGAIN
             break
         if not pte_present(orig_src_pte):
-            ret = -EFAULT  # swap and migration entries: not modelled
+            entry = pte_to_swp_entry(orig_src_pte)
+            if not non_swap_entry(entry):
+                raise NotImplementedError("UFFDIO_MOVE of a swapped-out page (move_swap_pte) "
+                                          "is not modelled")
+            # A migration entry: wait for the migration (below, with the PTE
+            # maps dropped; nothing else is held yet) and try again.
+            wait_migration = is_migration_entry(entry)
+            ret = -EAGAIN if wait_migration else -EFAULT
             break
         if is_zero_pfn(pte_pfn(orig_src_pte)):
             ret = move_zeropage_pte(op, ctx, mm, dst_vma, src_vma, dst_addr, src_addr, dst,
@@ -880,6 +908,10 @@ def move_pages_pte(op: UffdIoctl, ctx: UserfaultfdCtx, mm: MmStruct, dst_pmd: Pa
             if not folio_test_anon(folio):
                 ret = -EBUSY
                 break
+        if src_folio.order:
+            raise NotImplementedError(
+                "UFFDIO_MOVE of a page of a large folio (split_folio of an anonymous "
+                "folio) is not modelled")
         if src_anon_vma is None:
             # folio_referenced walks the anon_vma without the folio lock:
             # serialize against it with the anon_vma lock.
@@ -906,6 +938,8 @@ def move_pages_pte(op: UffdIoctl, ctx: UserfaultfdCtx, mm: MmStruct, dst_pmd: Pa
         pte_unmap(src)
     if dst is not None:
         pte_unmap(dst)
+    if wait_migration:
+        migration_entry_wait(mm, src_pmd, smi, src_addr)
     return ret
 
 
@@ -1007,7 +1041,21 @@ def move_pages(ctx: UserfaultfdCtx, dst_start: int, src_start: int, length: int,
     ``mmap_read_lock``, the check, the lookup; 6.9: ``uffd_move_lock``, then
     the check under ``map_changing_lock``), validate the areas, then move
     page by page (``move_pages_pte``, retried on ``-EAGAIN``). Returns the
-    bytes moved, or -errno if none were."""
+    bytes moved, or -errno if none were.
+
+    The whole call is the code path of the locking rules' documented
+    exception ``uffd_move_lock`` (``mm/rules.py``): holding only the two
+    VMA read locks, ``move_pages_pte`` takes the source folio's anon_vma
+    lock for write, a lock state the table has no row for."""
+    exception_path_enter("uffd_move_lock")
+    try:
+        return _move_pages(ctx, dst_start, src_start, length, mode)
+    finally:
+        exception_path_leave("uffd_move_lock")
+
+
+def _move_pages(ctx: UserfaultfdCtx, dst_start: int, src_start: int, length: int,
+                mode: int) -> int:
     mm = ctx.mm
     op = UffdIoctl("UFFDIO_MOVE")
     err = 0
@@ -1051,7 +1099,12 @@ def move_pages(ctx: UserfaultfdCtx, dst_start: int, src_start: int, length: int,
         if pmd_trans_huge(pmdp_get_lockless(dst_pmd, dmi)):
             err = -EEXIST
             break
-        if pmd_none(pmdp_get(src_pmd, smi)):
+        src_pmdval = pmdp_get(src_pmd, smi)
+        if pmd_trans_huge(src_pmdval):  # pmd_trans_huge_lock(src_pmd) succeeds
+            raise NotImplementedError(
+                "UFFDIO_MOVE of a PMD-mapped transparent huge page (move_pages_huge_pmd, "
+                "or split_huge_pmd and split_folio) is not modelled")
+        if pmd_none(src_pmdval):
             if not mode & UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES:
                 err = -ENOENT
                 break

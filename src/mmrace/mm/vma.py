@@ -35,6 +35,7 @@ from mmrace.mm.mm_types import (
     VM_WRITE,
     MmStruct,
     VmAreaStruct,
+    mm_assert_users,
     vm_get_page_prot,
 )
 from mmrace.mm.mmap_lock import (
@@ -160,14 +161,20 @@ def vma_set_page_prot(vma: VmAreaStruct) -> None:
 
 @kfunc
 def vma_lookup(mm: MmStruct, addr: int) -> VmAreaStruct | None:
-    """``vma_lookup``: the VMA containing *addr*, or None."""
-    return mm.mm_mt.load(addr)  # type: ignore[no-any-return]
+    """``vma_lookup``: the VMA containing *addr*, or None. A lookup in an
+    address space whose users are gone is a use-after-free
+    (``mm_assert_users``)."""
+    vma = mm.mm_mt.load(addr)
+    mm_assert_users(mm, "vma_lookup")
+    return vma  # type: ignore[no-any-return]
 
 
 @kfunc
 def find_vma(mm: MmStruct, addr: int) -> VmAreaStruct | None:
-    """``find_vma``: the first VMA ending above *addr* (it may start above)."""
+    """``find_vma``: the first VMA ending above *addr* (it may start above);
+    checked like :func:`vma_lookup`."""
     found = mm.mm_mt.find_after(addr)
+    mm_assert_users(mm, "find_vma")
     return None if found is None else found[2]
 
 
@@ -346,6 +353,8 @@ def __split_vma(mm: MmStruct, vma: VmAreaStruct, addr: int, new_below: bool) -> 
     vma_start_write(new)
     vp = _Prep([vma])
     vma_prepare(vp)
+    # A huge PMD straddling the new boundary is split first.
+    huge_memory.vma_adjust_trans_huge(vma, vma.vm_start, addr)
     if new_below:
         vma.vm_pgoff = vma.vm_pgoff + ((addr - vma.vm_start) >> PAGE_SHIFT)
         vma.vm_start = addr
@@ -473,6 +482,10 @@ def _rearrange(mm: MmStruct, changes: list[tuple[VmAreaStruct, int, int, int]],
             dup_anon_vma(changes[0][0], vma)
     vp = _Prep([c[0] for c in changes] + remove)
     vma_prepare(vp)
+    for vma, start, end, _pgoff in changes:
+        # Split huge PMDs that a moving boundary cuts (while the VMA still
+        # has its old range).
+        huge_memory.vma_adjust_trans_huge(vma, start, end)
     for vma, start, end, pgoff in changes:
         if vma.vm_start != start:
             vma.vm_start = start
@@ -772,3 +785,7 @@ __all__ = [
     "vma_next",
     "vma_prev",
 ]
+
+# THP splitting on boundary changes (mm/huge_memory.py) calls back into the
+# fault and rmap code that imports this module: imported last (the seam).
+from mmrace.mm import huge_memory  # noqa: E402

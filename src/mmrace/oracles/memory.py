@@ -118,10 +118,11 @@ def on_user_access(cpu: Cpu, entry: TlbEntry, write: bool, word: int, value: int
     folio = getattr(frame, "folio", None)
     if folio is None:
         return
+    off = entry.mm.oracles_off
     o = memory_oracle()
     now = _now()
     what = "store" if write else "load"
-    if folio.freed_at is not None:
+    if folio.freed_at is not None and "use-after-free" not in off:
         raise _violation("use-after-free",
                          f"use-after-free: user {what} on cpu{cpu.id} into freed {folio.name}", [
             f"cpu{cpu.id} {what}s word {word} at {entry.addr:#x} through a stale TLB entry",
@@ -130,7 +131,7 @@ def on_user_access(cpu: Cpu, entry: TlbEntry, write: bool, word: int, value: int
             f"entry invalidation: {entry.gone_at or 'never'}",
             f"page freed: {folio.freed_at}",
         ])
-    if not write:
+    if not write or "lost-write" in off:
         return
     key = (folio.serial, frame.idx)
     mm = entry.mm.serial
@@ -167,7 +168,7 @@ def _lost(cpu: int, entry: TlbEntry | str, word: int, value: int, ev: int, c: _C
 def on_pte_clear_flush(mm: Any, addr: int, old_pte: int, frame: Any) -> None:
     folio = getattr(frame, "folio", None)
     th = current_thread()
-    if folio is None or th is None or folio.is_zero:
+    if folio is None or th is None or folio.is_zero or "lost-write" in mm.oracles_off:
         return
     ex = current_execution()
     copy_ev = -1
@@ -196,6 +197,7 @@ def wrong_data(message: str) -> ViolationError:
 
 
 def install() -> None:
-    """Subscribe the memory oracles to the machine's hooks (idempotent)."""
+    """Subscribe the memory oracles to the machine's hooks (idempotent;
+    ``System`` calls it, through ``install_oracles``)."""
     add_hook("user-access", on_user_access)
     add_hook("pte-clear-flush", on_pte_clear_flush)

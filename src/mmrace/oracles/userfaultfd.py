@@ -85,7 +85,15 @@ def _counter_op(ctx: UserfaultfdCtx, marker: int) -> str:
     return " (this kernel has no mmap_changing)"
 
 
+def _off(ctx: UserfaultfdCtx) -> bool:
+    """Whether the ``System`` of *ctx*'s mm switched the oracle off (its
+    markers may still run: a test that dates events by them)."""
+    return "uffd-view" in ctx.mm.oracles_off
+
+
 def on_raise(ctx: UserfaultfdCtx, ewq: UserfaultfdWaitQueue) -> None:
+    if _off(ctx):
+        return
     ewq.raised_at = _now()
     uffd_view_oracle().events.setdefault(ctx.name, []).append((ewq, _who()))
 
@@ -99,6 +107,8 @@ def on_begin(ctx: UserfaultfdCtx, op: Any) -> None:
 
 
 def on_effect(ctx: UserfaultfdCtx, op: Any, addr: int) -> None:
+    if _off(ctx):
+        return
     now = _now()
     for ewq, raiser in uffd_view_oracle().events.get(ctx.name, ()):
         if not any(s <= addr < e for s, e in ewq.msg.ranges(ctx)):

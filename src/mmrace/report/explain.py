@@ -63,7 +63,9 @@ def involved_objects(v: Violation) -> set[int]:
 
 
 def relevant_events(v: Violation) -> list[int]:
-    """Indices of the events worth showing for *v*."""
+    """Indices of the events worth showing for *v* (every event when none
+    touches an object the violation is about: a program of plain shared
+    variables, say)."""
     trace = v.trace
     involved = involved_objects(v)
     keep = [False] * len(trace)
@@ -78,6 +80,8 @@ def relevant_events(v: Violation) -> list[int]:
         flush = _FLUSH.search(ev.obj.name) or "flush" in (ev.label or "")
         if flush or (ev.tid in threads and _is_lock(ev)):
             keep[i] = True
+    if not threads:
+        return list(range(len(trace)))
     return [i for i, k in enumerate(keep) if k]
 
 

@@ -27,11 +27,13 @@ _CATALOG: dict[str, Scenario] | None = None
 def _catalog() -> dict[str, Scenario]:
     global _CATALOG
     if _CATALOG is None:
+        from mmrace.scenarios.binder import CATALOG as BINDER
         from mmrace.scenarios.deferred_flush import CATALOG
         from mmrace.scenarios.gup_cow import CATALOG as GUP_COW
+        from mmrace.scenarios.thp_reclaim import CATALOG as THP_RECLAIM
         from mmrace.scenarios.userfaultfd import CATALOG as UFFD
 
-        _CATALOG = {sc.name: sc for sc in (*CATALOG, *GUP_COW, *UFFD)}
+        _CATALOG = {sc.name: sc for sc in (*CATALOG, *GUP_COW, *BINDER, *THP_RECLAIM, *UFFD)}
     return _CATALOG
 
 
@@ -65,6 +67,14 @@ NOT_COVERED: dict[str, str] = {
     "tests/mm/test_uffd_ioctls.py checks both sides of 5.14",
     "mprotect-exclusive-anon-writable": "exercised only indirectly: it is on in the "
     "'current' variants of the uffd scenarios (unprotect keeps RW on an exclusive page)",
+    # The locking rules' era switches (mmrace.fixes.rules_eras): the 5.10 base
+    # variants run without them and the current variants with them;
+    # tests/mm/test_rules_eras.py checks each era's behaviour and rules.
+    "per-vma-locks": "an era switch: every base variant (5.10) runs without per-VMA locks",
+    "stack-expand-write-locked": "an era switch (no catalog entry grows a stack); "
+    "tests/mm/test_rules_eras.py",
+    "vma-slab-typesafe-rcu": "an era switch (the read of vm_mm under RCU before 6.15); "
+    "tests/mm/test_rules_eras.py",
 }
 
 __all__ = [

@@ -60,6 +60,7 @@ VIOLATION_KINDS = (
     "invariant",
     "assertion",
     "livelock",
+    "bug",
     "uffd-view",
 )
 OUTCOMES = ("clean", *VIOLATION_KINDS)
@@ -184,9 +185,12 @@ class Scenario:
 
     @property
     def switches(self) -> tuple[str, ...]:
-        """Every switch the scenario exercises (fixes, proposals, policies)."""
+        """Every switch the scenario exercises (fixes, proposals, policies,
+        and those its base turns on or off)."""
         pol = tuple(dict.fromkeys(p for p, _ in self.policies))
-        return (*self.fixes, *self.proposals, *pol)
+        base = tuple(s for s in (*self.base.with_, *self.base.without)
+                     if s not in self.fixes and s not in self.proposals)
+        return (*self.fixes, *self.proposals, *pol, *base)
 
     def variants(self) -> list[Variant]:
         expect = dict(self.expect)

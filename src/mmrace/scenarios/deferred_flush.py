@@ -29,7 +29,7 @@ from mmrace.user import CLEAR_REFS_SOFT_DIRTY, UFFDIO_REGISTER_MODE_WP, Thread
 
 RW = PROT_READ | PROT_WRITE
 ANON = MAP_PRIVATE | MAP_ANONYMOUS
-WORD = PAGE_SIZE // 8  # the model's pages hold 8 words
+WORD = 8  # the second word of the page: the fault's store, apart from the writer's
 
 THREAD = "[RFC PATCH v2 0/2] mm: fix races due to deferred TLB flushes (linux-mm, 2020-12-25)"
 BASE = Kernel(release="5.10")  # "Both of the races ... were produced on v5.10."

@@ -14,13 +14,14 @@ from typing import Any
 
 from mmrace.mm.mm_types import PAGE_SIZE
 from mmrace.mm.mman import MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE
+from mmrace.mm.page_alloc import WORD_SIZE
 from mmrace.oracles.memory import wrong_data
 from mmrace.scenarios.api import Explore, Kernel, scenario
 from mmrace.user import Thread
 
 RW = PROT_READ | PROT_WRITE
 ANON = MAP_PRIVATE | MAP_ANONYMOUS
-WORD = PAGE_SIZE // 8  # the model's pages hold 8 words
+WORD = WORD_SIZE  # one naturally aligned 8-byte word of user memory
 K3 = Explore(strategy="bounded", preemption_bound=3)
 COW_C = "tools/testing/selftests/mm/cow.c"
 BREAK_READS = '17839856fd58 gup: document and work around "COW can break either way" issue (5.8)'

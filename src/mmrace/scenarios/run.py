@@ -15,6 +15,7 @@ from typing import Any
 
 from mmrace.engine import Result, TokenError, explore, replay
 from mmrace.engine.token import decode
+from mmrace.fixes import FixError
 from mmrace.scenarios.api import Explore, Kernel, Scenario, ScenarioError, Variant
 from mmrace.scenarios.patch import patched
 
@@ -96,17 +97,29 @@ def parse_context(context: str) -> tuple[str, str, Kernel | None]:
         return name, variant, None
     fields: dict[str, str] = {}
     for part in filter(None, spec.split(";")):
-        k, _, v = part.partition("=")
+        k, eq, v = part.partition("=")
+        if not eq or k not in ("release", "without", "with", "policies"):
+            raise TokenError(f"the token's kernel is malformed: {part[:60]!r}")
         fields[k] = v
-    pol = tuple(
-        tuple(p.split(":", 1)) for p in filter(None, fields.get("policies", "").split(","))
-    )
+    pol: list[tuple[str, str]] = []
+    for p in filter(None, fields.get("policies", "").split(",")):
+        policy, colon, value = p.partition(":")
+        if not colon or not policy or not value:
+            raise TokenError(f"the token's kernel has a malformed policy: {p[:60]!r} "
+                             "(expected POLICY:VALUE)")
+        pol.append((policy, value))
     kernel = Kernel(
         release=fields.get("release") or None,
         without=tuple(filter(None, fields.get("without", "").split(","))),
         with_=tuple(filter(None, fields.get("with", "").split(","))),
-        policies=pol,  # type: ignore[arg-type]
+        policies=tuple(pol),
     )
+    try:
+        kernel.config()
+    except FixError as exc:
+        # A hand-edited token naming a release, switch or policy value this
+        # mmrace does not know: bad input, not a crash of the model.
+        raise TokenError(f"the token's kernel is not valid here: {exc}") from None
     return name, "custom", kernel
 
 

@@ -257,7 +257,8 @@ def uffd_move_pin(kernel: Kernel) -> Any:
     """A thread moves an exclusive anonymous page into a registered range
     (``UFFDIO_MOVE``, a heap compactor's step); another pins it for DMA
     with GUP-fast (``FOLL_FAST_ONLY``: the half of ``pin_user_pages_fast``
-    that takes no lock). At the end, a page mapped at either address must
+    that takes no lock; it walks with interrupts off, so the move's TLB
+    flush waits for it). At the end, a page mapped at either address must
     be where its rmap says."""
     s = kernel.system(cpus=2)
     p = s.process()
@@ -275,11 +276,7 @@ def uffd_move_pin(kernel: Kernel) -> Any:
                 raise
 
     def pinner(t: Thread) -> None:
-        try:
-            t.pin_user_pages_fast(src, 1, write=True, longterm=True, fast_only=True)
-        except OSError as e:
-            if e.errno != errno.EFAULT:
-                raise
+        t.gup_fast(src, 1, write=True, longterm=True, fast_only=True)  # kept pinned
 
     p.thread(mover, cpu=0, name="mover")
     p.thread(pinner, cpu=1, name="pinner")

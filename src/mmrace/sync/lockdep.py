@@ -15,7 +15,14 @@ Mirrors kernel/locking/lockdep.c at the level the mm model needs:
   nest), because a writer queued in between deadlocks it. The report does not
   depend on whether this exploration has seen a writer yet;
 - trylocks add no dependency (but, once held, are the source of later ones);
-- the graph persists across all executions of one exploration.
+- the graph persists across all executions of one exploration;
+- a *documented order* (the mm layer's lock hierarchy, installed per
+  execution with :func:`set_documented_order`) is checked on every blocking
+  acquisition before any edge is added: taking a lock that the hierarchy
+  puts before one already held is ``lock-order`` at once, naming both
+  levels, even though no cycle has closed yet. :func:`lock_order_point`
+  applies the same check where the model takes a lock lockdep does not see
+  (the VMA write lock, the folio lock).
 
 Left out: irq-safety state (``{+.+.}`` usage bits and irq inversion), the
 recursive-read path strength rules (no lock here is a recursive reader),
@@ -25,8 +32,9 @@ lock chains caching, and ``nest_lock``.
 from __future__ import annotations
 
 from collections import deque
+from typing import Protocol
 
-from mmrace.engine import SharedObject, ViolationError
+from mmrace.engine import SharedObject, ViolationError, current_execution
 from mmrace.sync._task import HeldLock, TaskState, fmt_where, sync_state, task
 
 SINGLE_DEPTH_NESTING = 1
@@ -105,6 +113,75 @@ def _held_name(h: HeldLock) -> str:
     return h.lock.name + (" (read)" if h.read else "")
 
 
+class DocumentedOrder(Protocol):
+    """A lock hierarchy to check acquisitions against (see the module doc)."""
+
+    def level(self, lock: SharedObject | None, key: str) -> str | None:
+        """The hierarchy level of *lock* (class *key*), or None if it has none."""
+
+    def must_precede(self, first: str, then: str) -> bool:
+        """Whether level *first* must be taken before level *then*."""
+
+    def consulted(self, held: str, new: str) -> None:
+        """Record that a nesting of level *new* inside *held* was checked."""
+
+
+_ORDER_KEY = "lockdep.documented_order"
+
+
+def set_documented_order(order: DocumentedOrder) -> None:
+    """Check every blocking acquisition of this execution against *order*."""
+    current_execution().locals[_ORDER_KEY] = order
+
+
+def _check_documented(
+    ts: TaskState, order: DocumentedOrder, lock: SharedObject | None, name: str, key: str
+) -> None:
+    new = order.level(lock, key)
+    if new is None:
+        return
+    for h in ts.held:
+        old = order.level(h.lock, h.key)
+        if old is None:
+            continue
+        order.consulted(old, new)
+        if old != new and order.must_precede(new, old):
+            raise _against_order(ts, h, name, key, new, old)
+
+
+def lock_order_point(name: str) -> None:
+    """The documented-order check for a lock lockdep does not track (class
+    *name*, e.g. ``vma_start_write``), at the point the model takes it."""
+    ts = task()
+    if not ts.held or not ts.sync.lockdep_on:
+        return
+    order = ts.sync.ex.locals.get(_ORDER_KEY)
+    if order is not None:
+        _check_documented(ts, order, None, name, name)
+
+
+def _against_order(
+    ts: TaskState, held: HeldLock, name: str, key: str, new: str, old: str
+) -> ViolationError:
+    fn, ev = ts.where()
+    lines = [
+        "======================================================",
+        "WARNING: lock taken against the documented lock order",
+        "------------------------------------------------------",
+        f"{ts.name} is trying to acquire lock:",
+        f" ({key}) {name} {fmt_where(fn, ev, True)}  [level: {new}]",
+        "",
+        "but task is already holding lock:",
+        f" ({held.key}) {held.lock.name} {fmt_where(held.fn, held.ev)}  [level: {old}]",
+        "",
+        f"the documented lock order (mm/rmap.c, mm/filemap.c) takes {new} before {old}.",
+        "",
+        ts.held_report(),
+    ]
+    title = f"lock order: {new} ({name}) taken while holding {old} ({held.lock.name})"
+    return ViolationError("lock-order", title, "\n".join(lines))
+
+
 def check_acquire(ts: TaskState, lock: SharedObject, key: str, read: bool) -> None:
     """lockdep's ``lock_acquire`` checks for a blocking acquisition of *lock*
     (class *key*) by *ts*, before it may block. Raises ``lock-order``."""
@@ -115,6 +192,9 @@ def check_acquire(ts: TaskState, lock: SharedObject, key: str, read: bool) -> No
     for h in held:
         if h.key == key:
             raise _recursive(ts, lock, key, read, h)
+    order = ts.sync.ex.locals.get(_ORDER_KEY)
+    if order is not None:
+        _check_documented(ts, order, lock, lock.name, key)
     for h in reversed(held):
         _add_edge(ts, graph, h, lock, key, read)
         if not h.trylock:

@@ -17,24 +17,21 @@ import errno as _errno
 from typing import TYPE_CHECKING, Any
 
 from mmrace.mm.gup import (
-    FOLL_FAST_ONLY,
     FOLL_FORCE,
     FOLL_LONGTERM,
     FOLL_WRITE,
     get_user_pages_unlocked,
-    pin_user_pages_fast,
     pin_user_pages_unlocked,
     put_user_page,
 )
 from mmrace.mm.mm_types import PAGE_SIZE, File, MmStruct
-from mmrace.mm.page_alloc import WORDS_PER_PAGE, Folio, folio_read_word
+from mmrace.mm.page_alloc import WORD_SIZE, Folio, folio_read_word
 from mmrace.mm.pipe import PipeFile, create_pipe_files, pipe_read, vmsplice_to_pipe
 from mmrace.mm.proc_base import mem_rw
 
 if TYPE_CHECKING:
     from mmrace.user.process import System
 
-WORD_SIZE = PAGE_SIZE // WORDS_PER_PAGE
 
 
 class PageRefCalls:
@@ -65,16 +62,6 @@ class PageRefCalls:
         ``unpin``."""
         flags = (FOLL_WRITE if write else 0) | (FOLL_LONGTERM if longterm else 0)
         return pin_user_pages_unlocked(self.mm, addr, npages, flags)
-
-    def pin_user_pages_fast(self, addr: int, npages: int = 1, write: bool = False,
-                            longterm: bool = False, fast_only: bool = False) -> list[Any]:
-        """``pin_user_pages_fast``: GUP-fast first (no locks: the pin can
-        land between two steps of another thread holding the PTL), the rest
-        through :meth:`pin_user_pages` unless *fast_only*
-        (``FOLL_FAST_ONLY``). Release with ``unpin``."""
-        flags = ((FOLL_WRITE if write else 0) | (FOLL_LONGTERM if longterm else 0)
-                 | (FOLL_FAST_ONLY if fast_only else 0))
-        return pin_user_pages_fast(self.mm, addr, npages, flags)
 
     def put_page(self, pages: Folio | list[Any]) -> None:
         """``put_page`` of each ``get_user_pages`` reference."""

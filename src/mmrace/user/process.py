@@ -13,7 +13,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from mmrace.engine import in_execution
 from mmrace.fixes import KernelConfig
+from mmrace.mm.filemap import set_fault_around_bytes
+from mmrace.mm.huge_memory import THP_ENABLED, set_transparent_hugepage
 from mmrace.mm.madvise import do_madvise
 from mmrace.mm.mlock import sys_mlock, sys_mlock2, sys_munlock
 from mmrace.mm.mm_types import (
@@ -25,12 +28,15 @@ from mmrace.mm.mm_types import (
     VM_READ,
     VM_WRITE,
     File,
+    MmapHook,
     MmStruct,
     VmAreaStruct,
     VmOperations,
 )
 from mmrace.mm.mmap import ksys_mmap_pgoff, sys_brk, vm_munmap
 from mmrace.mm.mprotect import do_mprotect_pkey
+from mmrace.mm.shmem import ShmemFile
+from mmrace.oracles import install_oracles, oracle_names
 from mmrace.user.page_refs import PageRefCalls
 from mmrace.user.userfaultfd import Userfaultfd
 
@@ -72,13 +78,28 @@ def vma_find(mm: MmStruct, addr: int) -> VmAreaStruct | None:
 
 class System:
     """A machine and its kernel: ``System(cpus=N, without=())``. Build it inside
-    a scenario (shared objects belong to one execution)."""
+    a scenario (shared objects belong to one execution).
+
+    The memory oracles (:mod:`mmrace.oracles`) are on for every process of
+    the system; *oracles_off* names the ones to switch off (ValueError for
+    an unknown name)."""
 
     def __init__(self, cpus: int = 2, without: Iterable[str] = (),
                  kernel: str | None = None, with_: Iterable[str] = (),
                  release: str | None = None,
-                 policies: dict[str, str] | None = None, tlb_evictions: int = 0) -> None:
+                 policies: dict[str, str] | None = None, tlb_evictions: int = 0,
+                 oracles_off: Iterable[str] = (), thp: str = "madvise",
+                 fault_around_bytes: int | None = None) -> None:
+        self.oracles_off = oracle_names(oracles_off)
+        install_oracles()
         self.cpus = cpus
+        # sysfs: transparent_hugepage/enabled; debugfs: fault_around_bytes
+        if thp not in THP_ENABLED:
+            raise ValueError(f"thp={thp!r}: choose from {', '.join(THP_ENABLED)}")
+        if in_execution():
+            set_transparent_hugepage(thp)
+            if fault_around_bytes is not None:
+                set_fault_around_bytes(fault_around_bytes)
         self.tlb_evictions = tlb_evictions  # TLB evictions the chooser may make per execution
         self.kernel = KernelConfig(release=kernel if kernel is not None else release,
                                    without=without, with_=with_, policies=policies)
@@ -104,20 +125,33 @@ class System:
         proc = self.processes[0] if self.processes else self.process()
         return proc.open(name)
 
-    def memfd_create(self, name: str, size: int = 1 << 20) -> int:
-        """``memfd_create(2)`` + ``ftruncate``: a shmem file of *size* bytes
-        (its mappings fault through ``shmem_fault``, which knows userfaultfd
-        minor faults), open in a new fd of the first process."""
-        from mmrace.mm.shmem import SHMEM_VM_OPS
-
-        self.create_file(f"memfd:{name}", size, SHMEM_VM_OPS)
+    def memfd_create(self, name: str, size: int = 1 << 20, huge: str = "never") -> int:
+        """``memfd_create(2)`` + ``ftruncate``: a shmem file (a
+        :class:`~mmrace.mm.shmem.ShmemFile`, ``huge=`` *huge*) of *size*
+        bytes, open in a new fd of the first process (others ``open`` it
+        as ``memfd:NAME``). Its mappings fault through ``shmem_fault``,
+        which knows userfaultfd minor faults."""
+        self.create_file(f"memfd:{name}", size, shmem=True, huge=huge)
         return self.open_file(f"memfd:{name}")
 
     def create_file(self, path: str, size: int = 1 << 20,
-                    vm_ops: VmOperations | None = None, special: int = 0) -> File:
+                    vm_ops: VmOperations | None = None, special: int = 0,
+                    mmap: MmapHook | None = None, shmem: bool = False,
+                    huge: str = "never") -> File:
         """A file that processes can ``open`` and map; *vm_ops* and *special*
-        (VM_* flags) are what the file's ->mmap would install."""
-        f = File(path, size, vm_ops)
+        (VM_* flags) are what the file's ->mmap would install, or *mmap* is
+        the ->mmap itself (``f_op->mmap(file, vma)``, see
+        ``mmrace.kapi.vma.f_op_mmap`` for a typed one). With *shmem* it is a
+        tmpfs file on a mount with ``huge=`` *huge* (``never``, ``always``,
+        ``within_size``, ``advise``), whose page cache holds PMD-sized folios
+        where that allows (``mmrace.mm.shmem``)."""
+        if shmem:
+            if mmap is not None or vm_ops is not None:
+                raise ValueError("a shmem file has shmem's own ->mmap and vm_ops")
+            sf = ShmemFile(path, size, huge)
+            self.files[path] = sf
+            return sf
+        f = File(path, size, vm_ops, mmap)
         f.special = special
         self.files[path] = f
         return f
@@ -132,7 +166,9 @@ class Process(PageRefCalls):
         self.pid = pid
         self.mm = MmStruct(f"mm{pid}")
         self.mm.kernel = system.kernel
+        self.mm.oracles_off = system.oracles_off
         self.fds: dict[int, File] = {}
+        self.exited = False
 
     # -- threads -------------------------------------------------------------
 
@@ -214,10 +250,15 @@ class Process(PageRefCalls):
         return child
 
     def exit(self) -> None:
-        """Process exit: ``exit_mmap`` tears the address space down."""
-        from mmrace.mm.mmap import exit_mmap
+        """Process exit (``do_exit`` -> ``exit_mm``): drop the process's
+        reference to its mm (``mmput``); the last reference tears the
+        address space down (``exit_mmap``). A second exit is a ValueError."""
+        from mmrace.mm.fork import exit_mm
 
-        exit_mmap(self.mm)
+        if self.exited:
+            raise ValueError(f"process {self.pid} has already exited")
+        self.exited = True
+        exit_mm(self.mm)
 
     def ftruncate(self, fd: int, length: int) -> None:
         """``ftruncate(2)``: truncate the file, zapping its mappings under
@@ -226,17 +267,44 @@ class Process(PageRefCalls):
 
         f = self._file(fd)
         assert f is not None
-        truncate_pagecache(f, length)
+        from mmrace.mm.shmem import ShmemFile, shmem_setattr_size
+
+        if length < 0:
+            raise OSError(_errno.EINVAL, "Invalid argument")
+        if isinstance(f, ShmemFile):
+            shmem_setattr_size(f, length)
+        else:
+            truncate_pagecache(f, length)
+
+    def fallocate(self, fd: int, mode: int, offset: int, length: int) -> None:
+        """``fallocate(2)``: ``FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE`` on
+        a tmpfs file (``shmem_fallocate``); anything else EOPNOTSUPP."""
+        from mmrace.mm.shmem import ShmemFile, shmem_fallocate
+
+        f = self._file(fd)
+        if not isinstance(f, ShmemFile):
+            raise OSError(_errno.EOPNOTSUPP, "Operation not supported")
+        shmem_fallocate(f, mode, offset, length)
 
     # -- memory ----------------------------------------------------------------
 
     def _word(self, addr: int) -> tuple[int, int]:
-        from mmrace.mm.page_alloc import WORDS_PER_PAGE
+        """(page address, word index) of the naturally aligned 8-byte word at
+        *addr*; ValueError (one line) for a misaligned address. (x86 would
+        split a misaligned access in two, possibly across pages; the model's
+        user memory is addressed in whole words.)"""
+        from mmrace.mm.page_alloc import WORD_SIZE
 
-        stride = PAGE_SIZE // WORDS_PER_PAGE
-        if addr % stride:
-            raise ValueError(f"address {addr:#x} is not aligned to a {stride}-byte word")
-        return addr & ~(PAGE_SIZE - 1), (addr % PAGE_SIZE) // stride
+        if addr % WORD_SIZE:
+            raise ValueError(f"address {addr:#x} is not aligned to an 8-byte word "
+                             "(user memory is addressed in naturally aligned words)")
+        return addr & ~(PAGE_SIZE - 1), (addr % PAGE_SIZE) // WORD_SIZE
+
+    def _user_range(self, addr: int) -> bool:
+        """Whether *addr* is a user address (below ``TASK_SIZE``); anything
+        else faults without reaching a VMA (a kernel or non-canonical
+        address: SIGSEGV)."""
+        return 0 <= addr < self.mm.task_size
 
     def _access(self, addr: int, write: bool) -> tuple[Any, int]:
         """Walk the page tables like the MMU (no locks: the program is single
@@ -246,6 +314,8 @@ class Process(PageRefCalls):
         from mmrace.mm.page_alloc import pfn_to_obj
         from mmrace.mm.pgtable import peek_pte, pte_pfn, pte_present, pte_write
 
+        if not self._user_range(addr):
+            raise OSError(_errno.EFAULT, f"Bad address {addr:#x} (not a user address)")
         for _ in range(8):
             pte = peek_pte(self.mm, addr)
             if pte_present(pte) and pte & 0x4 and (pte_write(pte) or not write):
@@ -310,6 +380,87 @@ class Process(PageRefCalls):
 
         for f in folios:
             unpin_user_page(f)
+
+    # -- GUP-fast, reclaim, migration (mm/gup.c, mm/vmscan.c, mm/migrate.c) --------
+
+    def gup_fast(self, addr: int, npages: int = 1, write: bool = False,
+                 pin: bool = True, longterm: bool = False,
+                 fast_only: bool = False) -> list[Any]:
+        """``pin_user_pages_fast`` (*pin*) or ``get_user_pages_fast``: the
+        lockless walk with interrupts off on this thread's CPU, falling
+        back to the slow path for what it cannot take -- unless *fast_only*
+        (``FOLL_FAST_ONLY``: the lockless half alone, which may return
+        fewer pages, none included). *longterm* adds ``FOLL_LONGTERM`` (an
+        RDMA or io_uring buffer). Returns one folio per page (release with
+        :meth:`unpin` or :meth:`put_pages`); raises ``OSError(EFAULT)`` if
+        the slow path could not take even one page."""
+        from mmrace.mm.gup import (
+            FOLL_FAST_ONLY,
+            FOLL_LONGTERM,
+            FOLL_WRITE,
+            get_user_pages_fast,
+            pin_user_pages_fast,
+        )
+
+        fn = pin_user_pages_fast if pin else get_user_pages_fast
+        flags = ((FOLL_WRITE if write else 0) | (FOLL_LONGTERM if longterm else 0)
+                 | (FOLL_FAST_ONLY if fast_only else 0))
+        return fn(self.mm, addr, npages, flags)
+
+    def put_pages(self, folios: list[Any]) -> None:
+        """``put_page`` of each ``FOLL_GET`` reference."""
+        from mmrace.mm.gup import put_user_page
+
+        for f in folios:
+            put_user_page(f)
+
+    def reclaim(self, target: Any) -> int:
+        """A reclaim step on this thread's CPU. *target* is a folio (found in
+        set-up, e.g. with :meth:`folio_at`): kswapd's path -- isolate it
+        from the LRU, ``shrink_folio_list`` with its references checked.
+        Or an address: MADV_PAGEOUT of that page (its accessed bit cleared,
+        references ignored). Returns the pages reclaimed; an address in no
+        VMA raises ``OSError(ENOMEM)``, like MADV_PAGEOUT."""
+        if isinstance(target, int):
+            from mmrace.mm.madvise import madvise_pageout
+
+            start = target & ~(PAGE_SIZE - 1)
+            return madvise_pageout(self.mm, start, start + PAGE_SIZE)
+        from mmrace.mm.vmscan import reclaim_folio
+
+        return reclaim_folio(target)
+
+    def migrate(self, addr: int) -> int:
+        """``move_pages(2)`` of the page at *addr* (to the one node): its
+        status, 0 when moved or ``-errno`` (EFAULT no VMA or the zero page,
+        ENOENT nothing mapped, EACCES mapped by others, EBUSY a THP or not
+        on the LRU, EAGAIN still referenced, e.g. pinned)."""
+        from mmrace.mm.migrate import move_pages_one
+
+        return move_pages_one(self.mm, addr)
+
+    def direct_io_read(self, addr: int, value: int) -> None:
+        """An ``O_DIRECT`` ``read(2)`` of one block from a block device into
+        the page at *addr* (``__blkdev_direct_IO_simple``): the buffer's
+        page is taken with GUP-fast (``bio_iov_iter_get_pages``, FOLL_WRITE),
+        the device writes *value* into the word at *addr* by DMA, then
+        ``bio_release_pages`` marks the page dirty and drops the reference."""
+        from mmrace.mm.direct_io import blkdev_direct_io_read
+
+        word = self._word(addr)[1]
+        blkdev_direct_io_read(self.mm, addr & ~(PAGE_SIZE - 1), word, value)
+
+    def folio_at(self, addr: int) -> Any:
+        """Debugger view: the folio mapped at *addr* (None if nothing, or
+        the zero page, is mapped there)."""
+        from mmrace.mm.page_alloc import pfn_to_obj
+        from mmrace.mm.pgtable import peek_pte, pte_pfn, pte_present, pte_special
+
+        pte = peek_pte(self.mm, addr)
+        if not pte_present(pte) or pte_special(pte):
+            return None
+        folio = pfn_to_obj(pte_pfn(pte))
+        return None if folio is None or folio.is_zero else folio
 
     # -- userfaultfd, clear_refs, pagemap ------------------------------------------
 

@@ -77,6 +77,8 @@ class Thread:
             raise RuntimeError(f"{self.name}: user memory operations run in the thread itself")
         word = self._word(addr)
         mm = self.process.mm
+        if not self.process._user_range(addr):
+            raise SegmentationFault(addr, op != "load", "not a user address")
         for _ in range(MAX_FAULT_RETRIES):
             try:
                 return _user_access(cpu, mm, addr, op, word, arg)
