@@ -21,10 +21,11 @@ from mmrace.mm.pgtable import (
     pmd_trans_huge,
     pte_pfn,
     pte_present,
+    pte_uffd_wp,
     pte_write,
 )
 from mmrace.mm.shmem import ShmemFile, shmem_get_folio
-from mmrace.mm.swapops import pte_swp_uffd_wp
+from mmrace.mm.swapops import pte_marker_uffd_wp, pte_swp_uffd_wp
 from mmrace.user import (
     MADV_FREE,
     MAP_ANONYMOUS,
@@ -37,6 +38,7 @@ from mmrace.user import (
     UFFD_EVENT_REMOVE,
     UFFD_FEATURE_EVENT_REMOVE,
     UFFD_PAGEFAULT_FLAG_MINOR,
+    UFFDIO_CONTINUE_MODE_WP,
     UFFDIO_REGISTER_MODE_MINOR,
     UFFDIO_REGISTER_MODE_MISSING,
     UFFDIO_REGISTER_MODE_WP,
@@ -116,6 +118,30 @@ def test_continue_maps_one_page_of_a_large_folio() -> None:
         assert pte_pfn(pte) == folio.pfn + 5 and pte_write(pte)
         assert p.peek(a + 5 * PAGE_SIZE) == 55
         assert folio.page_mapcount[5] == 1  # one PTE maps that page
+        thp_check_accounting([p])
+
+    run1(program)
+
+
+def test_continue_overwrites_a_uffd_wp_marker() -> None:
+    """A tmpfs range registered for MINOR and WP, write-protected while the
+    page was not mapped there (a uffd-wp marker): CONTINUE with MODE_WP
+    maps the cached page over the marker (``pte_none_mostly``), uffd-wp."""
+    def program() -> None:
+        s = System()
+        p = s.process()
+        fd = s.memfd_create("guest", 2 * PAGE_SIZE)
+        a = p.mmap(0, 2 * PAGE_SIZE, RW, MAP_SHARED, fd)
+        alias = p.mmap(0, 2 * PAGE_SIZE, RW, MAP_SHARED, fd)
+        p.poke(alias, 42)
+        uffd = p.userfaultfd()
+        uffd.register(a, 2 * PAGE_SIZE, UFFDIO_REGISTER_MODE_MINOR | UFFDIO_REGISTER_MODE_WP)
+        uffd.writeprotect(a, PAGE_SIZE, True)
+        assert pte_marker_uffd_wp(peek_pte(p.mm, a))
+        assert uffd.continue_(a, PAGE_SIZE, UFFDIO_CONTINUE_MODE_WP) == PAGE_SIZE
+        pte = peek_pte(p.mm, a)
+        assert pte_present(pte) and pte_uffd_wp(pte) and not pte_write(pte)
+        assert p.peek(a) == 42
         thp_check_accounting([p])
 
     run1(program)

@@ -46,8 +46,11 @@ def test_metadata(sc: Scenario) -> None:
     assert [v.name for v in vs][:2] == ["current", "base"]
     assert all(v.expected in OUTCOMES for v in vs)
     assert {v.name for v in vs} == {n for n, _ in sc.expect}
-    # the current kernel is clean, the buggy base is not
-    assert sc.variant("current").expected == "clean"
+    # the current kernel is clean, the buggy base is not -- except for a race
+    # still open in the current kernel, which a proposal must then close
+    if sc.variant("current").expected != "clean":
+        assert any(v.role == "proposal" and v.expected == "clean" for v in vs), (
+            f"{sc.name}: the current kernel is not clean and no proposal closes it")
     assert sc.variant("base").expected != "clean"
     for v in vs:
         if v.role == "proposal":

@@ -9,6 +9,7 @@ frozenset of CPU ids); page tables are reached only through the registered
 """
 
 from mmrace.arch.cpu import (
+    TLB_FLUSH_MODES,
     Cpu,
     Machine,
     PageFault,
@@ -45,6 +46,7 @@ __all__ = [
     "FAULT_NOT_PRESENT",
     "FAULT_PROT",
     "TLB_FLUSH_ALL",
+    "TLB_FLUSH_MODES",
     "Cpu",
     "Frame",
     "Machine",

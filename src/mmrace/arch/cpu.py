@@ -82,9 +82,13 @@ class Cpu:
         self.id = cpu_id
         self.tlb = Tlb(self)
         self.ipi = SharedObject(f"cpu{cpu_id}.ipi")
+        self.tlbi = SharedObject(f"cpu{cpu_id}.tlbi")
         self.thread: SimThread | None = None
         self.irqs_off = False
         self.pending: list[tuple[Callable[[], None], list[bool]]] = []
+        # Remote TLB flushes this CPU has taken; the hardware walker restarts
+        # a walk during which one arrived (mmrace.arch.walker).
+        self.flush_gen = 0
 
     def entry(self, mm: Any, vpn: int) -> TlbEntry:
         return self.tlb.entry(mm, vpn)
@@ -93,28 +97,40 @@ class Cpu:
         return f"cpu{self.id}"
 
 
-class Machine:
-    """The CPUs of one execution and its eviction budget."""
+TLB_FLUSH_MODES = ("ipi", "broadcast")
 
-    def __init__(self, ncpus: int, max_evictions: int = 0) -> None:
+
+class Machine:
+    """The CPUs of one execution, its eviction budget and how remote TLB
+    flushes reach other CPUs: ``ipi`` (x86: an interrupt each CPU must
+    take, which waits for a CPU with interrupts off) or ``broadcast`` (a
+    TLB-invalidate broadcast by the hardware, as arm64's TLBI or x86's
+    INVLPGB and paravirt flushes: it interrupts nobody)."""
+
+    def __init__(self, ncpus: int, max_evictions: int = 0, tlb_flush: str = "ipi") -> None:
+        if tlb_flush not in TLB_FLUSH_MODES:
+            raise ValueError(f"tlb_flush={tlb_flush!r}: choose from {', '.join(TLB_FLUSH_MODES)}")
         self.cpus = [Cpu(self, i) for i in range(ncpus)]
         self.evictions_left = max_evictions
         self.evictions = 0
+        self.tlb_flush = tlb_flush
 
 
-def setup_machine(ncpus: int, max_evictions: int = 0) -> Machine:
+def setup_machine(ncpus: int, max_evictions: int = 0, tlb_flush: str = "ipi") -> Machine:
     """Create this execution's machine (once; later calls return it,
     growing it to *ncpus* CPUs and raising the eviction budget if asked)."""
     m: Machine | None = execution_local("arch.machine", lambda: None)
     from mmrace.engine import current_execution
 
     if m is None:
-        m = Machine(ncpus, max_evictions)
+        m = Machine(ncpus, max_evictions, tlb_flush)
         current_execution().locals["arch.machine"] = m
         return m
     while len(m.cpus) < ncpus:
         m.cpus.append(Cpu(m, len(m.cpus)))
     m.evictions_left = max(m.evictions_left, max_evictions)
+    if tlb_flush != "ipi":
+        m.tlb_flush = tlb_flush
     return m
 
 

@@ -21,6 +21,11 @@ was announced (its footprint). An entry first created after that was
 filled from page-table state written after the flush was issued, so it is
 not stale with respect to the PTE changes this flush is for.
 
+A machine may instead broadcast its invalidations in hardware
+(``Machine.tlb_flush == "broadcast"``, :func:`broadcast_flush_tlb`): no
+IPI, so a CPU with interrupts off (GUP-fast) does not hold a flush up --
+which is why freeing a page table needs its own IPI or RCU there.
+
 Left out: PCID/ASIDs and lazy TLB mode (``mm_cpumask`` bits are set when a
 thread starts on a CPU and never cleared), the paging-structure caches,
 global pages, huge-page entries, ``flush_tlb_kernel_range``, batched
@@ -229,6 +234,7 @@ def native_flush_tlb_multi(cpus: list[Cpu], mm: Any, start: int, end: int) -> No
     waits: list[tuple[Cpu, list[bool]]] = []
     for cpu in cpus:
         entries = cpu.tlb.in_range(mm, start, end)
+        cpu.flush_gen += 1
         # Footprint: the target's entry objects for the range (writes: this
         # orders the IPI against every hit and fill of those pages there);
         # the CPU's IPI object itself is only read, so IPIs commute (and
@@ -262,6 +268,30 @@ def native_flush_tlb_multi(cpus: list[Cpu], mm: Any, start: int, end: int) -> No
 
 
 @kfunc
+def broadcast_flush_tlb(cpus: list[Cpu], mm: Any, start: int, end: int) -> None:
+    """A TLB invalidation the hardware broadcasts (arm64's ``TLBI ...IS`` +
+    ``DSB``, x86's INVLPGB + TLBSYNC, a hypervisor's flush for a paravirt
+    guest): every remote CPU's entries for the range are invalidated, one
+    visible operation per CPU (its entry objects, written, and its
+    ``tlbi`` object), without interrupting it -- a CPU with interrupts off
+    is flushed all the same and nobody waits for it. The completion
+    barrier also waits out page walks in flight there (see the walker)."""
+    for cpu in cpus:
+        entries = cpu.tlb.in_range(mm, start, end)
+        cpu.flush_gen += 1
+        ev = footprint(cpu.tlbi, WRITE, f"broadcast TLB flush -> cpu{cpu.id}",
+                       also=[(e, WRITE) for e in entries])
+        why = _describe_flush(start, end)
+        hit = []
+        for e in entries:
+            if e.valid:
+                hit.append(f"{e.addr:#x}")
+            e.invalidate(why)
+        if ev is not None:
+            ev.detail = f"{_what(start, end)}: " + (", ".join(hit) if hit else "nothing cached")
+
+
+@kfunc
 def flush_tlb_mm_range(mm: Any, start: int, end: int, stride_shift: int = PAGE_SHIFT,
                        freed_tables: bool = False) -> None:
     """``flush_tlb_mm_range``: flush ``[start, end)`` of *mm* (``end ==
@@ -286,5 +316,7 @@ def flush_tlb_mm_range(mm: Any, start: int, end: int, stride_shift: int = PAGE_S
         flush_tlb_func(me, mm, start, end)
     m = machine()
     others = [m.cpus[i] for i in sorted(mask) if (me is None or i != me.id) and i < len(m.cpus)]
-    if others:
+    if others and m.tlb_flush == "broadcast":
+        broadcast_flush_tlb(others, mm, start, end)
+    elif others:
         native_flush_tlb_multi(others, mm, start, end)

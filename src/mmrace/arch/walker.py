@@ -14,7 +14,13 @@ with :func:`set_page_walker`. Its contract:
   otherwise; in that same event either fill the entry
   (:meth:`~mmrace.arch.tlb.TlbEntry.fill`) and return 0, or return a fault
   code (nothing is cached for a faulting translation);
-* never take locks, never check the locking rules (the MMU does not).
+* never take locks, never check the locking rules (the MMU does not);
+* if a remote TLB flush reached the CPU during the walk
+  (``cpu.flush_gen`` changed), start over instead of going on with what
+  it read: a flush cannot split a walk (an IPI is taken between
+  instructions, a broadcast invalidation completes only once walks in
+  flight are done), so the walk counts as one begun after the flush --
+  which is what lets a page table be freed at once after such a flush.
 
 A :class:`Frame` is what a filled entry points at: the page's data object
 (whole-page accesses), the footprint of a one-word access, and its words.

@@ -630,8 +630,9 @@ def gup_fast_pte_range(pmdval: int, pmd: PageTable, mi: int, addr: int, end: int
     interrupts-off section), then for each page:
     ``ptep_get_lockless``; refuse PROT_NONE and non-user entries, writes to
     read-only ones (``pte_access_permitted``), special ones (the zero
-    page); take the reference or pin; recheck that neither the PMD nor the
-    PTE changed (else drop it and stop); refuse a read-only pin of an anon
+    page); take the reference or pin; recheck that neither the PMD (from
+    6.0, ``gup-fast-pmd-recheck``) nor the PTE changed (else drop it and
+    stop); refuse a read-only pin of an anon
     page that is not exclusive (``gup_must_unshare``: the slow path will
     unshare it). False stops GUP-fast (the slow path takes over)."""
     table = table_of(pmdval)
@@ -650,7 +651,11 @@ def gup_fast_pte_range(pmdval: int, pmd: PageTable, mi: int, addr: int, end: int
         if folio is None:
             ret = False
             break
-        if (not pmd_same(pmdval, pmdp_get(pmd, mi))
+        # The PMD recheck is "mm: gup: fix the fast GUP race against THP
+        # collapse" (6.0): before it only the PTE was rechecked, and a
+        # collapse that had cleared the PMD (but not yet the PTE) went unseen.
+        if ((kernel_config(pmd.mm).has("gup-fast-pmd-recheck")
+             and not pmd_same(pmdval, pmdp_get(pmd, mi)))
                 or not pte_same(pte, ptep_get(table, idx))):
             gup_put_folio(folio, 1, flags)
             ret = False

@@ -81,6 +81,8 @@ from mmrace.mm.pgtable import (
     PMD_SIZE,
     PageTable,
     mk_huge_pmd,
+    mm_dec_nr_ptes,
+    mm_inc_nr_ptes,
     pfn_pte,
     pgtable_trans_huge_deposit,
     pgtable_trans_huge_withdraw,
@@ -268,6 +270,7 @@ def __do_huge_pmd_anonymous_page(vmf: VmFault, folio: Folio) -> int:
     entry = maybe_pmd_mkwrite(pmd_mkdirty(entry), vma)
     folio_add_new_anon_rmap(folio, vma, haddr, True)
     pgtable_trans_huge_deposit(mm, pmd, mi, pgtable)
+    mm_inc_nr_ptes(mm)
     set_pmd_at(mm, haddr, pmd, mi, entry)
     mm.rss += HPAGE_PMD_NR
     ptl_unlock(ptl)
@@ -393,6 +396,7 @@ def wp_huge_pmd(vmf: VmFault, orig_pmd: int) -> int:
 def zap_deposited_table(mm: MmStruct, pmd: PageTable, mi: int) -> None:
     """``zap_deposited_table``: free the PTE table deposited with a huge PMD."""
     pte_free_defer(mm, pgtable_trans_huge_withdraw(mm, pmd, mi))
+    mm_dec_nr_ptes(mm)
 
 
 @kfunc
@@ -617,6 +621,7 @@ def copy_huge_pmd(dst_mm: MmStruct, src_mm: MmStruct, dst_pmd: PageTable, dmi: i
             return -EAGAIN
         dst_mm.rss += HPAGE_PMD_NR
         pgtable_trans_huge_deposit(dst_mm, dst_pmd, dmi, pgtable)
+        mm_inc_nr_ptes(dst_mm)
         pmdp_set_wrprotect(src_mm, addr, src_pmd, smi)
         if not userfaultfd_wp(dst_vma):
             pmd = pmd_clear_uffd_wp(pmd)

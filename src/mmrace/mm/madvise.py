@@ -4,7 +4,8 @@ Supported: MADV_DONTFORK, MADV_DOFORK, MADV_WIPEONFORK, MADV_KEEPONFORK,
 MADV_HUGEPAGE, MADV_NOHUGEPAGE (and MADV_NORMAL/RANDOM/SEQUENTIAL,
 DONTDUMP/DODUMP, which are also flag-only); MADV_DONTNEED; MADV_FREE
 (lazy free: the pages stay mapped, clean and old, and reclaim may drop
-them while they stay clean); MADV_PAGEOUT (reclaim the range now). Other
+them while they stay clean); MADV_PAGEOUT (reclaim the range now);
+MADV_COLLAPSE (``mm/khugepaged.py``: collapse into THPs now, 6.1 on). Other
 valid advice is accepted and does nothing yet (the page work lands with
 later issues); unknown advice is EINVAL. Advice that changes only flags
 takes the mmap write lock, as the kernel does; the page advice the read
@@ -19,6 +20,7 @@ from typing import Any
 from mmrace.mm import huge_memory
 from mmrace.mm.fs_userfaultfd import userfaultfd_remove
 from mmrace.mm.internal import errno_error, kfunc
+from mmrace.mm.khugepaged import madvise_collapse_range
 from mmrace.mm.memory import vm_normal_page, vma_is_anonymous
 from mmrace.mm.mm_types import (
     PAGE_MASK,
@@ -232,6 +234,8 @@ def do_madvise(mm: MmStruct, start: int, len_in: int, behavior: int) -> int:
     if behavior == MADV_PAGEOUT:
         madvise_pageout(mm, start, end)
         return 0
+    if behavior == MADV_COLLAPSE:
+        return madvise_collapse_range(mm, start, end)
     if behavior not in _FLAG_ONLY:
         return 0
     mmap_write_lock(mm)

@@ -168,9 +168,11 @@ from mmrace.mm.swap_state import (
 from mmrace.mm.swapfile import swap_duplicate, swap_free
 from mmrace.mm.swapops import (
     is_migration_entry,
+    is_pte_marker_entry,
     is_writable_migration_entry,
     make_readable_migration_entry,
     non_swap_entry,
+    pte_marker_uffd_wp,
     pte_swp_clear_uffd_wp,
     pte_swp_exclusive,
     pte_swp_flags,
@@ -389,12 +391,14 @@ def finish_fault(vmf: VmFault) -> int:
     pm = pte_offset_map_lock(mm, vmf.pmd, vmf.pmd_index, vmf.address)
     if pm is None:
         return VM_FAULT_NOPAGE
-    if not pte_none(ptep_get(pm.table, pm.index)):
+    if vmf_pte_changed(vmf, pm):  # (none, or the marker the fault is on)
         pte_unmap_unlock(pm)
         return VM_FAULT_NOPAGE
     entry = pte_mkyoung(pfn_pte(folio.pfn + idx, vm_prot_to_pte(vma.vm_page_prot)))
     if write:
         entry = maybe_mkwrite(pte_mkdirty(entry), vma)
+    if vmf_orig_pte_uffd_wp(vmf):
+        entry = pte_mkuffd_wp(entry)  # set_pte_range: the marker's protection stays
     _map_count(mm, 1)
     if cow:
         folio_add_new_anon_rmap(folio, vma, vmf.address, True)
@@ -775,6 +779,33 @@ def should_try_to_free_swap(folio: Folio, vma: VmAreaStruct, fault_flags: int) -
 
 
 @kfunc
+def handle_pte_marker(vmf: VmFault) -> int:
+    """``handle_pte_marker`` / ``pte_marker_handle_uffd_wp``: a fault on a
+    uffd-wp marker is a missing page (``do_pte_missing``), whose new PTE
+    keeps the uffd-wp bit (``finish_fault``), so a write then traps; in a
+    VMA no longer registered for uffd-wp the marker is just cleared
+    (``pte_marker_clear``)."""
+    from mmrace.mm.userfaultfd import userfaultfd_wp
+
+    if not pte_marker_uffd_wp(vmf.orig_pte):
+        return VM_FAULT_SIGBUS
+    if userfaultfd_wp(vmf.vma):
+        return do_pte_missing(vmf)
+    assert vmf.pmd is not None
+    pm = pte_offset_map_lock(vmf.vma.vm_mm, vmf.pmd, vmf.pmd_index, vmf.address)
+    if pm is not None:
+        if pte_same(ptep_get(pm.table, pm.index), vmf.orig_pte):
+            pte_clear(vmf.vma.vm_mm, vmf.address, pm.table, pm.index)
+        pte_unmap_unlock(pm)
+    return 0
+
+
+def vmf_orig_pte_uffd_wp(vmf: VmFault) -> bool:
+    """``vmf_orig_pte_uffd_wp``: the fault is on a uffd-wp marker."""
+    return bool(vmf.flags & FAULT_FLAG_ORIG_PTE_VALID) and pte_marker_uffd_wp(vmf.orig_pte)
+
+
+@kfunc
 def do_swap_page(vmf: VmFault) -> int:
     """``do_swap_page``: a fault on a non-present, non-none PTE.
 
@@ -786,9 +817,10 @@ def do_swap_page(vmf: VmFault) -> int:
     the folio can do without it), then map the page -- writable at once if
     the entry was exclusive or nobody else holds the folio -- and go on to
     ``do_wp_page`` for a write the PTE still does not allow. The folio's
-    lookup reference passes to the mapping. Left out: readahead, the
-    ``SWP_SYNCHRONOUS_IO`` path that skips the swap cache, large folios,
-    device-private and hwpoison entries, PTE markers."""
+    lookup reference passes to the mapping. A PTE marker goes to
+    ``handle_pte_marker``. Left out: readahead, the ``SWP_SYNCHRONOUS_IO``
+    path that skips the swap cache, large folios, device-private and
+    hwpoison entries."""
     vma = vmf.vma
     mm = vma.vm_mm
     assert vmf.pmd is not None
@@ -796,6 +828,8 @@ def do_swap_page(vmf: VmFault) -> int:
     if non_swap_entry(entry):
         if is_migration_entry(entry):
             migrate.migration_entry_wait(mm, vmf.pmd, vmf.pmd_index, vmf.address)
+        elif is_pte_marker_entry(entry):
+            return handle_pte_marker(vmf)
         return 0
     ret = vmf_anon_prepare(vmf) if vma.anon_vma is None else 0
     if ret:
@@ -1024,12 +1058,15 @@ def _fault_done(fault: int, address: int) -> int:
 
 class ZapDetails:
     """``struct zap_details``: ``even_cows`` False spares private COW copies
-    (anon folios) when zapping a file range (``unmap_mapping_range``)."""
+    (anon folios) when zapping a file range (``unmap_mapping_range``);
+    ``drop_markers`` (``ZAP_FLAG_DROP_MARKER``, munmap and exit's
+    ``unmap_vmas``) clears uffd-wp markers, which any other zap keeps."""
 
-    __slots__ = ("even_cows",)
+    __slots__ = ("even_cows", "drop_markers")
 
-    def __init__(self, even_cows: bool = True) -> None:
+    def __init__(self, even_cows: bool = True, drop_markers: bool = False) -> None:
         self.even_cows = even_cows
+        self.drop_markers = drop_markers
 
 
 @kfunc
@@ -1049,6 +1086,9 @@ def zap_nonpresent_pte(tlb: MmuGather, vma: VmAreaStruct, table: PageTable, idx:
     elif is_migration_entry(entry):
         if spare_cows and pfn_folio(entry.offset).anon:
             return
+    elif is_pte_marker_entry(entry):
+        if details is None or not details.drop_markers:
+            return  # a uffd-wp marker outlives a zap of the page (zap_drop_markers)
     else:
         return
     pte_clear(mm, addr, table, idx)
@@ -1151,9 +1191,11 @@ def unmap_single_vma(tlb: MmuGather, vma: VmAreaStruct, start_addr: int, end_add
 
 @kfunc
 def unmap_vmas(tlb: MmuGather, vmas: list[VmAreaStruct], start: int, end: int) -> None:
-    """``unmap_vmas``: zap ``[start, end)`` of each VMA."""
+    """``unmap_vmas``: zap ``[start, end)`` of each VMA, private pages and
+    uffd-wp markers included (``ZAP_FLAG_DROP_MARKER``)."""
+    details = ZapDetails(even_cows=True, drop_markers=True)
     for vma in vmas:
-        unmap_single_vma(tlb, vma, start, end)
+        unmap_single_vma(tlb, vma, start, end, details)
 
 
 ULONG_MAX = (1 << 64) - 1
@@ -1442,6 +1484,15 @@ def copy_nonpresent_pte(dst_vma: VmAreaStruct, src_vma: VmAreaStruct, dst: PteMa
     src_mm = src_vma.vm_mm
     dst_mm = dst_vma.raw("vm_mm")
     entry = pte_to_swp_entry(pte)
+    if is_pte_marker_entry(entry):
+        # copy_pte_marker: a uffd-wp marker only into a child VMA that is
+        # still registered for uffd-wp (fork drops the registration unless
+        # the monitor asked for fork events).
+        from mmrace.mm.userfaultfd import userfaultfd_wp
+
+        if pte_marker_uffd_wp(pte) and userfaultfd_wp(dst_vma):
+            set_pte_at(dst_mm, addr, dst.table, idx, pte)
+        return
     if not non_swap_entry(entry):
         if swap_duplicate(entry) < 0:
             return

@@ -305,6 +305,7 @@ class MmStruct(KObject):
         self.kernel: Any = None  # the KernelConfig of the system the mm belongs to
         self.oracles_off: frozenset[str] = frozenset()  # names its System switched off
         self.rss = 0  # pages mapped (MM_ANONPAGES + MM_FILEPAGES), debugger view
+        self.pgtables_bytes = 0  # PTE tables (mm_inc/dec_nr_ptes), debugger view
         self.numa_next_scan = Var(0, f"{name}.numa_next_scan")  # task_numa_work's claim
         self.numa_scan_seq = 0
 

@@ -51,6 +51,7 @@ from mmrace.mm.locks import (
     down_read_trylock,
     down_write,
     down_write_killable,
+    down_write_trylock,
     downgrade_write,
     rcu_read_lock,
     rcu_read_unlock,
@@ -187,6 +188,16 @@ def mmap_read_trylock(mm: MmStruct) -> bool:
 
 
 @kfunc
+def mmap_write_trylock(mm: MmStruct) -> bool:
+    """``mmap_write_trylock`` (khugepaged's retraction before 6.6)."""
+    if down_write_trylock(mm.mmap_lock):
+        _took(mm, "W")
+        mm_lock_seqcount_begin(mm)
+        return True
+    return False
+
+
+@kfunc
 def mmap_read_unlock(mm: MmStruct) -> None:
     """``mmap_read_unlock`` (also after a downgrade)."""
     h = held()
@@ -273,6 +284,30 @@ def vma_start_write(vma: VmAreaStruct) -> None:
     lock.vm_lock_seq = seq
     lock.vm_refcnt -= VMA_LOCK_OFFSET
     check_lock_state("vma_start_write", vma=vma)
+
+
+@kfunc
+def vma_try_start_write(vma: VmAreaStruct) -> bool:
+    """``vma_try_start_write`` (6.4 to 6.5, khugepaged's
+    ``retract_page_tables``, which holds ``i_mmap_rwsem`` and so may not wait
+    for the VMA's readers): write-lock the VMA only if no reader holds it;
+    False otherwise. One visible RMW of the VMA lock."""
+    mm = vma.raw("vm_mm")
+    mmap_assert_write_locked(mm)
+    if not per_vma_locks(mm):
+        return True
+    lock = vma.vm_lock
+    seq = mm.mm_lock_seq.sequence
+    if lock.vm_lock_seq == seq:
+        return True
+    ev = visible(lock, RMW, "vma_try_start_write")
+    if lock.vm_refcnt > 1:
+        if ev is not None:
+            ev.detail = "failed: readers"
+        return False
+    lock.vm_lock_seq = seq
+    check_lock_state("vma_start_write", vma=vma)
+    return True
 
 
 @kfunc

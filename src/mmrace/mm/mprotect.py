@@ -48,9 +48,20 @@ from mmrace.mm.mmap import PAGE_ALIGN, calc_vm_prot_bits, offset_in_page, ulong
 from mmrace.mm.mmap_lock import mmap_write_lock, mmap_write_unlock, vma_start_write
 from mmrace.mm.mmu_gather import MmuGather, tlb_finish_mmu, tlb_gather_mmu
 from mmrace.mm.page_alloc import pfn_folio
-from mmrace.mm.pgtable import set_pte_at, vm_prot_to_pte
+from mmrace.mm.pgtable import (
+    pmd_alloc,
+    pte_alloc,
+    pte_clear,
+    pte_none,
+    pud_alloc,
+    set_pte_at,
+    vm_prot_to_pte,
+)
 from mmrace.mm.swapops import (
+    PTE_MARKER_UFFD_WP,
+    is_pte_marker_entry,
     is_writable_migration_entry,
+    make_pte_marker,
     make_readable_exclusive_migration_entry,
     make_readable_migration_entry,
     pte_swp_flags,
@@ -261,7 +272,9 @@ def change_pte_range(tlb: MmuGather, vma: VmAreaStruct, pmd: Any, mi: int, addr:
     make it writable again if ``MM_CP_TRY_CHANGE_WRITABLE`` and
     :func:`can_change_pte_writable` allow, ``ptep_modify_prot_commit``, and
     add the page to the gather's flush range. No flush here. Returns the
-    number of PTEs changed.
+    number of PTEs changed, or -EAGAIN if the table went before its lock
+    was taken (the caller retries the PMD). Protecting file-backed memory
+    for uffd-wp puts a uffd-wp marker in each empty entry.
 
     Switches: ``uffd-wp-resolve-skip`` (proposal) leaves PTEs without the
     uffd-wp bit alone on resolve; ``uffd-wp-resolve-preserve-write``
@@ -288,17 +301,31 @@ def change_pte_range(tlb: MmuGather, vma: VmAreaStruct, pmd: Any, mi: int, addr:
     prot_numa = bool(cp_flags & MM_CP_PROT_NUMA)
     pm = pte_offset_map_lock(mm, pmd, mi, addr)
     if pm is None:
-        return 0
+        return -11  # -EAGAIN: the table went (6.5: pte_offset_map_lock may fail): again
     pages = 0
     base = pm.index
+    markers = uffd_wp and userfaultfd_wp_use_markers(vma)
     for i in range((end - addr) >> PAGE_SHIFT):
         idx = base + i
         a = addr + (i << PAGE_SHIFT)
         if idx not in pm.table.entries and idx not in pm.table.slots:
-            continue  # never touched: filling it needs the PTL we hold
+            # Never touched: none, and filling it needs the PTL we hold.
+            if markers:
+                set_pte_at(mm, a, pm.table, idx, make_pte_marker(PTE_MARKER_UFFD_WP))
+                pages += 1
+            continue
         oldpte = ptep_get(pm.table, idx)
+        if pte_none(oldpte):
+            # "Nobody plays with any none ptes besides userfaultfd": for
+            # file-backed memory the page may be cached unmapped, so a
+            # write-protected empty entry keeps a uffd-wp marker.
+            if markers:
+                set_pte_at(mm, a, pm.table, idx, make_pte_marker(PTE_MARKER_UFFD_WP))
+                pages += 1
+            continue
         if not pte_present(oldpte):
-            change_nonpresent_pte(vma, a, pm.table, idx, oldpte, newprot)
+            pages += change_nonpresent_pte(vma, a, pm.table, idx, oldpte, newprot,
+                                           uffd_wp_resolve)
             continue
         if uffd_wp_resolve and not pte_uffd_wp(oldpte) and cfg.has("uffd-wp-resolve-skip"):
             continue
@@ -324,20 +351,52 @@ def change_pte_range(tlb: MmuGather, vma: VmAreaStruct, pmd: Any, mi: int, addr:
 
 
 def change_nonpresent_pte(vma: VmAreaStruct, addr: int, table: Any, idx: int, oldpte: int,
-                          newprot: int) -> None:
+                          newprot: int, uffd_wp_resolve: bool = False) -> int:
     """The non-present branch of ``change_pte_range``: a writable migration
     entry becomes readable ("a protection check is difficult so just be
     safe"; readable-exclusive for an anonymous page), so the page is not
     mapped writable against the new protection when the migration
-    completes. Swap entries keep their bits (changing the uffd-wp bit of a
-    swap PTE is left out)."""
+    completes; un-protecting drops a uffd-wp marker (the next fault is an
+    ordinary one). Swap entries keep their bits (changing the uffd-wp bit
+    of a swap PTE is left out). Returns the entries changed."""
     entry = pte_to_swp_entry(oldpte)
+    if is_pte_marker_entry(entry):
+        if uffd_wp_resolve:
+            pte_clear(vma.vm_mm, addr, table, idx)
+            return 1
+        return 0
     if is_writable_migration_entry(entry):
         folio = pfn_folio(entry.offset)
         make = (make_readable_exclusive_migration_entry if folio.anon
                 else make_readable_migration_entry)
         new = swp_entry_to_pte(make(entry.offset))
         set_pte_at(vma.vm_mm, addr, table, idx, new | pte_swp_flags(oldpte))
+    return 0
+
+
+def userfaultfd_wp_use_markers(vma: VmAreaStruct) -> bool:
+    """``userfaultfd_wp_use_markers``: file-backed memory keeps uffd-wp
+    protection of empty entries in markers (anonymous memory only with
+    ``UFFD_FEATURE_WP_UNPOPULATED``, left out)."""
+    return vma.vm_file is not None
+
+
+def uffd_wp_protect_file(vma: VmAreaStruct, cp_flags: int) -> bool:
+    """``uffd_wp_protect_file``: protecting file-backed memory, which then
+    needs PTE tables (a huge PMD cannot carry the bit: it is split)."""
+    return bool(cp_flags & MM_CP_UFFD_WP) and vma.vm_file is not None
+
+
+@kfunc
+def change_pmd_prepare(vma: VmAreaStruct, addr: int) -> None:
+    """``change_pmd_prepare``: when protecting file-backed memory for
+    uffd-wp, make sure the PTE table exists (``pte_alloc``) so empty entries
+    can take markers -- the PMD may be empty, e.g. after khugepaged
+    retracted the table."""
+    mm = vma.vm_mm
+    pud, ui = pud_alloc(mm, addr)
+    pmd, mi = pmd_alloc(mm, pud, ui, addr)
+    pte_alloc(mm, pmd, mi)
 
 
 @kfunc
@@ -354,14 +413,24 @@ def change_protection_range(tlb: MmuGather, vma: VmAreaStruct, start: int, end: 
     while addr < end:
         nxt = min((addr & ~(PMD_SIZE - 1)) + PMD_SIZE, end)
         found = walk_to_pmd(mm, addr)
+        protect_file = uffd_wp_protect_file(vma, cp_flags)
+        if protect_file and (found is None or pmd_none(pmdp_get(*found))):
+            change_pmd_prepare(vma, addr)
+            found = walk_to_pmd(mm, addr)
         if found is not None:
             pmd, mi = found
             pmdval = pmdp_get(pmd, mi)
+            if (pmd_none(pmdval) and protect_file
+                    and kernel_config(mm).has("uffd-wp-populate-recheck")):
+                continue  # emptied since change_pmd_prepare (a retraction): again
             # change_pmd_range: a huge PMD covered whole is changed in place;
-            # one covered in part is split and handled by PTEs.
+            # one covered in part, or a file one being uffd-wp protected, is
+            # split and handled by PTEs.
             if pmd_trans_huge(pmdval):
-                if nxt - addr != PMD_SIZE:
+                if nxt - addr != PMD_SIZE or protect_file:
                     huge_memory.__split_huge_pmd(vma, pmd, mi, addr, False)
+                    if protect_file and pmd_none(pmdp_get(pmd, mi)):
+                        change_pmd_prepare(vma, addr)
                 else:
                     ret = huge_memory.change_huge_pmd(tlb, vma, pmd, mi, addr, newprot,
                                                       cp_flags)
@@ -371,7 +440,10 @@ def change_protection_range(tlb: MmuGather, vma: VmAreaStruct, start: int, end: 
                         continue
                 pmdval = pmdp_get(pmd, mi)
             if not pmd_none(pmdval) and not pmd_trans_huge(pmdval):
-                pages += change_pte_range(tlb, vma, pmd, mi, addr, nxt, newprot, cp_flags)
+                ret = change_pte_range(tlb, vma, pmd, mi, addr, nxt, newprot, cp_flags)
+                if ret < 0:
+                    continue  # "goto again": the PMD changed under us
+                pages += ret
         addr = nxt
     return pages
 

@@ -9,7 +9,9 @@ PMD without locks, takes the PMD lock for a huge PMD, or maps the PTE
 table under RCU (``pte_offset_map_rw_nolock``) and takes its lock,
 rechecking that the PMD still points to the same table. So a page table
 freed or replaced underneath it is found by the recheck or, if freed
-while the walker still uses it, reported as a use-after-free.
+while the walker still uses it, reported as a use-after-free. Before 6.5
+(``pte-map-revalidate`` off) ``map_pte`` neither held RCU nor rechecked:
+the rmap lock was supposed to keep the table in place.
 
 Each call returns True with one mapping locked (``pvmw.pmd_table`` /
 ``pvmw.pmd_index`` and, for a PTE mapping, ``pvmw.pte`` with its index;
@@ -35,8 +37,8 @@ from mmrace.mm.pgtable import (
     pmd_lock,
     pmd_none,
     pmd_present,
-    pmd_same,
     pmd_trans_huge,
+    pmd_unchanged_under_ptl,
     pmdp_get,
     pmdp_get_lockless,
     pte_offset_map_lock,
@@ -46,7 +48,7 @@ from mmrace.mm.pgtable import (
     pte_unmap,
     pte_unmap_unlock,
     ptep_get,
-    ptl_lock,
+    ptl_lock_mapped,
     ptl_unlock,
     walk_to_pmd,
 )
@@ -156,8 +158,8 @@ def _map_pte(pvmw: PageVmaMappedWalk) -> bool:
         elif not pte_present(ptent):
             return False
         assert pm.ptl is not None
-        ptl_lock(pm.ptl)
-        if not pmd_same(pm.pmdval, pmdp_get_lockless(pvmw.pmd_table, pvmw.pmd_index)):
+        ptl_lock_mapped(pm, pm.ptl)
+        if not pmd_unchanged_under_ptl(pm, pvmw.pmd_table, pvmw.pmd_index):
             pte_unmap_unlock(pm)
             continue
         pvmw.ptl = pm.ptl
@@ -247,9 +249,9 @@ def _next_pte(pvmw: PageVmaMappedWalk) -> bool:
                 break
         if pvmw.ptl is None:
             assert pm.ptl is not None
-            ptl_lock(pm.ptl)
+            ptl_lock_mapped(pm, pm.ptl)
             assert pvmw.pmd_table is not None
-            if not pmd_same(pm.pmdval, pmdp_get_lockless(pvmw.pmd_table, pvmw.pmd_index)):
+            if not pmd_unchanged_under_ptl(pm, pvmw.pmd_table, pvmw.pmd_index):
                 pte_unmap_unlock(pm)
                 pvmw.pte = None
                 return False

@@ -40,7 +40,7 @@ from mmrace.arch import flush_tlb_mm_range as flush_tlb_mm_range
 from mmrace.arch import footprint as tlb_footprint
 from mmrace.arch.hooks import has_hooks
 from mmrace.engine import READ, RMW, WRITE, SharedObject, ViolationError, visible
-from mmrace.mm.internal import held, kfunc
+from mmrace.mm.internal import held, kernel_config, kfunc
 from mmrace.mm.locks import (
     KObject,
     Spinlock,
@@ -402,8 +402,12 @@ def pte_alloc_one(mm: MmStruct, level: int, base: int) -> PageTable:
 
 
 def _free_table_now(table: PageTable) -> None:
-    for idx in sorted(table.slots):
-        visible(table.slots[idx], WRITE, "free page table")
+    # One visible write of every entry ever touched (so each earlier access
+    # of an entry is ordered against the free), then the free itself.
+    idxs = sorted(table.slots)
+    if idxs:
+        visible(table.slots[idxs[0]], WRITE, "free page table",
+                also=tuple((table.slots[i], WRITE) for i in idxs[1:]))
     kfree(table)  # its frame stays in the memory map: a stale pfn is a use-after-free
 
 
@@ -587,6 +591,52 @@ def ptep_get_stable_bits(table: PageTable, index: int) -> int:
     if table.freed_at is not None:
         raise table._uaf(f"pte re-read [{index}]")
     return table.entries.get(index, 0)
+
+
+def ptes_get_locked(table: PageTable, start: int, nr: int, label: str) -> dict[int, int]:
+    """Entries ``[start, start + nr)`` of a PTE table whose lock this thread
+    holds (a scan of 512 PTEs: khugepaged, ``collapse_pte_mapped_thp``), as
+    ``{index: value}`` for those not none, in **one** visible read whose
+    footprint is every entry of the range ever written. Under the PTL no
+    software writer can interleave with the scan (every PTE write needs
+    this lock; the rule checker reports one that does not), and the MMU
+    only sets the accessed and dirty bits of present entries -- so reading
+    the entries one by one or at once differs only in which A/D bits are
+    seen, and the scan's callers use those as a hint or not at all. An
+    entry never written is none, and filling it needs the lock held here:
+    it is not in the footprint. No entry written: no operation."""
+    ptl = table.ptl
+    assert ptl is not None and ptl.serial in held().spin, "PTL not held"
+    idxs = [i for i in range(start, start + nr) if i in table.slots or i in table.entries]
+    if idxs:
+        check_entry_read(table, idxs[0])
+        first = table.slot(idxs[0])
+        ev = visible(first, READ, label, also=tuple((table.slot(i), READ) for i in idxs[1:]))
+        if table.freed_at is not None:
+            raise table._uaf(f"{label} [{idxs[0]}..]")
+        if ev is not None:
+            ev.detail = f"{len(idxs)} entries of {table.name}"
+    return {i: v for i in idxs if (v := table.entries.get(i, 0))}
+
+
+def ptes_clear_locked(mm: MmStruct, table: PageTable, idxs: list[int], label: str) -> None:
+    """``ptep_clear`` of each of *idxs* (PTL held), in one visible RMW of
+    all of them: as in :func:`ptes_get_locked`, nothing but the MMU's
+    accessed/dirty updates can interleave under the lock, and a clear
+    discards those bits anyway. Each write is checked against the rules."""
+    if not idxs:
+        return
+    ptl = table.ptl
+    assert ptl is not None and ptl.serial in held().spin, "PTL not held"
+    first = table.slot(idxs[0])
+    ev = visible(first, RMW, label, also=tuple((table.slot(i), RMW) for i in idxs[1:]))
+    if table.freed_at is not None:
+        raise table._uaf(f"{label} [{idxs[0]}..]")
+    for i in idxs:
+        check_entry_write(table, i, table.entries.get(i, 0), 0)
+        _store(table, i, 0)
+    if ev is not None:
+        ev.detail = f"{len(idxs)} entries of {table.name} cleared"
 
 
 ptep_get_lockless = ptep_get
@@ -832,6 +882,37 @@ def pmdp_huge_clear_flush(vma: Any, addr: int, table: PageTable, index: int) -> 
     return old
 
 
+@kfunc
+def pmdp_collapse_flush(vma: Any, address: int, table: PageTable, index: int) -> int:
+    """``pmdp_collapse_flush`` (mm/pgtable-generic.c): clear a PMD entry
+    that points to a PTE table (``pmdp_huge_get_and_clear``: one visible
+    RMW) and flush the PTEs of its 2 MiB from every CPU's TLB ("collapse
+    entails shooting down ptes not pmd"); returns the old entry. The caller
+    holds whatever the era's rule for a table pointer demands (checked by
+    ``set``/``clear``: :func:`check_entry_write`)."""
+    old = ptep_get_and_clear(vma.raw("vm_mm"), address, table, index)
+    assert not pmd_trans_huge(old), "pmdp_collapse_flush of a huge PMD"
+    flush_tlb_range(vma, address, address + PMD_SIZE)
+    return old
+
+
+def mm_inc_nr_ptes(mm: MmStruct) -> None:
+    """``mm_inc_nr_ptes``: one more PTE table (``mm->pgtables_bytes``). Only
+    the exit-time accounting check reads it, no thread of the model does:
+    a plain update, not a scheduling point."""
+    mm.pgtables_bytes += 1 << PAGE_SHIFT
+
+
+def mm_dec_nr_ptes(mm: MmStruct) -> None:
+    """``mm_dec_nr_ptes``: one PTE table fewer (see :func:`mm_inc_nr_ptes`)."""
+    mm.pgtables_bytes -= 1 << PAGE_SHIFT
+
+
+def mm_nr_ptes(mm: MmStruct) -> int:
+    """``mm_pgtables_bytes(mm) >> PAGE_SHIFT`` for PTE tables (debugger view)."""
+    return mm.pgtables_bytes >> PAGE_SHIFT
+
+
 def pgtable_trans_huge_deposit(mm: MmStruct, pmd: PageTable, index: int,
                                pgtable: PageTable) -> None:
     """``pgtable_trans_huge_deposit``: keep a preallocated PTE table with a
@@ -925,19 +1006,35 @@ class X86PageWalker:
 
     def walk(self, cpu: Any, mm: Any, addr: int, write: bool, entry: TlbEntry) -> int:
         rcu_read_lock()
-        code = self._walk(mm, addr, write, entry)  # (no finally: an aborted thread unwinds)
+        while True:  # (no finally: an aborted thread unwinds)
+            code = self._walk(cpu, cpu.flush_gen, mm, addr, write, entry)
+            if code != _WALK_RESTART:
+                break
         rcu_read_unlock()
         return code
 
-    def _walk(self, mm: Any, addr: int, write: bool, entry: TlbEntry) -> int:
+    @staticmethod
+    def _read(cpu: Any, gen: int, t: PageTable, i: int) -> int | None:
+        """One visible read of an upper-level entry; None if a flush
+        reached this CPU since the walk began (restart)."""
+        ev = visible(t.slot(i), READ, f"hw walk: {LEVEL_NAMES[t.level]}")
+        if t.freed_at is not None:
+            if cpu.flush_gen != gen:
+                return None
+            raise t._uaf(f"hardware walk [{i}]")
+        e = t.entries.get(i, 0)
+        if ev is not None:
+            ev.detail = pte_str(e)
+        return e
+
+    def _walk(self, cpu: Any, gen: int, mm: Any, addr: int, write: bool,
+              entry: TlbEntry) -> int:
         t = mm_pgd(mm)
         want = _PAGE_ACCESSED | (_PAGE_DIRTY if write else 0)
         for idxf in (pgd_index, pud_index):
-            i = idxf(addr)
-            ev = _entry(t, i, READ, f"hw walk: {LEVEL_NAMES[t.level]}")
-            e = t.entries.get(i, 0)
-            if ev is not None:
-                ev.detail = pte_str(e)
+            e = self._read(cpu, gen, t, idxf(addr))
+            if e is None:
+                return _WALK_RESTART
             if not pte_present(e):
                 return FAULT_NOT_PRESENT
             t = table_of(e)
@@ -945,14 +1042,13 @@ class X86PageWalker:
         while True:
             peek = t.entries.get(i, 0)
             if pmd_trans_huge(peek):
-                code = self._leaf(t, i, pte_index(addr), want, write, entry)
+                code = self._leaf(cpu, gen, t, i, pte_index(addr), want, write, entry)
                 if code is not None:
                     return code
                 continue  # it stopped being a huge leaf: read it again
-            ev = _entry(t, i, READ, "hw walk: pmd")
-            e = t.entries.get(i, 0)
-            if ev is not None:
-                ev.detail = pte_str(e)
+            e = self._read(cpu, gen, t, i)
+            if e is None:
+                return _WALK_RESTART
             if pmd_trans_huge(e):
                 continue  # it became a huge leaf since the peek: access it as one
             if not pte_present(e):
@@ -960,16 +1056,17 @@ class X86PageWalker:
             break
         t = table_of(e)
         while True:
-            code = self._leaf(t, pte_index(addr), 0, want, write, entry)
+            code = self._leaf(cpu, gen, t, pte_index(addr), 0, want, write, entry)
             if code is not None:
                 return code
 
     @staticmethod
-    def _leaf(t: PageTable, i: int, sub: int, want: int, write: bool,
+    def _leaf(cpu: Any, gen: int, t: PageTable, i: int, sub: int, want: int, write: bool,
               entry: TlbEntry) -> int | None:
         """Access leaf entry *i* of *t* (a PTE, or a huge PMD whose page
         *sub* is accessed) in one event; the fault code, 0 once *entry* is
-        filled, or None if a PMD entry turned out not to be a huge leaf."""
+        filled, ``_WALK_RESTART`` if a flush reached this CPU since the walk
+        began, or None if a PMD entry turned out not to be a huge leaf."""
         slot = t.slot(i)
         huge = t.level == LEVEL_PMD
         while True:
@@ -981,6 +1078,10 @@ class X86PageWalker:
             # against (the IPI cannot split an instruction's walk and fill).
             ev = tlb_footprint(slot, kind, f"hw walk: {LEVEL_NAMES[t.level]}",
                                also=((entry, WRITE),))
+            if cpu.flush_gen != gen:
+                # A flush came between the upper levels and this access:
+                # the walk it split did not happen; start over.
+                return _WALK_RESTART
             if t.freed_at is not None:
                 raise t._uaf(f"hardware walk [{i}]")
             pte = t.entries.get(i, 0)
@@ -1004,6 +1105,10 @@ class X86PageWalker:
                 return FAULT_PROT
             entry.fill(frame, pte_write(new), True, pte_dirty(new), new, slot, ev)
             return 0
+
+
+_WALK_RESTART = -1
+"""What a walk split by a remote TLB flush returns: walk again."""
 
 
 set_page_walker(X86PageWalker())
@@ -1072,6 +1177,7 @@ def __pte_alloc(mm: MmStruct, pmd: PageTable, mi: int) -> int:
     ptl = pmd_lock(mm, pmd)
     if pmd_none(ptep_get(pmd, mi)):
         new.installed = True
+        mm_inc_nr_ptes(mm)
         set_pmd_at(mm, base, pmd, mi, pfn_pte(new.pfn, _PAGE_TABLE))
         new = None  # type: ignore[assignment]
     ptl_unlock(ptl)
@@ -1103,22 +1209,45 @@ def walk_to_pmd(mm: MmStruct, addr: int) -> tuple[PageTable, int] | None:
 
 class PteMap:
     """What ``pte_offset_map_lock`` returns: the mapped PTE table, the index
-    of *addr* in it, and the lock taken."""
+    of *addr* in it, the lock taken, the PMD value it was found through,
+    and whether the mapping holds the RCU read lock (the 6.5+ protocol)."""
 
-    __slots__ = ("table", "index", "ptl", "pmdval")
+    __slots__ = ("table", "index", "ptl", "pmdval", "rcu")
 
-    def __init__(self, table: PageTable, index: int, ptl: Spinlock | None, pmdval: int) -> None:
+    def __init__(self, table: PageTable, index: int, ptl: Spinlock | None, pmdval: int,
+                 rcu: bool = True) -> None:
         self.table = table
         self.index = index
         self.ptl = ptl
         self.pmdval = pmdval
+        self.rcu = rcu
+
+
+def pte_map_revalidates(mm: MmStruct) -> bool:
+    """The page-table reader protocol of *mm*'s kernel: since "mm/pgtable:
+    allow pte_offset_map[_lock]() to fail" (6.5, switch
+    ``pte-map-revalidate``) a walker maps a PTE table under RCU and
+    rechecks the PMD under the PTE lock; before it, a walker that read a PMD
+    pointing to a table took the entry as stable (the higher-level lock it
+    held was the protection) and held no RCU read lock."""
+    return bool(kernel_config(mm).has("pte-map-revalidate"))
 
 
 @kfunc
 def __pte_offset_map(pmd: PageTable, mi: int, addr: int) -> PteMap | None:
     """``__pte_offset_map``: under ``rcu_read_lock``, read the PMD entry once;
     None (with RCU released) if it is empty, a leaf or bad. The table stays
-    mapped (RCU held) until ``pte_unmap``."""
+    mapped (RCU held) until ``pte_unmap``.
+
+    Before 6.5 (``pte_offset_map`` of x86-64: ``pte_offset_kernel`` of the
+    PMD, no RCU): the PMD entry is read once and its table used as it is;
+    the caller's own check (``pmd_none_or_trans_huge_or_clear_bad``) is the
+    None case here."""
+    if not pte_map_revalidates(pmd.mm):
+        pmdval = pmdp_get_lockless(pmd, mi)
+        if pmd_none(pmdval) or pmd_trans_huge(pmdval) or not pmd_present(pmdval):
+            return None
+        return PteMap(table_of(pmdval), pte_index(addr), None, pmdval, rcu=False)
     rcu_read_lock()
     held().rcu += 1
     pmdval = pmdp_get_lockless(pmd, mi)
@@ -1136,19 +1265,45 @@ def pte_offset_map(pmd: PageTable, mi: int, addr: int) -> PteMap | None:
 
 @kfunc
 def pte_unmap(pm: PteMap) -> None:
-    """``pte_unmap``: leave the RCU read section of ``pte_offset_map``."""
-    held().rcu -= 1
-    rcu_read_unlock()
+    """``pte_unmap``: leave the RCU read section of ``pte_offset_map`` (a
+    no-op on x86-64 before 6.5)."""
+    if pm.rcu:
+        pm.rcu = False
+        held().rcu -= 1
+        rcu_read_unlock()
 
 
 @kfunc
 def pte_offset_map_nolock(mm: MmStruct, pmd: PageTable, mi: int, addr: int) -> PteMap | None:
     """``pte_offset_map_rw_nolock``: map without locking; ``pm.ptl`` is the
-    lock the caller must take and ``pm.pmdval`` the PMD value to recheck."""
+    lock the caller must take and ``pm.pmdval`` the PMD value to recheck
+    (:func:`pmd_unchanged_under_ptl`)."""
     pm = __pte_offset_map(pmd, mi, addr)
     if pm is not None:
         pm.ptl = pte_lockptr(mm, pm.table)
     return pm
+
+
+def ptl_lock_mapped(pm: PteMap, ptl: Spinlock) -> None:
+    """Take *ptl*, the lock of the table *pm* maps. Before 6.5 (*pm* holds
+    no RCU read lock) nothing keeps
+    that table alive but the higher-level lock the walker holds, and
+    ``pte_lockptr`` reads the lock's address from the table's own ``struct
+    ptdesc``: a visible read of the table object (so it is ordered against
+    the table's free), a use-after-free if it was freed meanwhile."""
+    if not pm.rcu:
+        pm.table.access(READ, "pte_lockptr (ptdesc)")
+    ptl_lock(ptl)
+
+
+def pmd_unchanged_under_ptl(pm: PteMap, pmd: PageTable, mi: int) -> bool:
+    """The recheck a walker that mapped a table with ``pte_offset_map_nolock``
+    does once it holds ``pm.ptl``: the PMD still points to the table
+    (``pmd_same``). Before 6.5 walkers did no such recheck (they took the
+    PMD as stable): True without reading it."""
+    if not pm.rcu and not pte_map_revalidates(pmd.mm):
+        return True
+    return pmd_same(pm.pmdval, pmdp_get_lockless(pmd, mi))
 
 
 @kfunc
@@ -1156,12 +1311,19 @@ def pte_offset_map_lock(mm: MmStruct, pmd: PageTable, mi: int, addr: int) -> Pte
     """``pte_offset_map_lock`` (``__pte_offset_map_lock``): read the PMD entry,
     map the PTE table (RCU), take its lock, re-read the PMD entry; if it
     changed (the table was retracted or replaced meanwhile), drop everything
-    and retry. None if the PMD entry is (or became) empty or a leaf."""
+    and retry. None if the PMD entry is (or became) empty or a leaf.
+
+    Before 6.5 (``pte-map-revalidate`` off): read the PMD once, take the
+    lock of the table it points to, and use it -- no RCU, no recheck."""
     while True:
         pm = __pte_offset_map(pmd, mi, addr)
         if pm is None:
             return None
         ptl = pte_lockptr(mm, pm.table)
+        if not pm.rcu:
+            ptl_lock_mapped(pm, ptl)
+            pm.ptl = ptl
+            return pm
         ptl_lock(ptl)
         if pmd_same(pm.pmdval, pmdp_get_lockless(pmd, mi)):
             pm.ptl = ptl
@@ -1307,6 +1469,8 @@ def free_pgd_range(tlb: Any, vma: Any, addr: int, end: int, floor: int, ceiling:
                 continue
             _clear_unreachable(t, i, vma)
             child.installed = False
+            if child.level == LEVEL_PTE:
+                mm_dec_nr_ptes(mm)
             if tlb is not None:
                 from mmrace.mm.mmu_gather import pte_free_tlb
 

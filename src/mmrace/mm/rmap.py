@@ -497,7 +497,7 @@ def rmap_walk(folio: Any, rwc: RmapWalkControl, locked: bool = False) -> None:
 # --- the rmap actors: unmap, referenced, mkclean ---------------------------------------------
 
 from mmrace.mm.internal import kernel_config  # noqa: E402
-from mmrace.mm.mm_types import VM_LOCKED, VM_SHARED  # noqa: E402
+from mmrace.mm.mm_types import VM_LOCKED, VM_SHARED, VM_UFFD_WP  # noqa: E402
 from mmrace.mm.page_alloc import (  # noqa: E402
     ClearPageAnonExclusive,
     PageAnonExclusive,
@@ -539,6 +539,8 @@ from mmrace.mm.pgtable import (  # noqa: E402
 )
 from mmrace.mm.swapfile import swap_duplicate, swap_free  # noqa: E402
 from mmrace.mm.swapops import (  # noqa: E402
+    PTE_MARKER_UFFD_WP,
+    make_pte_marker,
     make_readable_exclusive_migration_entry,
     make_readable_migration_entry,
     make_writable_migration_entry,
@@ -566,7 +568,8 @@ def try_to_unmap_one(folio: Any, vma: Any, address: int, flags: int,
     with a flush (``ptep_clear_flush``; the model does not batch reclaim's
     flushes), move the dirty bit to the folio, then
 
-    * file folio: drop the mapping;
+    * file folio: drop the mapping (a uffd-wp protected PTE leaves a
+      uffd-wp marker: ``pte_install_uffd_wp_if_needed``);
     * anonymous, swap-backed: install a swap entry for ``folio->swap``
       (``swap_duplicate``), giving up exclusivity first
       (``folio_try_share_anon_rmap_pte``: a possibly pinned exclusive page
@@ -642,6 +645,11 @@ def try_to_unmap_one(folio: Any, vma: Any, address: int, flags: int,
                 set_pte_at_cleared(mm, addr, table, index, swp_pte, pteval)
                 mm.rss -= 1
         else:
+            # pte_install_uffd_wp_if_needed: a write-protected page of a
+            # file-backed uffd-wp VMA leaves a marker, not an empty entry.
+            if pte_uffd_wp(pteval) and vma.vm_flags & VM_UFFD_WP:
+                set_pte_at_cleared(mm, addr, table, index,
+                                   make_pte_marker(PTE_MARKER_UFFD_WP), pteval)
             mm.rss -= 1
         folio_remove_rmap_pte(folio, idx, vma)
         folio_put(folio)

@@ -191,7 +191,8 @@ RCU_FREED_VMA = A(
 
 PGTABLE_READ = (
     A("mmap R"), A("VMA R"), A("rmap R"),
-    A("RCU", since="6.5", via="pte_offset_map takes the RCU read lock: page tables are "
+    A("RCU", since="6.5", since_fix="pte-map-revalidate",
+      via="pte_offset_map takes the RCU read lock: page tables are "
       "freed after a grace period, so a walk under RCU alone is safe but must revalidate "
       "what it found under the page-table lock"),
     A("IRQs off", via="GUP-fast (lockless_pages_from_mm) reads every level with "
@@ -319,15 +320,23 @@ _add(Rule("pmd", "pgtable", PGTABLE_READ,
            A("pmd ptl", "VMA R", when="fill"),
            A("pmd ptl", when="change", via="a huge (leaf) PMD changed or zapped"),
            A("pmd ptl", "mmap W", when="table", until="6.1",
+             until_fix="khugepaged-retract-locks",
              via="khugepaged's retract_page_tables / collapse_pte_mapped_thp before "
                  "'mm/khugepaged: Take the right locks for page table retraction'; "
                  "mremap's move_normal_pmd without rmap locks before 5.14"),
            A("pmd ptl", "mmap W", "VMA W", "rmap W", when="table",
-             via="mremap's move_normal_pmd (take_rmap_locks); khugepaged retraction from "
-                 "6.1 to 6.5"),
+             via="mremap's move_normal_pmd (take_rmap_locks); khugepaged's anonymous "
+                 "collapse_huge_page (pmdp_collapse_flush)"),
+           A("mmap W", "VMA W", "rmap W", when="table", since="6.1", until="6.6",
+             since_fix="khugepaged-retract-locks", until_fix="retract-pgtable-rcu",
+             via="collapse_and_free_pmd from 'mm/khugepaged: Take the right locks for page "
+                 "table retraction' to 6.5: every high-level lock held for write, so no "
+                 "PMD lock (\"trying to take the page table spinlocks would be useless\")"),
            A("pmd ptl", "pte ptl", "rmap R", when="table", since="6.6",
+             since_fix="retract-pgtable-rcu",
              via="retract_page_tables under i_mmap_rwsem for read, the table freed by RCU"),
            A("pmd ptl", "pte ptl", "mmap R", when="table", since="6.6",
+             since_fix="retract-pgtable-rcu",
              via="collapse_pte_mapped_thp under the mmap read lock"),
            A("unreachable", when="table", via="free_pgtables: nobody can reach the range")),
           "a PMD entry. One that points to a PTE table is changed only with the PTE "
@@ -358,12 +367,15 @@ _add(Rule("pgtables", "pgtable", (),
           (A("mmap R", "unreachable", when="free_pgtables",
              via="munmap and exit: the VMA is detached and unlinked from the rmap first"),
            A("mmap W", "pmd ptl", when="retract", until="6.1",
+             until_fix="khugepaged-retract-locks",
              via="khugepaged freed a retracted PTE table at once under the mmap write "
                  "lock and the PMD lock"),
-           A("mmap W", "VMA W", "rmap W", "pmd ptl", when="retract", since="6.1", until="6.6",
+           A("mmap W", "VMA W", "rmap W", when="retract", since="6.1", until="6.6",
+             since_fix="khugepaged-retract-locks", until_fix="retract-pgtable-rcu",
              via="khugepaged freed a retracted PTE table at once, with every high-level "
-                 "lock held"),
+                 "lock held for write (collapse_and_free_pmd)"),
            A("pmd ptl", "pte ptl", "rcu free", when="retract", since="6.6",
+             since_fix="retract-pgtable-rcu",
              via="retract_page_tables frees the table with pte_free_defer")),
           "freeing page-table pages. A truncate can zap under i_mmap_rwsem alone, so no "
           "VMA still reachable through an rmap tree may lose its page tables; "

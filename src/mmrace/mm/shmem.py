@@ -28,8 +28,8 @@ Left out: swap for shmem (shmem folios are not reclaimed), ``fallocate``
 preallocation, ``huge=`` sysfs override (``shmem_enabled``), mTHP sizes,
 ``memfd`` seals, xattrs, quota, the ``SGP_*`` modes beyond a plain fault
 and ``SGP_NOALLOC``, userfaultfd MISSING faults on shmem
-(``shmem_mfill_atomic_pte``: registering shmem for MISSING or WP is refused
-as not modelled).
+(``shmem_mfill_atomic_pte``: registering shmem for MISSING is refused as
+not modelled; WP is modelled, with markers on empty entries).
 """
 
 from __future__ import annotations
@@ -138,10 +138,21 @@ def shmem_get_folio(file: ShmemFile, index: int, vma: Any = None, address: int =
     huge = shmem_huge_allowed(file, index, vm_flags) and (
         vma is None or huge_memory.thp_vma_suitable_order(vma, address))
     aligned = index - index % HPAGE_PMD_NR
-    ev = visible(mapping, RMW, f"shmem_get_folio({index:#x})")
+    # filemap_get_entry: the lookup and folio_try_get + xas_reload are one
+    # step here -- a folio still in the cache holds the cache's references,
+    # so one referenced while it is there is not freed; a folio that left
+    # the cache since the peek is looked up again.
     folio: Folio | None = mapping.i_pages.get(index)
+    while True:
+        also = ((folio, RMW),) if folio is not None else ()
+        ev = visible(mapping, RMW, f"shmem_get_folio({index:#x})", also=also)
+        now: Folio | None = mapping.i_pages.get(index)
+        if now is folio:
+            break
+        folio = now
     if folio is not None:
-        folio_get(folio)
+        folio.check_alive("folio_try_get")
+        folio._refcount += 1
         return folio
     if huge and not any(aligned + i in mapping.i_pages for i in range(HPAGE_PMD_NR)):
         folio = folio_alloc(HPAGE_PMD_ORDER, f"{mapping.name}[{aligned:#x}+512]")
@@ -167,19 +178,26 @@ def shmem_fault(vmf: VmFault) -> tuple[int, Folio | None]:
     monitor (``shmem_get_folio_gfp``'s lockless ``filemap_get_entry``, then
     ``handle_userfault(vmf, VM_UFFD_MINOR)``: the fault returns with the
     fault lock dropped); else the folio for the offset, locked, with a
-    reference (``VM_FAULT_LOCKED``)."""
+    reference (``VM_FAULT_LOCKED``); a folio that left the cache while the
+    fault waited for its lock is looked up again (the ``folio->mapping``
+    check of ``shmem_get_folio_gfp``, which starts over from its lookup)."""
     vma = vmf.vma
     file = vma.vm_file
     if vmf.pgoff >= (file.size + PAGE_SIZE - 1) >> PAGE_SHIFT:
         return VM_FAULT_SIGBUS, None
-    if userfaultfd_minor(vma):
-        cached = filemap_get_folio(file.f_mapping, vmf.pgoff)
-        if cached is not None:
-            folio_put(cached)
-            return handle_userfault(vmf, VM_UFFD_MINOR), None
-    folio = shmem_get_folio(file, vmf.pgoff, vma, vmf.address)
-    folio_lock(folio)
-    return VM_FAULT_LOCKED, folio
+    while True:
+        if userfaultfd_minor(vma):
+            cached = filemap_get_folio(file.f_mapping, vmf.pgoff)
+            if cached is not None:
+                folio_put(cached)
+                return handle_userfault(vmf, VM_UFFD_MINOR), None
+        folio = shmem_get_folio(file, vmf.pgoff, vma, vmf.address)
+        folio_lock(folio)
+        if folio.mapping is file.f_mapping:
+            return VM_FAULT_LOCKED, folio
+        # Truncated, or replaced by a collapse, while we waited for the lock.
+        folio_unlock(folio)
+        folio_put(folio)
 
 
 def vma_is_shmem(vma: VmAreaStruct) -> bool:
@@ -191,15 +209,22 @@ def vma_is_shmem(vma: VmAreaStruct) -> bool:
 def shmem_get_folio_noalloc(file: ShmemFile, index: int) -> Folio | int | None:
     """``shmem_get_folio(inode, index, 0, &folio, SGP_NOALLOC)``: the cached
     folio at *index* (a large folio for any of its pages), locked and
-    referenced; None if the cache has none (nothing is allocated:
+    referenced -- looked up again if it left the cache while we waited for
+    its lock; None if the cache has none (nothing is allocated:
     ``UFFDIO_CONTINUE`` maps only what the page cache has); ``-EINVAL``
     beyond EOF."""
     if index >= (file.size + PAGE_SIZE - 1) >> PAGE_SHIFT:
         return -_errno.EINVAL
-    folio = filemap_get_folio(file.f_mapping, index)
-    if folio is not None:
+    while True:
+        folio = filemap_get_folio(file.f_mapping, index)
+        if folio is None:
+            return None
         folio_lock(folio)
-    return folio
+        if folio.mapping is file.f_mapping:
+            return folio
+        # Truncated, or replaced by a collapse, while we waited for the lock.
+        folio_unlock(folio)
+        folio_put(folio)
 
 
 # --- splitting a page-cache folio ----------------------------------------------------------------

@@ -5,7 +5,9 @@ layout of arch/x86/include/asm/pgtable_64.h).
 A non-present, non-none PTE holds a *swap entry*: a type and an offset.
 Types below ``MAX_SWAPFILES`` name a swap device and the offset is a slot
 on it; the types above are "non-swap" entries whose offset is a page frame
-number: migration entries (read, read-exclusive, write). As in the kernel,
+number: migration entries (read, read-exclusive, write) -- and PTE
+markers (``SWP_PTE_MARKER``: the uffd-wp marker an empty entry of
+file-backed memory keeps when a monitor write-protects it). As in the kernel,
 slot 0 of a swap device holds its header and is never handed out, so no
 swap PTE is ever zero (``pte_none``).
 
@@ -17,7 +19,7 @@ present PTE keeps its pfn (x86 inverts the offset and starts it at bit 9;
 nothing in the model depends on that). No swap PTE has ``_PAGE_PSE`` set,
 so it never looks like a huge PMD.
 
-Left out: device-private/exclusive entries, hwpoison and PTE markers,
+Left out: device-private/exclusive entries, hwpoison entries and markers,
 PMD-level swap entries (THP migration is not modelled).
 """
 
@@ -35,10 +37,16 @@ _SWP_FLAGS = _PAGE_SWP_SOFT_DIRTY | _PAGE_SWP_UFFD_WP | _PAGE_SWP_EXCLUSIVE
 
 MAX_SWAPFILES_SHIFT = 5
 SWP_MIGRATION_NUM = 3
-MAX_SWAPFILES = (1 << MAX_SWAPFILES_SHIFT) - SWP_MIGRATION_NUM
+SWP_PTE_MARKER_NUM = 1
+MAX_SWAPFILES = (1 << MAX_SWAPFILES_SHIFT) - SWP_MIGRATION_NUM - SWP_PTE_MARKER_NUM
 SWP_MIGRATION_READ = MAX_SWAPFILES
 SWP_MIGRATION_READ_EXCLUSIVE = MAX_SWAPFILES + 1
 SWP_MIGRATION_WRITE = MAX_SWAPFILES + 2
+SWP_PTE_MARKER = MAX_SWAPFILES + SWP_MIGRATION_NUM
+
+PTE_MARKER_UFFD_WP = 1 << 0
+"""A uffd-wp marker: the empty entry of a page a monitor write-protected
+(file-backed memory, whose page may be in the page cache unmapped)."""
 
 
 class SwpEntry:
@@ -119,6 +127,30 @@ def make_writable_migration_entry(pfn: int) -> SwpEntry:
     return SwpEntry(SWP_MIGRATION_WRITE, pfn)
 
 
+def make_pte_marker_entry(marker: int) -> SwpEntry:
+    """``make_pte_marker_entry``: a PTE marker (the offset holds its bits)."""
+    return SwpEntry(SWP_PTE_MARKER, marker)
+
+
+def make_pte_marker(marker: int) -> int:
+    """``make_pte_marker``: the non-present PTE of marker *marker*."""
+    return swp_entry_to_pte(make_pte_marker_entry(marker))
+
+
+def is_pte_marker_entry(entry: SwpEntry) -> bool:
+    return entry.type == SWP_PTE_MARKER
+
+
+def is_pte_marker(pte: int) -> bool:
+    """``is_pte_marker``: a non-present PTE that holds a marker."""
+    return is_swap_pte(pte) and is_pte_marker_entry(pte_to_swp_entry(pte))
+
+
+def pte_marker_uffd_wp(pte: int) -> bool:
+    """``pte_marker_uffd_wp``: a uffd-wp marker."""
+    return is_pte_marker(pte) and bool(pte_to_swp_entry(pte).offset & PTE_MARKER_UFFD_WP)
+
+
 def swp_offset_pfn(entry: SwpEntry) -> int:
     """``swp_offset_pfn``: the frame a migration entry stands for."""
     return entry.offset
@@ -165,6 +197,8 @@ def swp_entry_str(entry: SwpEntry) -> str:
         return f"migration-read-exclusive pfn {entry.offset:#x}"
     if entry.type == SWP_MIGRATION_READ:
         return f"migration-read pfn {entry.offset:#x}"
+    if entry.type == SWP_PTE_MARKER:
+        return "marker uffd-wp" if entry.offset & PTE_MARKER_UFFD_WP else "marker"
     return f"swap {entry.type}:{entry.offset:#x}"
 
 

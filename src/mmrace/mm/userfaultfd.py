@@ -44,7 +44,9 @@ A source PTE that is a migration entry waits for the migration
 Left out: hugetlb, THP (a huge destination PMD is ``-EEXIST`` as in the
 kernel; moving a transparent huge page, PMD- or PTE-mapped, raises
 ``NotImplementedError``), shmem ``UFFDIO_COPY``/``ZEROPAGE`` (refused as not
-modelled), ``UFFDIO_POISON``, uffd-wp PTE markers, swap entries in
+modelled), ``UFFDIO_POISON``, uffd-wp markers on anonymous memory
+(``UFFD_FEATURE_WP_UNPOPULATED``; shmem's markers are modelled, in
+``change_protection``, and a fill may overwrite one), swap entries in
 ``move_pages_pte`` (``move_swap_pte``: ``NotImplementedError``), the batched
 ``move_present_ptes`` of the newest kernels (one page at a time here), mmu
 notifiers, memcg charging, the ``mmget_not_zero`` check (``-ESRCH``).
@@ -184,7 +186,12 @@ from mmrace.mm.rmap import (
 )
 from mmrace.mm.rules_check import exception_path_enter, exception_path_leave
 from mmrace.mm.shmem import shmem_get_folio_noalloc, vma_is_shmem
-from mmrace.mm.swapops import is_migration_entry, non_swap_entry, pte_to_swp_entry
+from mmrace.mm.swapops import (
+    is_migration_entry,
+    is_pte_marker,
+    non_swap_entry,
+    pte_to_swp_entry,
+)
 from mmrace.mm.userfaultfd_k import (
     EAGAIN,
     EBUSY,
@@ -197,9 +204,17 @@ from mmrace.mm.userfaultfd_k import (
     MFILL_ATOMIC_WP,
     MFILL_ATOMIC_ZEROPAGE,
     MFILL_MODE_NAMES,
+    UFFD_API,
+    UFFD_EVENT_PAGEFAULT,
+    UFFD_FEATURE_PAGEFAULT_FLAG_WP,
+    UFFD_PAGEFAULT_FLAG_WP,
+    UFFD_PAGEFAULT_FLAG_WRITE,
     UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES,
+    UFFDIO_REGISTER_MODE_MINOR,
     UFFDIO_REGISTER_MODE_MISSING,
     UFFDIO_REGISTER_MODE_WP,
+    UFFDIO_WRITEPROTECT_MODE_DONTWAKE,
+    UFFDIO_WRITEPROTECT_MODE_WP,
     UffdMsg,
     UserfaultfdCtx,
     VmUserfaultfdCtx,
@@ -374,6 +389,11 @@ def uffd_mfill_unlock(vma: VmAreaStruct) -> None:
 # --- filling ------------------------------------------------------------------------------------
 
 
+def pte_none_mostly(pte: int) -> bool:
+    """``pte_none_mostly``: empty, or holding only a PTE marker."""
+    return pte_none(pte) or is_pte_marker(pte)
+
+
 class MfillState:
     """What ``mfill_atomic`` carries between pages and across its retry:
     the context, the ioctl (for the monitor-view oracle), the mode and
@@ -433,7 +453,9 @@ def mfill_atomic_install_pte(state: MfillState, dst_pmd: PageTable, mi: int,
     if _file_over_size(dst_vma, dst_addr):
         pte_unmap_unlock(pm)
         return -EFAULT
-    if not pte_none(ptep_get(pm.table, pm.index)):
+    if not pte_none_mostly(ptep_get(pm.table, pm.index)):
+        # A uffd-wp marker may be overwritten (a range registered for MINOR
+        # and WP, protected while the page was not yet mapped).
         pte_unmap_unlock(pm)
         return -EEXIST
     if page_in_cache:
@@ -702,7 +724,9 @@ def mwriteprotect_range(ctx: UserfaultfdCtx, start: int, length: int, enable_wp:
                 break
             s = max(vma.vm_start, start)
             e = min(vma.vm_end, end)
-            uffd_wp_range(vma, s, e - s, enable_wp)
+            err = uffd_wp_range(vma, s, e - s, enable_wp)
+            if err < 0:
+                break
             err = 0
             addr = e
     finally:
@@ -1126,8 +1150,16 @@ def _move_pages(ctx: UserfaultfdCtx, dst_start: int, src_start: int, length: int
 
 
 __all__ = [
+    "UFFDIO_REGISTER_MODE_MINOR",
     "UFFDIO_REGISTER_MODE_MISSING",
     "UFFDIO_REGISTER_MODE_WP",
+    "UFFDIO_WRITEPROTECT_MODE_DONTWAKE",
+    "UFFDIO_WRITEPROTECT_MODE_WP",
+    "UFFD_API",
+    "UFFD_EVENT_PAGEFAULT",
+    "UFFD_FEATURE_PAGEFAULT_FLAG_WP",
+    "UFFD_PAGEFAULT_FLAG_WP",
+    "UFFD_PAGEFAULT_FLAG_WRITE",
     "CopySource",
     "UffdMsg",
     "UserPtr",

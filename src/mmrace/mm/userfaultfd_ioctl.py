@@ -265,15 +265,16 @@ def userfaultfd_wake(ctx: UserfaultfdCtx, start: int, length: int) -> None:
 
 def vma_can_userfault(vma: VmAreaStruct, vm_flags: int) -> bool:
     """``vma_can_userfault``: anonymous memory for MISSING and WP (not
-    MINOR); shmem (``memfd``) for MINOR. The model refuses, as not
-    modelled, MISSING and WP on shmem (``shmem_mfill_atomic_pte``, PTE
-    markers); other files cannot userfault."""
+    MINOR); shmem for MINOR and WP (5.19: "mm/shmem: allow uffd wr-protect
+    none pte for file-backed mem": its empty entries then keep uffd-wp
+    markers). The model refuses, as not modelled, MISSING on shmem
+    (``shmem_mfill_atomic_pte``); other files cannot userfault."""
     if vma_is_anonymous(vma) and vma.vm_ops is None:
         return not vm_flags & VM_UFFD_MINOR
     if vma_is_shmem(vma):
-        if vm_flags & (VM_UFFD_MISSING | VM_UFFD_WP):
-            raise NotImplementedError("userfaultfd MISSING/WP registration of shmem "
-                                      "is not modelled (only MINOR)")
+        if vm_flags & VM_UFFD_MISSING:
+            raise NotImplementedError("userfaultfd MISSING registration of shmem "
+                                      "(shmem_mfill_atomic_pte) is not modelled")
         return True
     return False
 

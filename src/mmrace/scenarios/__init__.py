@@ -30,10 +30,12 @@ def _catalog() -> dict[str, Scenario]:
         from mmrace.scenarios.binder import CATALOG as BINDER
         from mmrace.scenarios.deferred_flush import CATALOG
         from mmrace.scenarios.gup_cow import CATALOG as GUP_COW
+        from mmrace.scenarios.khugepaged import CATALOG as KHUGEPAGED
         from mmrace.scenarios.thp_reclaim import CATALOG as THP_RECLAIM
         from mmrace.scenarios.userfaultfd import CATALOG as UFFD
 
-        _CATALOG = {sc.name: sc for sc in (*CATALOG, *GUP_COW, *BINDER, *THP_RECLAIM, *UFFD)}
+        _CATALOG = {sc.name: sc for sc in (*CATALOG, *GUP_COW, *BINDER, *THP_RECLAIM,
+                                           *KHUGEPAGED, *UFFD)}
     return _CATALOG
 
 
@@ -67,6 +69,8 @@ NOT_COVERED: dict[str, str] = {
     "tests/mm/test_uffd_ioctls.py checks both sides of 5.14",
     "mprotect-exclusive-anon-writable": "exercised only indirectly: it is on in the "
     "'current' variants of the uffd scenarios (unprotect keeps RW on an exclusive page)",
+    "madv-collapse": "not a race: MADV_COLLAPSE exists (EINVAL before 6.1) and khugepaged "
+    "recognises a PTE-mapped THP; tests/mm/test_khugepaged.py covers both eras",
     # The locking rules' era switches (mmrace.fixes.rules_eras): the 5.10 base
     # variants run without them and the current variants with them;
     # tests/mm/test_rules_eras.py checks each era's behaviour and rules.

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from mmrace.arch import TLB_FLUSH_MODES
 from mmrace.engine import in_execution
 from mmrace.fixes import KernelConfig
 from mmrace.mm.filemap import set_fault_around_bytes
@@ -89,7 +90,7 @@ class System:
                  release: str | None = None,
                  policies: dict[str, str] | None = None, tlb_evictions: int = 0,
                  oracles_off: Iterable[str] = (), thp: str = "madvise",
-                 fault_around_bytes: int | None = None) -> None:
+                 fault_around_bytes: int | None = None, tlb_flush: str = "ipi") -> None:
         self.oracles_off = oracle_names(oracles_off)
         install_oracles()
         self.cpus = cpus
@@ -101,6 +102,11 @@ class System:
             if fault_around_bytes is not None:
                 set_fault_around_bytes(fault_around_bytes)
         self.tlb_evictions = tlb_evictions  # TLB evictions the chooser may make per execution
+        # How remote TLB flushes reach other CPUs: "ipi" (x86) or "broadcast"
+        # (arm64's TLBI, x86 INVLPGB or paravirt: no interrupt; mmrace.arch.tlb)
+        if tlb_flush not in TLB_FLUSH_MODES:
+            raise ValueError(f"tlb_flush={tlb_flush!r}: choose from {', '.join(TLB_FLUSH_MODES)}")
+        self.tlb_flush = tlb_flush
         self.kernel = KernelConfig(release=kernel if kernel is not None else release,
                                    without=without, with_=with_, policies=policies)
         self.processes: list[Process] = []
@@ -353,7 +359,8 @@ class Process(PageRefCalls):
 
         if current_thread() is not None:
             raise RuntimeError("touch() is for set-up code; a thread uses t.load/t.store")
-        m = setup_machine(self.system.cpus, getattr(self.system, "tlb_evictions", 0))
+        m = setup_machine(self.system.cpus, getattr(self.system, "tlb_evictions", 0),
+                          self.system.tlb_flush)
         if not 0 <= cpu < len(m.cpus):
             raise ValueError(f"cpu {cpu} does not exist (System(cpus={self.system.cpus}))")
         if cpu not in self.mm.mm_cpumask.value:
@@ -449,6 +456,41 @@ class Process(PageRefCalls):
 
         word = self._word(addr)[1]
         blkdev_direct_io_read(self.mm, addr & ~(PAGE_SIZE - 1), word, value)
+
+    # -- khugepaged and MADV_COLLAPSE (mm/khugepaged.c) --------------------------------
+
+    def khugepaged_scan(self, addr: int) -> int:
+        """One pass of khugepaged over this process's PMD-aligned 2 MiB at
+        *addr* (``khugepaged_scan_mm_slot``), run by the calling thread (or
+        set-up code); returns the ``ScanResult``. An address that no VMA
+        khugepaged may collapse covers: nothing happens."""
+        from mmrace.mm.khugepaged import khugepaged_scan_mm_slot
+
+        return int(khugepaged_scan_mm_slot(self.mm, addr))
+
+    def khugepaged(self, addr: int, cpu: int, passes: int = 1, name: str = "khugepaged") -> Any:
+        """Start khugepaged as a kernel thread on CPU *cpu* (not in this
+        process's ``mm_cpumask``: see ``mmrace.user.kthread``), making
+        *passes* passes of :meth:`khugepaged_scan` over *addr*; returns its
+        handle (``.result``: the results)."""
+        from mmrace.mm.khugepaged import khugepaged_scan_mm_slot
+        from mmrace.user.kthread import start_kthread
+
+        if passes < 1:
+            raise ValueError(f"passes={passes}: at least one")
+        mm = self.mm
+        return start_kthread(self, lambda: [int(khugepaged_scan_mm_slot(mm, addr))
+                                            for _ in range(passes)], cpu, name)
+
+    def khugepaged_add_pte_mapped_thp(self, addr: int) -> bool:
+        """Set-up: what ``retract_page_tables`` does when it cannot take
+        this process's mmap lock (before 6.6): queue *addr* for
+        ``collapse_pte_mapped_thp`` on khugepaged's next pass. False on a
+        kernel without the queue (6.6 on: khugepaged collapses a PTE-mapped
+        THP when its scan finds one)."""
+        from mmrace.mm.khugepaged import khugepaged_add_pte_mapped_thp
+
+        return khugepaged_add_pte_mapped_thp(self.mm, addr)
 
     def folio_at(self, addr: int) -> Any:
         """Debugger view: the folio mapped at *addr* (None if nothing, or

@@ -121,7 +121,7 @@ def start_thread(process: Process, fn: Callable[[Thread], Any], cpu: int,
     set-up code at once, from a thread one visible RMW) and spawn the thread
     on it."""
     system = process.system
-    m = setup_machine(system.cpus, getattr(system, "tlb_evictions", 0))
+    m = setup_machine(system.cpus, getattr(system, "tlb_evictions", 0), system.tlb_flush)
     if not 0 <= cpu < len(m.cpus):
         raise ValueError(f"cpu {cpu} does not exist (System(cpus={system.cpus}))")
     mm = process.mm

@@ -1,0 +1,147 @@
+"""Benchmark of issue 16's paths: the visible operations of each kind of
+collapse (anonymous, shmem, a PTE-mapped THP's retraction) with 1, 33 and
+512 small pages, and the executions and time to the verdict of every
+variant of the khugepaged catalog entries.
+
+Each operation figure is the number of visible operations (scheduling
+points) the collapse costs when run in one simulated thread (set-up code
+is free). The 512 PTEs themselves cost one operation per scan and one per
+clear; what grows with the number of pages is each small folio's own
+observable steps (lock, refcount and LRU, copy, release, free).
+
+Run: ``.venv/bin/python bench/khugepaged.py`` (``--ops`` or ``--catalog``
+for one half).
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from mmrace.engine import explore, spawn
+from mmrace.mm.khugepaged import collapse_pte_mapped_thp
+from mmrace.mm.mmap_lock import mmap_read_lock, mmap_read_unlock
+from mmrace.scenarios import get
+from mmrace.scenarios.khugepaged import CATALOG
+from mmrace.scenarios.run import run_variant
+from mmrace.user import (
+    MADV_HUGEPAGE,
+    MAP_ANONYMOUS,
+    MAP_FIXED,
+    MAP_PRIVATE,
+    MAP_SHARED,
+    PROT_READ,
+    PROT_WRITE,
+    Process,
+    System,
+)
+
+RW = PROT_READ | PROT_WRITE
+HUGE = 1 << 21
+PAGE = 1 << 12
+THP_BASE = 0x7E0000000000
+
+
+def ops(setup: Callable[[], Any], body: Callable[[Any], None]) -> int:
+    """Visible operations of ``body(setup())`` in one simulated thread."""
+
+    def program(run: bool) -> Callable[[], None]:
+        def prog() -> None:
+            state = setup()
+
+            def thread() -> None:
+                if run:
+                    body(state)
+
+            spawn(thread, name="t")
+
+        return prog
+
+    with_body = explore(program(True), max_executions=1, shrink=False)
+    assert with_body.violation is None, with_body.violation.message
+    without = explore(program(False), max_executions=1, shrink=False)
+    return with_body.steps - without.steps
+
+
+def anon(npages: int) -> tuple[Process, int]:
+    p = System(thp="madvise").process()
+    a = p.mmap(THP_BASE, HUGE, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED)
+    for i in range(npages):
+        p.poke(a + i * PAGE, i + 1)
+    p.madvise(a, HUGE, MADV_HUGEPAGE)
+    return p, a
+
+
+def shmem(npages: int) -> tuple[Process, int]:
+    s = System(fault_around_bytes=PAGE)
+    s.create_file("/dev/shm/f", HUGE, shmem=True, huge="advise")
+    p = s.process()
+    a = p.mmap(THP_BASE, HUGE, RW, MAP_SHARED | MAP_FIXED, p.open("/dev/shm/f"), 0)
+    for i in range(npages):
+        p.poke(a + i * PAGE, i + 1)
+    p.madvise(a, HUGE, MADV_HUGEPAGE)
+    return p, a
+
+
+def pte_mapped(npages: int) -> tuple[Process, int]:
+    """A shmem large folio, *npages* of its pages mapped by PTEs."""
+    s = System(fault_around_bytes=PAGE)
+    s.create_file("/dev/shm/f", HUGE, shmem=True, huge="always")
+    p = s.process()
+    a = p.mmap(THP_BASE, HUGE, RW, MAP_SHARED | MAP_FIXED, p.open("/dev/shm/f"), 0)
+    p.poke(a, 1)
+    p.mprotect(a + HUGE // 2, HUGE // 2, PROT_READ)
+    for i in range(npages):
+        p.peek(a + i * PAGE)
+    p.mprotect(a + HUGE // 2, HUGE // 2, RW)
+    return p, a
+
+
+def retract(state: tuple[Process, int]) -> None:
+    p, a = state
+    mmap_read_lock(p.mm)
+    collapse_pte_mapped_thp(p.mm, a, True)
+    mmap_read_unlock(p.mm)
+
+
+def print_ops() -> None:
+    print("visible operations of one collapse (one thread; set-up free):")
+    print(f"  {'pages':>5}  {'anonymous':>9}  {'shmem':>9}  {'PTE-mapped THP':>14}")
+    for n in (1, 33, 512):
+        a = ops(lambda n=n: anon(n), lambda s: s[0].khugepaged_scan(s[1]))
+        f = ops(lambda n=n: shmem(n), lambda s: s[0].khugepaged_scan(s[1]))
+        t = ops(lambda n=n: pte_mapped(n), retract)
+        print(f"  {n:>5}  {a:>9}  {f:>9}  {t:>14}")
+    print("  (anonymous and shmem: a khugepaged pass; PTE-mapped THP: "
+          "collapse_pte_mapped_thp, the huge PMD installed)")
+
+
+def print_catalog() -> None:
+    print("khugepaged catalog entries (bounded DPOR, each entry's K):")
+    print(f"  {'entry / variant':<58} {'outcome':<15} {'execs':>6} {'seconds':>8}")
+    for sc in CATALOG:
+        entry = get(sc.name)
+        for v in entry.variants():
+            t0 = time.perf_counter()
+            r = run_variant(entry, v)
+            dt = time.perf_counter() - t0
+            mark = "" if r.ok else f"  (expected {v.expected})"
+            print(f"  {sc.name + ' / ' + v.name:<58} {r.outcome:<15} "
+                  f"{r.result.executions:>6} {dt:>8.2f}{mark}")
+
+
+def main() -> None:
+    print(f"# {platform.system()} {platform.release()} {platform.machine()}, "
+          f"Python {sys.version.split()[0]}")
+    which = sys.argv[1:] or ["--ops", "--catalog"]
+    if "--ops" in which:
+        print_ops()
+    if "--catalog" in which:
+        print_catalog()
+
+
+if __name__ == "__main__":
+    main()
