@@ -297,9 +297,11 @@ def test_nested_spawn() -> None:
 
             def final() -> None:
                 ex = current_execution()
-                # gp spawns parent in its prologue, before observer exists
-                assert [t.name for t in ex.threads] == ["gp", "parent", "observer", "child"]
-                assert ex.threads[3].parent == 1 and ex.threads[1].parent == 0
+                # set-up spawns gp and observer; their prologues run when
+                # set-up is over, so gp's (which spawns parent) comes after
+                assert [t.name for t in ex.threads] == ["gp", "observer", "parent", "child"]
+                assert ex.threads[3].parent == 2 and ex.threads[2].parent == 0
+                assert ex.threads[3].root == ex.threads[2].root == 0
                 out.append(tuple(seen))
 
             return final

@@ -8,7 +8,17 @@ from typing import Any
 from mmrace.engine import Result, explore
 from mmrace.mm.page_alloc import Folio, mem_state, pfn_to_obj
 from mmrace.mm.pgtable import all_tables, peek_pte, pte_pfn, pte_present, pte_special
-from mmrace.user import MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE, Process
+from mmrace.user import (
+    MADV_DONTNEED,
+    MAP_ANONYMOUS,
+    MAP_PRIVATE,
+    PAGE_SIZE,
+    PROT_READ,
+    PROT_WRITE,
+    Process,
+    System,
+    Thread,
+)
 
 RW = PROT_READ | PROT_WRITE
 ANON = MAP_PRIVATE | MAP_ANONYMOUS
@@ -52,4 +62,34 @@ def check_accounting(procs: list[Process]) -> None:
         assert serial in mem_state().live, "a PTE maps a freed folio"
 
 
-__all__ = ["ANON", "RW", "Any", "check_accounting", "folio_at", "run1"]
+def two_page_race(op: str, store: bool) -> Callable[[], None]:
+    """A 2-page anonymous mapping, both pages faulted in by set-up; one
+    thread unmaps it (*op* ``munmap``), zaps it (``dontneed``: MADV_DONTNEED)
+    or write-protects it (``mprotect``); another (if *store*) stores to its
+    first page. The footprint tests and ``bench/footprints.py`` use it."""
+
+    def program() -> None:
+        p = System(cpus=2).process()
+        a = p.mmap(0, 2 * PAGE_SIZE, RW, ANON)
+        p.poke(a, 1)
+        p.poke(a + PAGE_SIZE, 2)
+
+        def storer(t: Thread) -> None:
+            t.store(a, 5)
+
+        def changer(t: Thread) -> None:
+            if op == "munmap":
+                t.munmap(a, 2 * PAGE_SIZE)
+            elif op == "dontneed":
+                t.madvise(a, 2 * PAGE_SIZE, MADV_DONTNEED)
+            else:
+                t.mprotect(a, 2 * PAGE_SIZE, PROT_READ)
+
+        if store:
+            p.thread(storer, cpu=0, name="store")
+        p.thread(changer, cpu=1, name=op)
+
+    return program
+
+
+__all__ = ["ANON", "RW", "Any", "check_accounting", "folio_at", "run1", "two_page_race"]

@@ -385,10 +385,14 @@ def pmd_table_change(locks: str) -> Callable[[str | None], Program]:
             assert found is not None
             pmd, mi = found
             table = table_of(ptep_get(pmd, mi))
-            pmd_lock(mm, pmd)
+            pmd_ptl = pmd_lock(mm, pmd)
             if locks == "new":
                 ptl_lock(table.ptl)
             pmdp_huge_get_and_clear(mm, a, pmd, mi)
+            if locks == "new":
+                ptl_unlock(table.ptl)
+            ptl_unlock(pmd_ptl)
+            (mmap_write_unlock if locks == "old" else mmap_read_unlock)(mm)
         return _thread(release, body)
     return build
 
@@ -406,9 +410,13 @@ def retract_free_now(release: str | None) -> Program:
         assert found is not None
         pmd, mi = found
         table = table_of(ptep_get(pmd, mi))
-        pmd_lock(mm, pmd)
+        pmd_ptl = pmd_lock(mm, pmd)
         ptl_lock(table.ptl)
         check_retract_free(pmd, mi, table, deferred=False)
+        ptl_unlock(table.ptl)
+        ptl_unlock(pmd_ptl)
+        anon_vma_unlock_write(av)
+        mmap_write_unlock(mm)
     return _thread(release, body)
 
 

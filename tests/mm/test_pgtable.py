@@ -121,9 +121,26 @@ def test_page_table_rule_breach_is_reported(hold: str) -> None:
 
 
 def test_ptl_helpers_balance() -> None:
-    def program() -> None:
-        p = System().process()
-        ptl_lock(p.mm.page_table_lock)
-        ptl_unlock(p.mm.page_table_lock)
+    """In a thread, so that a lock the helpers left held is reported when
+    the thread returns (lock-held-at-exit), and the rule checker's record
+    of held locks is empty again."""
+    from mmrace.mm.internal import held
 
-    run1(program)
+    def program(leak: bool) -> Any:
+        def prog() -> None:
+            p = System().process()
+
+            def t() -> None:
+                ptl_lock(p.mm.page_table_lock)
+                if not leak:
+                    ptl_unlock(p.mm.page_table_lock)
+                assert leak or not held().spin
+
+            spawn(t, name="T1")
+
+        return prog
+
+    run1(program(False))
+    v = explore(program(True), max_executions=1).violation
+    assert v is not None and v.kind == "lock-held-at-exit"
+    assert "page_table_lock" in v.title

@@ -13,8 +13,20 @@ from rules_witness import BREACHES, BUILDERS, CLEAN, RELEASES, Witness
 
 from mmrace.engine import explore, spawn
 from mmrace.fixes import FIXES
-from mmrace.mm.mmap_lock import lock_vma_under_rcu, mmap_read_lock, mmap_write_lock
-from mmrace.mm.rmap import anon_vma_lock_read, anon_vma_lock_write
+from mmrace.mm.mmap_lock import (
+    lock_vma_under_rcu,
+    mmap_read_lock,
+    mmap_read_unlock,
+    mmap_write_lock,
+    mmap_write_unlock,
+    vma_end_read,
+)
+from mmrace.mm.rmap import (
+    anon_vma_lock_read,
+    anon_vma_lock_write,
+    anon_vma_unlock_read,
+    anon_vma_unlock_write,
+)
 from mmrace.mm.rules import (
     CONDITIONS,
     LOCK_STATES,
@@ -202,6 +214,17 @@ def _state_program(row: int, action: str) -> object:
                 vma.vm_flags_ = vma.raw("vm_flags") | 0x8000
             else:
                 vma.vm_start = vma.raw("vm_start")
+            # release what it took (a thread may not return holding a lock)
+            if rmap == "W":
+                anon_vma_unlock_write(vma.raw("anon_vma"))
+            elif rmap == "R":
+                anon_vma_unlock_read(vma.raw("anon_vma"))
+            if vstate == "R":
+                vma_end_read(vma)
+            if mmap == "W":
+                mmap_write_unlock(mm)
+            elif mmap == "R":
+                mmap_read_unlock(mm)
         spawn(body, name="T")
     return program
 

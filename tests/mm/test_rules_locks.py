@@ -15,10 +15,10 @@ from rules_witness import (
     vma_read_then_rmap,
 )
 
-from mmrace.engine import explore, spawn
+from mmrace.engine import Var, explore, spawn
 from mmrace.mm.internal import held
 from mmrace.mm.memory import vm_normal_page
-from mmrace.mm.mmap_lock import mmap_read_lock
+from mmrace.mm.mmap_lock import mmap_read_lock, mmap_read_unlock
 from mmrace.mm.page_alloc import folio_lock
 from mmrace.mm.pgtable import pte_offset_map_lock, walk_to_pmd
 from mmrace.mm.rules import LOCK_ORDER, LOCK_ORDER_EDGES, lock_order_closure
@@ -93,14 +93,22 @@ def test_mmap_lock_modes_are_checked_against_the_table() -> None:
         p = System().process()
         mm = p.mm
 
+        met = Var(0, "met")
+
         def liar() -> None:
             h = held()
             h.mmap[mm.serial] = "W"  # pretend
             h.names[mm.serial] = mm.mmap_lock.name
-            mmap_read_lock(mm)  # a real lock operation, so the other thread runs
+            # An operation the reader's conflicts with, so that it can run
+            # meanwhile (two down_reads commute: they would not order it).
+            met.store(1)
+            mmap_read_lock(mm)
+            mmap_read_unlock(mm)
 
         def reader() -> None:
+            met.load()
             mmap_read_lock(mm)
+            mmap_read_unlock(mm)
         spawn(liar, name="liar")
         spawn(reader, name="reader")
 
@@ -132,6 +140,7 @@ def test_read_checks_add_no_interleavings() -> None:
             for _ in range(5):
                 vma.vm_flags  # noqa: B018
                 vma.vm_start  # noqa: B018
+            mmap_read_unlock(mm)
         spawn(reader, a, name="A")
         spawn(reader, b, name="B")
 

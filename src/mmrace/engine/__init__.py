@@ -14,6 +14,7 @@ from mmrace.engine.core import (
     SimThread,
     ViolationError,
     add_thread_describer,
+    add_thread_exit_check,
     choose,
     current_execution,
     current_thread,
@@ -24,6 +25,7 @@ from mmrace.engine.core import (
     kind_name,
     register_kind,
     require,
+    reset_standalone,
     spawn,
     visible,
 )
@@ -55,6 +57,7 @@ __all__ = [
     "Violation",
     "ViolationError",
     "add_thread_describer",
+    "add_thread_exit_check",
     "choose",
     "current_execution",
     "current_thread",
@@ -67,6 +70,7 @@ __all__ = [
     "register_kind",
     "replay",
     "require",
+    "reset_standalone",
     "spawn",
     "visible",
 ]

@@ -2,8 +2,12 @@
 
 A *program* runs many times, once per explored schedule. Each run is an
 :class:`Execution`: the program's set-up code runs first, on the caller's
-greenlet, and spawns simulated threads (greenlets); then the scheduler decides,
-before every visible operation, which thread performs its next one.
+greenlet, and spawns simulated threads (greenlets), which start when set-up
+is over; then the scheduler decides, before every visible operation, which
+thread performs its next one. (An exploration may start an execution from a
+saved copy of the state after set-up instead: :mod:`mmrace.engine.snapshot`.)
+Outside any exploration, the model runs in a standalone context, as set-up
+code does.
 
 A thread *announces* its next visible operation (object, access kind, label)
 and hands control to the scheduler; when the scheduler picks it, the operation
@@ -20,11 +24,12 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import greenlet
 
 if TYPE_CHECKING:
+    from mmrace.engine.snapshot import SetupCache
     from mmrace.engine.strategy import Strategy
 
 # --- access kinds -----------------------------------------------------------
@@ -127,12 +132,7 @@ class SharedObject:
     __slots__ = ("serial", "name", "_acc", "_lastw", "__weakref__")
 
     def __init__(self, name: str = "") -> None:
-        ex = _current
-        if ex is None:
-            raise RuntimeError(
-                "shared objects can only be created while a program runs "
-                "(inside the program function or a simulated thread)"
-            )
+        ex = _current or _standalone_execution()
         ex.serial += 1
         self.serial = ex.serial
         self.name = name or f"{type(self).__name__.lower()}#{self.serial}"
@@ -211,12 +211,17 @@ class SimThread:
         "locals",
         "where",
         "parent",
+        "root",
     )
 
-    def __init__(self, tid: int, name: str, parent: int | None) -> None:
+    def __init__(self, tid: int, name: str, parent: int | None, root: int | None = None) -> None:
         self.tid = tid
         self.name = name
         self.parent = parent
+        # The thread the program's set-up spawned that this one descends
+        # from (itself for those): a stand-in for "its CPU", for per-CPU
+        # state whose set of owners must be known before threads run.
+        self.root = tid if root is None else root
         self.glet: greenlet.greenlet | None = None
         self.op_obj: SharedObject | None = None
         self.op_kind = READ
@@ -249,11 +254,18 @@ class Execution:
         strategy: Strategy,
         max_steps: int,
         exploration_locals: dict[str, Any],
+        setup: SetupCache | None = None,
     ) -> None:
         self.program = program
+        # the exploration's saved state after set-up (mmrace.engine.snapshot)
+        self.setup = setup
         self.strategy = strategy
         self.max_steps = max_steps
         self.serial = 0
+        self.setup_steps = 0  # visible operations run at once (set-up, final check)
+        self.setup_done = False
+        # threads set-up spawned, started when it is over
+        self.deferred: list[tuple[SimThread, Callable[..., Any], tuple[Any, ...]]] = []
         self.threads: list[SimThread] = []
         self.live: list[SimThread] = []  # unfinished threads, in tid order
         self.on_event = strategy.on_event
@@ -286,7 +298,18 @@ class Execution:
         try:
             final = None
             try:
-                final = self.program()
+                restored = False
+                setup = self.setup
+                if setup is not None:
+                    restored, final = setup.restore(self)
+                    if not restored:
+                        setup.before_setup(self)
+                if not restored:
+                    final = self.program()
+                    if setup is not None:
+                        setup.after_setup(self, final)
+                self.setup_done = True
+                self._start_deferred()
             except _Abort:
                 pass
             except ViolationError as v:
@@ -307,6 +330,14 @@ class Execution:
             self._kill_threads()
             _current = prev
 
+    def _start_deferred(self) -> None:
+        """Start the threads set-up spawned, in spawn order."""
+        deferred, self.deferred = self.deferred, []
+        for th, fn, args in deferred:
+            if self.stop:
+                return
+            _start(self, th, fn, args)
+
     def _loop(self) -> None:
         while not self.stop:
             nxt = self._decide()
@@ -321,13 +352,22 @@ class Execution:
         for th in self.threads:
             g = th.glet
             if g is not None and not g.dead and g:
+                # Unwinding runs the thread's finally blocks: as itself (so
+                # model code sees the right task, and a visible operation
+                # aborts at once), not as set-up code.
+                self.current = th
                 try:
                     g.throw(greenlet.GreenletExit)
                 except BaseException:
                     pass
+                self.current = None
 
     def _fail(self, v: ViolationError, tid: int | None) -> None:
-        if self.violation is None:
+        # Once the execution has stopped (a violation, a sleep-set block, the
+        # end), what unwinding threads raise is not part of it: a thread cut
+        # short in a try/finally that releases a lock must not be reported
+        # for releasing it.
+        if self.violation is None and not self.stop:
             self.violation = v
             self.violation_tid = tid
         self.stop = True
@@ -447,6 +487,72 @@ _current: Execution | None = None
 _USER_ERRORS = (Exception, SystemExit)
 
 
+# --- the model outside an exploration ------------------------------------------
+#
+# At top level (a REPL, a notebook, a single-threaded check) there is no
+# running program. The model then runs in one implicit *standalone* context:
+# an execution that is never explored, where visible operations run at once,
+# as in set-up code, and choices take their first option. It is separate
+# from every exploration (its own serials, execution locals and exploration
+# locals), and its objects cannot be used inside one: their serials start at
+# STANDALONE_SERIALS, which visible() checks.
+
+STANDALONE_SERIALS = 1 << 48
+"""Serials of objects made outside any exploration start here."""
+STANDALONE_MAX_STEPS = 10_000_000
+"""Visible operations the standalone context may run in all (a livelock at
+top level is reported, not a hang); :func:`reset_standalone` starts over."""
+
+
+class _StandaloneStrategy:
+    """Decides the standalone context's choices: always the first option.
+    There are no threads to schedule."""
+
+    name = "standalone"
+
+    def on_event(self, ex: Execution, ev: Event) -> None:
+        pass
+
+    def choose(self, ex: Execution, n: int) -> int:
+        return 0
+
+
+_standalone: Execution | None = None
+
+
+def _no_program() -> None:
+    return None
+
+
+def _standalone_execution() -> Execution:
+    global _standalone
+    ex = _standalone
+    if ex is None:
+        ex = Execution(
+            _no_program,
+            cast("Strategy", _StandaloneStrategy()),
+            STANDALONE_MAX_STEPS,
+            {},
+        )
+        ex.serial = STANDALONE_SERIALS
+        _standalone = ex
+    return ex
+
+
+def reset_standalone() -> None:
+    """Drop the standalone context (the model state made at top level); the
+    next top-level operation starts a fresh one."""
+    global _standalone
+    _standalone = None
+
+
+def _foreign(obj: SharedObject) -> RuntimeError:
+    return RuntimeError(
+        f"{obj.name} was made outside any exploration (at top level) and cannot be used "
+        "inside one: build it in the program function"
+    )
+
+
 def _crash(exc: BaseException) -> ViolationError:
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return ViolationError(
@@ -455,10 +561,9 @@ def _crash(exc: BaseException) -> ViolationError:
 
 
 def current_execution() -> Execution:
-    ex = _current
-    if ex is None:
-        raise RuntimeError("no program is running")
-    return ex
+    """The running execution; outside any exploration, the standalone
+    context."""
+    return _current or _standalone_execution()
 
 
 def current_thread() -> SimThread | None:
@@ -468,6 +573,8 @@ def current_thread() -> SimThread | None:
 
 
 def in_execution() -> bool:
+    """Whether an exploration's program is running (False at top level,
+    where the standalone context stands in)."""
     return _current is not None
 
 
@@ -496,10 +603,17 @@ def visible(
     """
     ex = _current
     if ex is None:
-        raise RuntimeError("visible operation outside a running program")
+        ex = _standalone_execution()
+    elif obj.serial >= STANDALONE_SERIALS:
+        raise _foreign(obj)
     th = ex.current
     if th is None:
-        # Set-up or final check: nothing runs concurrently.
+        # Set-up or final check: nothing runs concurrently. Its operations
+        # are bounded like a thread's, so a loop that makes no progress is
+        # reported, not a hang.
+        ex.setup_steps += 1
+        if ex.setup_steps > ex.max_steps:
+            raise _setup_step_limit(ex, obj, kind, label)
         if guard is not None and not guard():
             raise ViolationError(
                 "deadlock",
@@ -540,34 +654,80 @@ def visible(
     return th.event
 
 
+def _setup_step_limit(ex: Execution, obj: SharedObject, kind: int, label: str) -> ViolationError:
+    """``step-limit`` for set-up or final-check code that ran more than the
+    execution's step bound of visible operations, naming where it loops:
+    the operation and the innermost calls outside the engine."""
+    stack = traceback.extract_stack()
+    # the program's own frames: those below Execution.run, outside the engine
+    start = max(
+        (i for i, f in enumerate(stack) if f.name == "run" and f.filename == __file__),
+        default=-1,
+    )
+    frames = [f for f in stack[start + 1 :] if "/mmrace/engine/" not in f.filename][-4:]
+    where = " <- ".join(
+        f"{f.name} ({f.filename.rsplit('/', 1)[-1]}:{f.lineno})" for f in reversed(frames)
+    )
+    what = f"{label or kind_name(kind)} {obj.name}"
+    code = "top-level code" if ex is _standalone else "set-up"
+    return ViolationError(
+        "step-limit",
+        f"{code} exceeded {ex.max_steps} steps in {frames[-1].name if frames else '?'}",
+        f"the program's {code if ex is _standalone else 'set-up (or final check)'} ran "
+        f"more than {ex.max_steps} visible operations (a livelock, or an unbounded loop); "
+        f"the last was {what}, in {where}",
+    )
+
+
 def choose(n: int, label: str = "choice") -> int:
     """A nondeterministic choice in 0..n-1, made by the exploration strategy
     (so it is explored exhaustively by DPOR and reproduced by a replay)."""
-    ex = _current
-    if ex is None:
-        raise RuntimeError("choose() outside a running program")
-    return ex.choose(n, label)
+    return (_current or _standalone_execution()).choose(n, label)
 
 
 def spawn(fn: Callable[..., Any], *args: Any, name: str | None = None) -> SimThread:
     """Start a simulated thread running ``fn(*args)``.
 
-    Its code up to its first visible operation runs now, as part of the
-    spawner's current step (it is thread-local by definition)."""
+    From a simulated thread, its code up to its first visible operation runs
+    now, as part of the spawner's current step (it is thread-local by
+    definition). From the program's set-up code it runs when set-up is over,
+    before any thread is scheduled, in spawn order: set-up then leaves no
+    half-run thread behind, which is what lets an exploration save the state
+    after set-up and start each execution from it."""
     ex = _current
     if ex is None:
-        raise RuntimeError("spawn() outside a running program")
+        raise RuntimeError(
+            "spawn() at top level: simulated threads run only in an exploration "
+            "(mmrace.engine.explore(program), or mmrace explore FILE.py:FUNC); "
+            "outside one the model runs single-threaded, like set-up code"
+        )
     if ex.stop:
         raise _Abort()
     parent = ex.current
     tid = len(ex.threads)
-    th = SimThread(tid, name or f"T{tid}", parent.tid if parent else None)
+    th = SimThread(
+        tid, name or f"T{tid}", parent.tid if parent else None, parent.root if parent else None
+    )
     ex.threads.append(th)
     ex.live.append(th)
+    ex.strategy.on_spawn(ex, th)  # in tid order, even if it starts later
+    if parent is None and not ex.setup_done:
+        ex.deferred.append((th, fn, args))
+        return th
+    _start(ex, th, fn, args)
+    return th
+
+
+def _start(ex: Execution, th: SimThread, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    """Make *th*'s greenlet and run it up to its first visible operation."""
 
     def body() -> None:
         try:
             fn(*args)
+            # The thread returns (to user space): the layers above check
+            # what it must not still hold.
+            for check in ex.exploration_locals.get("_exit_checks", ()):
+                check(th)
         except (_Abort, greenlet.GreenletExit):
             pass
         except ViolationError as v:
@@ -580,14 +740,13 @@ def spawn(fn: Callable[..., Any], *args: Any, name: str | None = None) -> SimThr
         th.op_obj = None
         th.guard = None
 
+    parent = ex.current
     th.glet = greenlet.greenlet(body, parent=greenlet.getcurrent())
-    ex.strategy.on_spawn(ex, th)
     ex.current = th
     th.glet.switch()
     ex.current = parent
     if ex.stop:
         raise _Abort()
-    return th
 
 
 def require(cond: Any, message: str) -> None:
@@ -616,6 +775,16 @@ def execution_local(key: str, factory: Callable[[], Any]) -> Any:
     except KeyError:
         value = ex.locals[key] = factory()
         return value
+
+
+def add_thread_exit_check(check: Callable[[SimThread], None]) -> None:
+    """Register (for this exploration) a check that runs when a simulated
+    thread's function returns normally, in that thread, before it ends; it
+    raises :class:`ViolationError` to report what the thread left behind
+    (a lock still held, say)."""
+    checks: list[Callable[[SimThread], None]] = exploration_local("_exit_checks", list)
+    if check not in checks:
+        checks.append(check)
 
 
 def add_thread_describer(describe: Callable[[SimThread], str]) -> None:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mmrace.engine.core import Event, Execution, ViolationError
+from mmrace.engine.snapshot import SNAPSHOT_AFTER, SetupCache
 from mmrace.engine.strategy import (
     DecisionReplay,
     DfsStrategy,
@@ -151,8 +152,9 @@ def run_once(
     strategy: Strategy,
     max_steps: int,
     exploration_locals: dict[str, Any],
+    setup: SetupCache | None = None,
 ) -> Execution:
-    ex = Execution(program, strategy, max_steps, exploration_locals)
+    ex = Execution(program, strategy, max_steps, exploration_locals, setup)
     strategy.begin(ex)
     ex.run()
     strategy.end(ex)
@@ -187,19 +189,28 @@ def explore(
     progress: Progress | None = None,
     token_context: str = "",
     progress_info: ProgressDetail | None = None,
+    setup_snapshot: int | None = SNAPSHOT_AFTER,
 ) -> Result:
     """Explore *program*'s executions with *strategy* until a violation, the
     end of the search (exhaustive strategies), or a budget runs out.
 
     ``random`` and ``pct`` never complete; without ``max_executions`` or
     ``max_seconds`` they run 1,000 executions. *progress* and
-    *progress_info* are called about twice a second."""
+    *progress_info* are called about twice a second.
+
+    After *setup_snapshot* executions the state after set-up is saved and
+    later executions start from a copy of it, when that is sound
+    (:mod:`mmrace.engine.snapshot`; ``Result.extra["setup_snapshot"]`` says
+    whether it was used); None runs set-up in every execution."""
     if strategy == "replay":
         raise ValueError("use replay(program, token) for the replay strategy")
     strat = make_strategy(strategy, preemption_bound, seed, depth)
     if max_executions is None and max_seconds is None and not strat.complete_when_done:
         max_executions = 1000
     locals_: dict[str, Any] = {}
+    cache = (
+        SetupCache(program, locals_, setup_snapshot) if setup_snapshot is not None else None
+    )
     start = time.perf_counter()
     executions = 0
     blocked = 0
@@ -213,7 +224,7 @@ def explore(
             now = time.perf_counter()
             if max_seconds is not None and now - start >= max_seconds:
                 break
-            ex = run_once(program, strat, max_steps, locals_)
+            ex = run_once(program, strat, max_steps, locals_, cache)
             steps += len(ex.events)
             if ex.sleep_blocked:
                 blocked += 1
@@ -246,12 +257,16 @@ def explore(
         if shrink and found.violation is not None and found.violation.kind != "step-limit":
             before = found.preemptions
             with _GcPause() as pause:
-                found = shrink_execution(program, found, max_steps, locals_, pause=pause)
+                found = shrink_execution(
+                    program, found, max_steps, locals_, pause=pause, setup=cache
+                )
             if found.preemptions < before:
                 result.shrunk_from = before
         result.violation = _violation(found)
         result.token = encode(found.decisions, token_context)
     result.seconds = time.perf_counter() - start
+    if cache is not None:
+        result.extra["setup_snapshot"] = cache.status
     return result
 
 
@@ -313,6 +328,7 @@ def shrink_execution(
     exploration_locals: dict[str, Any],
     budget: int = 200,
     pause: _GcPause | None = None,
+    setup: SetupCache | None = None,
 ) -> Execution:
     """Look for an execution with the same violation and fewer preemptions.
 
@@ -334,7 +350,8 @@ def shrink_execution(
                 break
             runs += 1
             cand = run_once(
-                program, GuidedStrategy(order, best.choices), max_steps, exploration_locals
+                program, GuidedStrategy(order, best.choices), max_steps, exploration_locals,
+                setup,
             )
             if _same(cand.violation, best.violation) and cand.preemptions < best.preemptions:
                 best = cand

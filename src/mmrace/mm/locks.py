@@ -1,6 +1,7 @@
 """The kernel primitives the mm model uses, in one place.
 
-Re-exports ``mmrace.sync`` (rwsem, spinlock, RCU, kfree/kfree_rcu, KObject)
+Re-exports ``mmrace.sync`` (rwsem, spinlock, RCU, kfree/kfree_rcu, KObject,
+the per-task slots of counts whose updates commute)
 and adds :func:`kobject_access`, the one place where the mm model touches an
 object that has a lifetime (maple nodes, VMAs) so that an access to a freed
 object is reported as a use-after-free.
@@ -33,11 +34,14 @@ from mmrace.sync import (
     up_read,
     up_write,
 )
+from mmrace.sync.slots import Slot, Slots, wait_released
 
 __all__ = [
     "EINTR",
     "KObject",
     "RwSemaphore",
+    "Slot",
+    "Slots",
     "Spinlock",
     "call_rcu",
     "down_read",
@@ -56,6 +60,7 @@ __all__ = [
     "spin_unlock",
     "up_read",
     "up_write",
+    "wait_released",
 ]
 
 

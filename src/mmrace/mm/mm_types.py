@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mmrace.engine import SharedObject, Var, ViolationError, current_execution, current_thread
-from mmrace.mm.locks import KObject, RwSemaphore, Spinlock
+from mmrace.mm.locks import KObject, RwSemaphore, Slots, Spinlock
 from mmrace.mm.rules_check import (
     check_mm_field,
     check_vma_read,
@@ -460,19 +460,31 @@ VMA_REF_LIMIT = VMA_LOCK_OFFSET - 1
 class VmaLock(SharedObject):
     """The per-VMA lock state: ``vm_refcnt`` (0 detached, 1 attached, +1 per
     reader, +VMA_LOCK_OFFSET while a writer excludes readers) and
-    ``vm_lock_seq`` (equal to ``mm->mm_lock_seq`` iff write-locked)."""
+    ``vm_lock_seq`` (equal to ``mm->mm_lock_seq`` iff write-locked).
+
+    ``vm_refcnt`` is kept in parts, because readers' references commute in
+    the kernel (``refcount_inc_not_zero`` and ``refcount_dec`` by different
+    faults): this object holds the attach reference (:attr:`attached`), the
+    writer's offset (:attr:`excluding`) and ``vm_lock_seq``; each task's
+    temporary reader references are in its own slot (:attr:`readers`,
+    ``VMA.vm_refcnt.reader(TASK)``). :attr:`vm_refcnt` is their sum."""
 
     def __init__(self, vma: VmAreaStruct) -> None:
         super().__init__(f"{vma.name}.vm_refcnt")
-        self.vm_refcnt = 0
+        self.attached = 0
+        self.excluding = False
         self.vm_lock_seq = -1
+        self.readers = Slots(self, "reader")
+
+    @property
+    def vm_refcnt(self) -> int:
+        """The kernel's ``vma->vm_refcnt`` (debugger view: no operation)."""
+        offset = VMA_LOCK_OFFSET if self.excluding else 0
+        return self.attached + self.readers.total() + offset
 
     def wait_info(self, thread: Any) -> str:
-        n = self.vm_refcnt
-        writer = n >= VMA_LOCK_OFFSET
-        readers = (n - VMA_LOCK_OFFSET if writer else n) - 1
-        state = "writer excluding readers, " if writer else ""
-        return f"vm_refcnt: {state}{max(readers, 0)} reader(s)"
+        state = "writer excluding readers, " if self.excluding else ""
+        return f"vm_refcnt: {state}{self.readers.total()} reader(s)"
 
 
 # --- deferred TLB flushes (include/linux/mm_types.h) ---------------------------

@@ -21,11 +21,10 @@ Every transition is checked against the lock-state table, the mmap lock's
 R/D/W exclusivity and the documented lock order (``mm/rules_check.py``).
 
 Left out: lockdep annotations of the VMA lock (the rule checker covers them),
-the mmap_lock tracepoints, ``vma_start_read_locked``, killable waits for the
-VMA write lock, the rw_semaphore VMA lock of 6.4 to 6.14 (the refcount
-scheme stands for both), and SLAB_TYPESAFE_BY_RCU reuse of freed VMAs (a
-freed VMA stays readable under RCU until a grace period, see
-``vm_area_free``).
+the mmap_lock tracepoints, killable waits for the VMA write lock, the
+rw_semaphore VMA lock of 6.4 to 6.14 (the refcount scheme stands for both),
+and SLAB_TYPESAFE_BY_RCU reuse of freed VMAs (a freed VMA stays readable
+under RCU until a grace period, see ``vm_area_free``).
 """
 
 from __future__ import annotations
@@ -35,11 +34,11 @@ from typing import Any
 from mmrace.engine import (
     READ,
     RMW,
-    WAIT,
     WRITE,
     SimThread,
     ViolationError,
     add_thread_describer,
+    add_thread_exit_check,
     execution_local,
     visible,
 )
@@ -57,10 +56,9 @@ from mmrace.mm.locks import (
     rcu_read_unlock,
     up_read,
     up_write,
+    wait_released,
 )
 from mmrace.mm.mm_types import (
-    VMA_LOCK_OFFSET,
-    VMA_REF_LIMIT,
     MmStruct,
     VmAreaStruct,
     mm_assert_users,
@@ -257,7 +255,15 @@ def vma_start_write(vma: VmAreaStruct) -> None:
     """``vma_start_write``: requires the mmap write lock; excludes readers,
     waits for current ones to leave, marks the VMA write-locked until the
     mmap write lock is released or downgraded. A no-op when already
-    write-locked in this mmap write section."""
+    write-locked in this mmap write section.
+
+    One RMW of the lock state that adds the offset (no reader can take a
+    reference after it), one WAIT per task's reader references (after that
+    task's last ``vma_refcount_put``, at once if it holds none), and one RMW
+    that sets ``vm_lock_seq`` and removes the offset. The writer does not
+    read the readers' references: whether a reader's put came before or
+    after the offset, the writer's WAIT orders it after the put (one trace,
+    not two)."""
     mm = vma.raw("vm_mm")
     mmap_assert_write_locked(mm)
     if not per_vma_locks(mm):
@@ -270,19 +276,25 @@ def vma_start_write(vma: VmAreaStruct) -> None:
         return
     vma_write_lock_order()
     visible(lock, RMW, "vm_refcnt += VMA_LOCK_OFFSET")
-    if lock.vm_refcnt == 0:
-        # Detached: no reader can get in; just mark it.
+    others = lock.readers.others()
+    if not lock.attached or not others:
+        # Detached (vm_refcnt 0: __vma_enter_locked's refcount_add_not_zero
+        # fails), or no task has ever taken a reader reference (a slot is
+        # made by an increment, which this RMW is ordered against): nothing
+        # to wait for, and the offset's addition, vm_lock_seq's write and
+        # its removal are this one operation (a later reader fails its
+        # recheck of vm_lock_seq instead of its increment).
         lock.vm_lock_seq = seq
+        if lock.attached:
+            check_lock_state("vma_start_write", vma=vma)
         return
-    lock.vm_refcnt += VMA_LOCK_OFFSET
-    target = VMA_LOCK_OFFSET + 1
-    visible(lock, WAIT, "rcuwait_wait_event(vm_refcnt == OFFSET+1)",
-            guard=lambda: lock.vm_refcnt == target)
+    lock.excluding = True
+    wait_released(others, "rcuwait_wait_event(vm_refcnt == OFFSET+1)")
     # WRITE_ONCE(vm_lock_seq) and the offset's removal are one operation:
     # no reader can take a reference in between (the offset is still set).
     visible(lock, RMW, "vm_lock_seq = mm_lock_seq; vm_refcnt -= VMA_LOCK_OFFSET")
     lock.vm_lock_seq = seq
-    lock.vm_refcnt -= VMA_LOCK_OFFSET
+    lock.excluding = False
     check_lock_state("vma_start_write", vma=vma)
 
 
@@ -291,7 +303,13 @@ def vma_try_start_write(vma: VmAreaStruct) -> bool:
     """``vma_try_start_write`` (6.4 to 6.5, khugepaged's
     ``retract_page_tables``, which holds ``i_mmap_rwsem`` and so may not wait
     for the VMA's readers): write-lock the VMA only if no reader holds it;
-    False otherwise. One visible RMW of the VMA lock."""
+    False otherwise.
+
+    One visible operation: an RMW of the lock state that reads every other
+    task's reader references (the 6.4 kernel's ``down_write_trylock`` of the
+    VMA's rw_semaphore fails while any reader holds it); ordered against
+    each reader's increment and put. Left out: the rw_semaphore itself (the
+    refcount scheme stands for it, as in :func:`vma_start_write`)."""
     mm = vma.raw("vm_mm")
     mmap_assert_write_locked(mm)
     if not per_vma_locks(mm):
@@ -300,8 +318,8 @@ def vma_try_start_write(vma: VmAreaStruct) -> bool:
     seq = mm.mm_lock_seq.sequence
     if lock.vm_lock_seq == seq:
         return True
-    ev = visible(lock, RMW, "vma_try_start_write")
-    if lock.vm_refcnt > 1:
+    ev, slots = lock.readers.look(lock, RMW, "vma_try_start_write")
+    if any(s.count for s in slots):
         if ev is not None:
             ev.detail = "failed: readers"
         return False
@@ -317,44 +335,57 @@ def vma_mark_attached(vma: VmAreaStruct) -> None:
         # No VMA lock before 6.4: the count is only the model's record of
         # whether the VMA is in the tree (the rules' "detached" token), which
         # nobody else reads concurrently, so no operation.
-        vma.vm_lock.vm_refcnt = 1
+        vma.vm_lock.attached = 1
         return
     visible(vma.vm_lock, WRITE, "refcount_set(vm_refcnt, 1)")
-    vma.vm_lock.vm_refcnt = 1
+    vma.vm_lock.attached = 1
 
 
 @kfunc
 def vma_mark_detached(vma: VmAreaStruct) -> None:
     """``vma_mark_detached``: drop the attach reference; if readers still hold
     temporary references (they will fail their recheck), exclude new ones and
-    wait for them to leave. Requires the VMA write lock."""
+    wait for them to leave. Requires the VMA write lock.
+
+    The drop and the offset's addition are one RMW (readers that took a
+    reference after ``vma_start_write`` may hold one until their recheck
+    fails); then one WAIT per task's reader references and one RMW that
+    removes the offset. As in :func:`vma_start_write` the writer waits
+    rather than reads."""
     vma_assert_write_locked(vma)
     lock = vma.vm_lock
     if not per_vma_locks(vma.raw("vm_mm")):
-        lock.vm_refcnt = 0  # the model's tree-membership record (see vma_mark_attached)
+        lock.attached = 0  # the model's tree-membership record (see vma_mark_attached)
         return
-    visible(lock, RMW, "refcount_dec_and_test(vm_refcnt)")
-    lock.vm_refcnt -= 1
-    if lock.vm_refcnt == 0:
+    visible(lock, RMW, "refcount_dec_and_test(vm_refcnt); vm_refcnt += VMA_LOCK_OFFSET")
+    lock.attached -= 1
+    others = lock.readers.others()
+    if not others:
+        # No task has ever taken a reference: nothing to wait for.
         return
-    visible(lock, RMW, "vm_refcnt += VMA_LOCK_OFFSET")
-    lock.vm_refcnt += VMA_LOCK_OFFSET
-    visible(lock, WAIT, "rcuwait_wait_event(vm_refcnt == OFFSET)",
-            guard=lambda: lock.vm_refcnt == VMA_LOCK_OFFSET)
+    lock.excluding = True
+    wait_released(others, "rcuwait_wait_event(vm_refcnt == OFFSET)")
     visible(lock, RMW, "vm_refcnt -= VMA_LOCK_OFFSET")
-    lock.vm_refcnt -= VMA_LOCK_OFFSET
+    lock.excluding = False
 
 
 def vma_is_attached(vma: VmAreaStruct) -> bool:
-    """``vma_is_attached`` (a visible read of ``vm_refcnt``)."""
-    visible(vma.vm_lock, READ, "refcount_read(vm_refcnt)")
-    return bool(vma.vm_lock.vm_refcnt)
+    """``vma_is_attached``: ``refcount_read(vm_refcnt) != 0``, one visible
+    operation that reads every reader's references (an RMW of the lock
+    state, so that it is also ordered against the increment of a task that
+    has no slot yet)."""
+    lock = vma.vm_lock
+    lock.readers.look(lock, RMW, "refcount_read(vm_refcnt)")
+    return bool(lock.vm_refcnt)
 
 
 def _refcount_put(vma: VmAreaStruct) -> None:
-    lock = vma.vm_lock
-    visible(lock, RMW, "vma_refcount_put")
-    lock.vm_refcnt -= 1  # a waiting writer's guard sees this (rcuwait_wake_up)
+    """``vma_refcount_put``: drop this task's reference, one visible write of
+    its own slot (a writer waiting for it wakes on that write: its guard
+    sees it, as ``rcuwait_wake_up`` makes it look)."""
+    slot = vma.vm_lock.readers.current()
+    visible(slot, WRITE, "vma_refcount_put")
+    slot.count -= 1
     held().vma_read.pop(vma.serial, None)
     check_lock_state("vma_end_read", vma=vma)
 
@@ -368,6 +399,23 @@ def _describe_vma_locks(th: SimThread) -> str:
         return ""
     names = ", ".join(v.name for v in h.vma_read.values())
     return f"    {th.name} holds the VMA read lock of {names} (vma_start_read)"
+
+
+def _check_vma_locks_at_exit(th: SimThread) -> None:
+    """A thread that returns to user space holding a VMA read lock (the
+    kernel's lockdep map of the VMA lock reports it as any other lock)."""
+    table = execution_local("mm.held", dict)
+    h = table.get(th.tid)
+    if h is None or not h.vma_read:
+        return
+    names = ", ".join(v.name for v in h.vma_read.values())
+    raise ViolationError(
+        "lock-held-at-exit",
+        f"lock held when returning to user space: VMA read lock of {names} held by {th.name}",
+        "WARNING: lock held when returning to user space!\n"
+        f"{th.name} is leaving the kernel with the VMA read lock of {names} still held "
+        "(vma_start_read without vma_end_read)",
+    )
 
 
 @kfunc
@@ -384,14 +432,19 @@ def vma_start_read(mm: MmStruct, vma: VmAreaStruct) -> bool:
     visible(mm.mm_lock_seq, READ, "READ_ONCE(mm_lock_seq)")
     if lock_seq == mm.mm_lock_seq.sequence:
         return False
-    visible(lock, RMW, "refcount_inc_not_zero_limited(vm_refcnt)")
-    old = lock.vm_refcnt
-    if old == 0 or old + 1 > VMA_REF_LIMIT:
+    # refcount_inc_not_zero_limited: fails on a detached VMA (0) or one a
+    # writer excludes readers from (the offset puts it over the limit); both
+    # are in the lock state, which the increment reads. The reference itself
+    # goes to this task's slot: other readers' increments commute with it.
+    slot = lock.readers.current()
+    visible(slot, WRITE, "refcount_inc_not_zero_limited(vm_refcnt)", also=((lock, READ),))
+    if not lock.attached or lock.excluding:
         return False
-    lock.vm_refcnt = old + 1
+    slot.count += 1
     h = held()
     h.vma_read[vma.serial] = vma
     add_thread_describer(_describe_vma_locks)
+    add_thread_exit_check(_check_vma_locks_at_exit)
     # Recheck: a writer may have set vm_lock_seq before our reference.
     visible(mm.mm_lock_seq, READ, "raw_read_seqcount(mm_lock_seq)")
     if lock.vm_lock_seq == mm.mm_lock_seq.sequence:
@@ -440,16 +493,25 @@ def lock_vma_under_rcu(mm: MmStruct, address: int) -> VmAreaStruct | None:
 @kfunc
 def vma_start_read_locked(vma: VmAreaStruct) -> bool:
     """``vma_start_read_locked`` (``_nested``): read-lock *vma* while holding
-    the mmap lock, which excludes every VMA writer, so only the reference
-    count can fail (detached, or at ``VMA_REF_LIMIT``): one visible RMW."""
+    the mmap lock, which excludes every VMA writer (``vma_start_write`` and
+    ``vma_mark_detached`` need it for write), so no ``vm_lock_seq`` check is
+    needed and only the reference count can fail: a detached VMA.
+
+    One visible operation, as :func:`vma_start_read`'s increment: a write of
+    this task's reader slot that reads the lock state (attach reference,
+    writer's offset), so it commutes with other readers' references and is
+    ordered against whatever changes or reads the whole count. Left out:
+    ``VMA_REF_LIMIT`` (no model program holds 2**30 references) and the
+    lockdep subclass of the ``_nested`` variant."""
     mmap_assert_locked(vma.raw("vm_mm"))
     lock = vma.vm_lock
-    visible(lock, RMW, "refcount_inc_not_zero_limited(vm_refcnt)")
-    old = lock.vm_refcnt
-    if old == 0 or old + 1 > VMA_REF_LIMIT:
+    slot = lock.readers.current()
+    visible(slot, WRITE, "refcount_inc_not_zero_limited(vm_refcnt)", also=((lock, READ),))
+    if not lock.attached or lock.excluding:
         return False
-    lock.vm_refcnt = old + 1
+    slot.count += 1
     held().vma_read[vma.serial] = vma
     add_thread_describer(_describe_vma_locks)
+    add_thread_exit_check(_check_vma_locks_at_exit)
     check_lock_state("vma_start_read_locked", vma=vma)
     return True

@@ -31,6 +31,7 @@ from typing import Any
 
 from mmrace.arch import smp_call_function_sync
 from mmrace.mm.internal import kfunc
+from mmrace.mm.locks import call_rcu
 from mmrace.mm.mm_types import (
     PAGE_SIZE,
     MmStruct,
@@ -164,11 +165,10 @@ def tlb_flush_mmu_free(tlb: MmuGather) -> None:
     after a grace period) and release the gathered folio references
     (``tlb_batch_pages_flush``). Called only after the flush."""
     from mmrace.mm.page_alloc import folio_put_refs
-    from mmrace.mm.pgtable import pte_free_defer
 
     tables, tlb.tables = tlb.tables, []
-    for t in tables:
-        pte_free_defer(tlb.mm, t)
+    if tables:
+        tlb_table_flush(tables)
     folios, tlb.folios = tlb.folios, []
     for folio, nr in folios:
         # free_pages_and_swap_cache: a folio only the swap cache will hold
@@ -179,6 +179,23 @@ def tlb_flush_mmu_free(tlb: MmuGather) -> None:
         if folio.swapcache:
             free_swap_cache(folio)
         folio_put_refs(folio, nr)
+
+
+def tlb_remove_table_rcu(tables: list[Any]) -> None:
+    """``tlb_remove_table_rcu``: the RCU callback of one batch of gathered
+    page-table pages: free each of them."""
+    from mmrace.mm.pgtable import pte_free
+
+    for t in tables:
+        pte_free(t.mm, t)
+
+
+@kfunc
+def tlb_table_flush(tables: list[Any]) -> None:
+    """``tlb_table_flush``: hand the batch of gathered page-table pages to
+    RCU, one ``call_rcu`` for the whole batch as the kernel does (its
+    ``struct mmu_table_batch`` carries the ``rcu_head``)."""
+    call_rcu(tables, tlb_remove_table_rcu)
 
 
 @kfunc

@@ -124,6 +124,27 @@ def pte_str(pte: int) -> str:
     return f"pfn {pte_pfn(pte):#x} {bits}"
 
 
+class PteText:
+    """An entry as an event's detail: rendered by :func:`pte_str` only when
+    a trace is printed (the search never reads it)."""
+
+    __slots__ = ("pte",)
+
+    def __init__(self, pte: int) -> None:
+        self.pte = pte
+
+    def __str__(self) -> str:
+        return pte_str(self.pte)
+
+    __repr__ = __str__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PteText) and other.pte == self.pte
+
+    def __hash__(self) -> int:
+        return hash(self.pte)
+
+
 def pgd_index(addr: int) -> int:
     return (addr >> PGDIR_SHIFT) & (PTRS_PER_PGD - 1)
 
@@ -568,7 +589,7 @@ def ptep_get(table: PageTable, index: int) -> int:
     ev = _entry(table, index, READ, f"{LEVEL_NAMES[table.level]}p_get")
     v = table.entries.get(index, 0)
     if ev is not None:
-        ev.detail = pte_str(v)
+        ev.detail = PteText(v)
     return v
 
 
@@ -660,7 +681,7 @@ def set_pte_at(mm: MmStruct, addr: int, table: PageTable, index: int, pte: int) 
     check_entry_write(table, index, old, pte, plain=True)
     _store(table, index, pte)
     if ev is not None:
-        ev.detail = pte_str(pte)
+        ev.detail = PteText(pte)
 
 
 set_pmd_at = set_pte_at
@@ -679,7 +700,7 @@ def set_pte_at_cleared(mm: MmStruct, addr: int, table: PageTable, index: int, pt
     check_entry_write(table, index, cleared, pte)
     _store(table, index, pte)
     if ev is not None:
-        ev.detail = pte_str(pte)
+        ev.detail = PteText(pte)
 
 
 def pte_clear(mm: MmStruct, addr: int, table: PageTable, index: int) -> None:
@@ -695,7 +716,7 @@ def ptep_get_and_clear(mm: MmStruct, addr: int, table: PageTable, index: int) ->
     check_entry_write(table, index, old, 0)
     _store(table, index, 0)
     if ev is not None:
-        ev.detail = pte_str(old)
+        ev.detail = PteText(old)
     return old
 
 
@@ -710,7 +731,7 @@ def ptep_set_wrprotect(mm: MmStruct, addr: int, table: PageTable, index: int) ->
     check_entry_write(table, index, old, new)
     _store(table, index, new)
     if ev is not None:
-        ev.detail = pte_str(new)
+        ev.detail = PteText(new)
 
 
 def pte_modify(pte: int, newprot: int) -> int:
@@ -731,7 +752,7 @@ def ptep_modify_prot_start(vma: Any, addr: int, table: PageTable, index: int) ->
     check_entry_write(table, index, old, 0)
     _store(table, index, 0)
     if ev is not None:
-        ev.detail = pte_str(old)
+        ev.detail = PteText(old)
     return old
 
 
@@ -743,22 +764,32 @@ def ptep_modify_prot_commit(vma: Any, addr: int, table: PageTable, index: int, o
     check_entry_write(table, index, cur, pte)
     _store(table, index, pte)
     if ev is not None:
-        ev.detail = pte_str(pte)
+        ev.detail = PteText(pte)
 
 
 def ptep_set_access_flags(vma: Any, addr: int, table: PageTable, index: int, entry: int,
                           dirty: bool) -> bool:
-    """``ptep_set_access_flags``: under the PTL, install *entry* (same page,
-    more permissive bits) if it differs; returns whether it changed."""
-    ev = _entry(table, index, RMW, "ptep_set_access_flags")
+    """``ptep_set_access_flags`` as x86 has it: under the PTL, a read of the
+    entry and, only if it differs from *entry* (same page, more permissive
+    bits) and the fault is a write (*dirty*), a store (``set_pte``); returns
+    whether it differs. Two visible operations when it stores, one read
+    otherwise (a read commutes with the hardware walker's and other readers'
+    reads). Without *dirty* x86 leaves the accessed bit to the walker: a
+    store could overwrite a dirty bit the walker set in between."""
+    ev = _entry(table, index, READ, "ptep_set_access_flags")
     old = table.entries.get(index, 0)
     changed = old != entry
-    if changed:
-        check_entry_write(table, index, old, entry)
-        _store(table, index, entry)
     if ev is not None:
-        ev.detail = pte_str(entry) if changed else "unchanged"
-    return changed
+        ev.detail = PteText(old)
+    if not (changed and dirty):
+        return changed
+    ev = _entry(table, index, WRITE, "ptep_set_access_flags: set_pte")
+    old = table.entries.get(index, 0)
+    check_entry_write(table, index, old, entry)
+    _store(table, index, entry)
+    if ev is not None:
+        ev.detail = PteText(entry)
+    return True
 
 
 def ptep_test_and_clear_young(vma: Any, addr: int, table: PageTable, index: int) -> bool:
@@ -766,7 +797,7 @@ def ptep_test_and_clear_young(vma: Any, addr: int, table: PageTable, index: int)
     ev = _entry(table, index, RMW, "ptep_test_and_clear_young")
     old = table.entries.get(index, 0)
     if ev is not None:
-        ev.detail = pte_str(old)
+        ev.detail = PteText(old)
     if not pte_young(old):
         return False
     new = pte_mkold(old)
@@ -854,7 +885,7 @@ def pmdp_invalidate(vma: Any, addr: int, table: PageTable, index: int) -> int:
     check_entry_write(table, index, old, new)
     _store(table, index, new)
     if ev is not None:
-        ev.detail = pte_str(new)
+        ev.detail = PteText(new)
     flush_pmd_tlb_range(vma, addr, addr + (1 << PMD_SHIFT))
     return old
 
@@ -870,7 +901,7 @@ def pmdp_invalidate_ad(vma: Any, addr: int, table: PageTable, index: int) -> int
     check_entry_write(table, index, old, new)
     _store(table, index, new)
     if ev is not None:
-        ev.detail = pte_str(new)
+        ev.detail = PteText(new)
     return old
 
 
@@ -1024,7 +1055,7 @@ class X86PageWalker:
             raise t._uaf(f"hardware walk [{i}]")
         e = t.entries.get(i, 0)
         if ev is not None:
-            ev.detail = pte_str(e)
+            ev.detail = PteText(e)
         return e
 
     def _walk(self, cpu: Any, gen: int, mm: Any, addr: int, write: bool,
@@ -1086,7 +1117,7 @@ class X86PageWalker:
                 raise t._uaf(f"hardware walk [{i}]")
             pte = t.entries.get(i, 0)
             if ev is not None:
-                ev.detail = pte_str(pte)
+                ev.detail = PteText(pte)
             if huge and not pmd_trans_huge(pte):
                 return None
             if not pte & _PAGE_PRESENT:
@@ -1099,7 +1130,7 @@ class X86PageWalker:
                     continue  # the entry changed since the announcement: redo as an RMW
                 t.entries[i] = new
                 if ev is not None:
-                    ev.detail = pte_str(new)
+                    ev.detail = PteText(new)
             frame = frame_of_pte(new, sub)
             if frame is None:
                 return FAULT_PROT

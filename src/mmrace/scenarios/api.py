@@ -62,6 +62,7 @@ VIOLATION_KINDS = (
     "livelock",
     "bug",
     "uffd-view",
+    "lock-held-at-exit",
 )
 OUTCOMES = ("clean", *VIOLATION_KINDS)
 

@@ -1,14 +1,21 @@
 """Kernel synchronisation primitives and lockdep, built on engine operations.
 
 Model code calls free functions that read like the kernel's C
-(``down_read(&mm->mmap_lock)`` is ``down_read(mm.mmap_lock)``). Each lock
-state change is one visible RMW on the lock object, so DPOR treats operations
-on one lock as dependent and operations on different locks as independent;
-an uncontended lock or unlock costs exactly one visible operation.
+(``down_read(&mm->mmap_lock)`` is ``down_read(mm.mmap_lock)``). Footprints
+are as fine as the kernel's semantics: operations that commute in the kernel
+are independent for DPOR. A mutex or spinlock operation is one visible RMW
+of the lock (each changes its owner or queue); rw_semaphore readers, RCU
+readers, result-less ``atomic_add`` and ``refcount_inc`` keep per-task (or
+per-CPU) shares in slots of their own (:mod:`mmrace.sync.slots`), so they do
+not conflict with each other, and whoever depends on the total reads or
+waits on every slot. An uncontended lock or unlock costs exactly one
+visible operation. Each module says what its operations commute with.
 
 Violation kinds added here: ``lock-order`` (lockdep), ``use-after-free``,
 ``invalid-context`` (sleeping in atomic context), ``lock-misuse`` (bad
-unlock, failed lockdep assertion, suspicious RCU usage) and ``refcount``.
+unlock, failed lockdep assertion, suspicious RCU usage), ``refcount``, and
+``lock-held-at-exit`` (a thread returns holding a lock, inside an RCU read
+section, or with preemption or interrupts disabled).
 """
 
 from mmrace.sync.atomic import (

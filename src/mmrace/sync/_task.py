@@ -16,6 +16,7 @@ from mmrace.engine import (
     SimThread,
     ViolationError,
     add_thread_describer,
+    add_thread_exit_check,
     current_execution,
     current_thread,
     exploration_local,
@@ -24,7 +25,7 @@ from mmrace.engine import (
 if TYPE_CHECKING:
     from mmrace.engine import Execution
     from mmrace.sync.lockdep import LockdepGraph
-    from mmrace.sync.rcu import RcuCallbacks, RcuReader
+    from mmrace.sync.rcu import RcuReader
 
 _KEY = "sync"
 
@@ -63,7 +64,7 @@ def fmt_where(fn: str | None, ev: int, after: bool = False) -> str:
 class SyncState:
     """Per-execution state of the sync layer."""
 
-    __slots__ = ("ex", "setup", "lockdep_on", "graph", "rcu_cbs", "gp_tids", "slab_free")
+    __slots__ = ("ex", "setup", "lockdep_on", "graph", "slab_free")
 
     def __init__(self, ex: Execution) -> None:
         from mmrace.sync.lockdep import LockdepGraph
@@ -72,10 +73,9 @@ class SyncState:
         self.lockdep_on = True
         self.graph: LockdepGraph = exploration_local("sync.lockdep", LockdepGraph)
         self.setup = TaskState(None, self)
-        self.rcu_cbs: RcuCallbacks | None = None
-        self.gp_tids: set[int] = set()
         self.slab_free: dict[type[Any], Any] = {}
         add_thread_describer(describe_thread)
+        add_thread_exit_check(check_thread_exit)
 
 
 class TaskState:
@@ -166,6 +166,42 @@ def describe_thread(th: SimThread) -> str:
     if ts is None or not ts.held:
         return f"    {th.name} holds no locks"
     return "\n".join(f"    held by {th.name}: {h.describe()}" for h in ts.held)
+
+
+def check_thread_exit(th: SimThread) -> None:
+    """lockdep's ``lockdep_sys_exit`` (and ``do_exit``'s preempt-count
+    note): a task that returns to user space (a thread whose function
+    returns) must hold no lock, be outside every RCU read section and have
+    interrupts and preemption enabled; else a ``lock-held-at-exit``
+    violation naming what it still holds. A lock left held would deadlock
+    its next taker; lockdep reports it at once. Locks and RCU are lockdep's
+    check (off after :func:`~mmrace.sync.debug_locks_off`); preemption and
+    interrupt state are checked always."""
+    ts: TaskState | None = th.locals.get(_KEY)
+    if ts is None:
+        return
+    leaked: list[str] = []
+    if ts.sync.lockdep_on:  # debug_locks_off() silences lockdep's part
+        leaked += [h.describe() for h in ts.held]
+        if ts.rcu_depth:
+            leaked.append(f"rcu_read_lock (nesting depth {ts.rcu_depth})")
+    spin_held = sum(1 for h in ts.held if getattr(h.lock, "waiting", "") == "spinning")
+    if ts.atomic > spin_held:
+        leaked.append(f"preempt_count {ts.atomic - spin_held} (preempt_disable)")
+    if ts.irqs_off:
+        leaked.append("interrupts disabled (irqs_disabled() == 1)")
+    if not leaked:
+        return
+    first = ts.held[0].lock.name if ts.held else leaked[0].split(" ")[0]
+    raise ViolationError(
+        "lock-held-at-exit",
+        f"lock held when returning to user space: {first} held by {ts.name}",
+        "================================================\n"
+        "WARNING: lock held when returning to user space!\n"
+        "------------------------------------------------\n"
+        f"{ts.name} is leaving the kernel with locks still held!\n"
+        + "\n".join(f" #{i}: {what}" for i, what in enumerate(leaked)),
+    )
 
 
 def might_sleep(ts: TaskState, what: str) -> None:

@@ -4,6 +4,15 @@
 (or banks it); ``wait_for_completion`` is one visible RMW that consumes a
 banked "done" or queues, then a visible WAIT until a ``complete`` grants it.
 
+Footprints: ``complete`` before ``wait_for_completion`` (a banked done the
+waiter consumes) and after it (a queued waiter woken) are two traces, as
+they are two paths in the kernel (``do_wait_for_common`` returns at once or
+sleeps). Two ``complete`` calls without waiters would commute (both bank a
+done), but with waiters queued each hands one waiter its done in FIFO
+order, so they stay ordered: making them commute would need a waiter to
+wait on the sum of several objects, which a WAIT (one object, a monotone
+guard) cannot express.
+
 Left out: timeouts, and waking a killable waiter when a fatal signal arrives
 while it sleeps (the signal is checked when it would have to sleep).
 """

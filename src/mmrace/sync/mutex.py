@@ -4,6 +4,15 @@ One visible RMW takes the mutex or queues the task; a queued task waits (a
 visible WAIT) until ``mutex_unlock`` hands the mutex to it, first come first
 served. Uncontended lock and unlock cost one visible operation each.
 
+Footprints: every operation on a mutex changes its owner or its queue, and
+the next operation's outcome depends on that (who gets it, whether it
+queues), so any two operations on one mutex conflict; operations on
+different mutexes are independent. Two tasks taking one mutex are four
+traces -- either first, the second finding it free or queued and handed
+it -- which are four different paths through ``mutex_lock`` (fast path,
+``__mutex_lock_slowpath`` with hand-off). A queued waiter's WAIT happens
+after the unlock that granted it and commutes with everything later.
+
 Left out: optimistic spinning, lock stealing by a newcomer before the woken
 waiter runs (the model always hands off), ww_mutex, and the
 ``mutex_lock_interruptible`` variant.

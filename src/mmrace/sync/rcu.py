@@ -1,36 +1,63 @@
 """RCU: read-side critical sections, grace periods and callbacks.
 
-Each task's read-side state is its own shared object (an :class:`RcuReader`),
-so readers are independent of each other for DPOR. The outermost
-``rcu_read_lock`` / ``rcu_read_unlock`` is one visible write of the task's
-reader object; nested ones cost nothing. ``synchronize_rcu`` reads every
-other task's reader object (one visible read each) and, for each reader
-found inside a critical section, waits (a visible WAIT) until that reader
-has left it -- the outermost unlock bumps the reader's generation. So it
-waits for every reader that started before it, and for no other.
+The model keeps exactly the guarantee RCU gives: a callback queued with
+``call_rcu`` (and the return of ``synchronize_rcu``) comes after every
+read-side critical section that was open when it was queued (when it was
+called), and after nothing else.
 
-``call_rcu``/``kfree_rcu`` queue a callback on a per-execution callback
-object; the first one lazily spawns an ``rcu_gp`` thread that takes the
-queued batch, waits a grace period with ``synchronize_rcu`` and runs the
-batch, until the queue is empty. In set-up code (no simulated thread runs)
-a grace period is immediate: ``synchronize_rcu`` returns and ``call_rcu``
-runs its callback at once.
+Each task's read-side state is two shared objects of its own
+(:class:`RcuReader`): its *entry* side, written by the outermost
+``rcu_read_lock`` (it counts the task's read sections), and its *exit* side,
+written by the outermost ``rcu_read_unlock`` (it counts the sections that
+ended); nested ones cost nothing. A grace period starts with one visible
+read of every task's entry side -- so it is ordered against each
+``rcu_read_lock`` either way, which is the race that matters -- and then
+waits (one visible WAIT per task that ever entered a section) until that
+task's exit count has caught up with the entry count it saw. A WAIT happens
+after the write that enabled it and commutes with every later one, and the
+grace period never reads the exit side: "saw the reader inside and waited
+for its unlock" and "looked after the unlock" are one Mazurkiewicz trace.
+Readers never touch each other's objects, so they are independent.
 
-Left out: tasks spawned by another thread after a grace period started are
-not seen by it (they cannot be inside a read section that started before
-it); expedited grace periods, SRCU, ``rcu_barrier``, and lockdep's RCU map
-(a ``synchronize_rcu`` inside a read section is reported by the
+``call_rcu`` has no shared callback queue and no batching thread: it takes
+the grace-period snapshot itself and spawns one thread for the callback,
+which waits for the readers it saw and then runs the callback. Independent
+``call_rcu``\\s are independent operations (they only read entry sides), and
+their callbacks run in any order.
+
+*When* a callback runs: as early as RCU allows (the moment the last reader
+it waits for leaves) and at any later point -- the callback thread is an
+ordinary thread the explorer schedules like any other. For the
+use-after-free oracle the earliest moment is the adversarial one (a free
+only shrinks the set of later accesses that are legal), so the earliest
+moment alone would find every use-after-free. Later moments are kept
+because a callback does more than free: it takes locks, drops references,
+returns a SLAB_TYPESAFE_BY_RCU object to its cache for reuse; which of those
+happen before or after another thread's operation changes what that thread
+sees (a reuse before or after a lookup, say). The kernel gives no upper
+bound on the delay, so neither does the model; the cost is only the
+callback's own operations, which DPOR orders only against the operations
+they conflict with.
+
+In set-up code (no simulated thread runs) a grace period is immediate:
+``synchronize_rcu`` returns and ``call_rcu`` runs its callback at once.
+
+Left out: the kernel's per-CPU in-order callback invocation (the model
+lets callbacks of one CPU run in any order, a superset), tasks spawned by
+another thread after a grace period started are not seen by it (they
+cannot be inside a read section that started before it), expedited grace
+periods, SRCU, ``rcu_barrier``, and lockdep's RCU map (a
+``synchronize_rcu`` inside a read section is reported by the
 sleeping-in-atomic check instead).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from mmrace.engine import (
     READ,
-    RMW,
     WAIT,
     WRITE,
     SharedObject,
@@ -46,29 +73,42 @@ from mmrace.sync.slab import KObject, kfree
 T = TypeVar("T")
 
 
-class RcuReader(SharedObject):
-    """One task's RCU read-side state."""
+class RcuReaderExit(SharedObject):
+    """The exit side of one task's RCU read-side state: how many of its
+    read sections have ended (written by the outermost ``rcu_read_unlock``)."""
 
-    __slots__ = ("inside", "gen")
+    __slots__ = ("ended", "entry")
+
+    def __init__(self, name: str, entry: RcuReader) -> None:
+        super().__init__(name)
+        self.ended = 0
+        self.entry = entry
+
+    def wait_info(self, thread: SimThread) -> str:
+        if self.entry.inside:
+            return "the reader is inside a read-side critical section"
+        return ""
+
+
+class RcuReader(SharedObject):
+    """The entry side of one task's RCU read-side state (``current->
+    rcu_read_lock_nesting`` as a grace period sees it): how many read
+    sections it has entered, and its exit side."""
+
+    __slots__ = ("sections", "exit")
 
     def __init__(self, name: str) -> None:
         super().__init__(name)
-        self.inside = False
-        self.gen = 0
+        self.sections = 0
+        self.exit = RcuReaderExit(f"{name}.exit", self)
+
+    @property
+    def inside(self) -> bool:
+        """Whether the task is inside a read section now (for reports)."""
+        return self.sections > self.exit.ended
 
     def wait_info(self, thread: SimThread) -> str:
         return "reader inside a read-side critical section" if self.inside else ""
-
-
-class RcuCallbacks(SharedObject):
-    """The per-execution queue of RCU callbacks."""
-
-    __slots__ = ("pending", "gp_running")
-
-    def __init__(self) -> None:
-        super().__init__("rcu_callbacks")
-        self.pending: list[tuple[Callable[[Any], None], Any]] = []
-        self.gp_running = False
 
 
 def _reader(ts: TaskState) -> RcuReader:
@@ -80,19 +120,19 @@ def _reader(ts: TaskState) -> RcuReader:
 
 def rcu_read_lock() -> None:
     """``rcu_read_lock()``: enter a read-side critical section (nests). The
-    outermost one is one visible write of the task's reader object."""
+    outermost one is one visible write of the task's reader entry side."""
     ts = task()
     depth = ts.rcu_depth
     ts.rcu_depth = depth + 1
     if depth == 0 and ts.thread is not None:
         r = ts.rcu_reader or _reader(ts)
         visible(r, WRITE, "rcu_read_lock")
-        r.inside = True
+        r.sections += 1
 
 
 def rcu_read_unlock() -> None:
     """``rcu_read_unlock()``: leave a read-side critical section; the
-    outermost unlock is one visible write that ends the reader's section.
+    outermost unlock is one visible write of the task's reader exit side.
     Unbalanced unlock is a ``lock-misuse`` violation."""
     ts = task()
     depth = ts.rcu_depth
@@ -101,9 +141,9 @@ def rcu_read_unlock() -> None:
     ts.rcu_depth = depth - 1
     if depth == 1 and ts.thread is not None:
         r = ts.rcu_reader or _reader(ts)
-        visible(r, WRITE, "rcu_read_unlock")
-        r.inside = False
-        r.gen += 1
+        ex = r.exit
+        visible(ex, WRITE, "rcu_read_unlock")
+        ex.ended += 1
 
 
 def rcu_read_lock_held() -> bool:
@@ -112,23 +152,52 @@ def rcu_read_lock_held() -> bool:
     return task().rcu_depth > 0
 
 
-def _grace_period(ts: TaskState) -> None:
+Snapshot = list[tuple[RcuReaderExit, int]]
+"""What a grace period waits for: (exit side, entry count seen) per task."""
+
+
+def _gp_snapshot(ts: TaskState, label: str) -> Snapshot:
+    """The start of a grace period by *ts* (a simulated thread): one visible
+    read of every other task's reader entry side. Returns the readers to
+    wait for: every task that has entered a read section, with the number
+    of sections it had entered. *ts*'s own open section (``call_rcu``
+    inside ``rcu_read_lock``) is known without an operation.
+
+    Every task is read, including finished ones and those that never used
+    RCU: whether a task has a reader object yet, or has finished, is not
+    something the footprint may depend on."""
     me = ts.thread
-    if me is None:
-        return
-    sync = ts.sync
-    for th in current_execution().threads:
-        if th is me or th.finished or th.tid in sync.gp_tids:
-            continue
-        r = _reader(state_of(th))
-        visible(r, READ, "synchronize_rcu")
-        if r.inside:
-            gen = r.gen
+    threads = current_execution().threads
+    readers: list[RcuReader] = []
+    seen = 0
+    # A footprint is fixed when the operation is announced: a thread spawned
+    # between the announcement and the operation is read by one more
+    # operation (the grace period then starts over two operations, which
+    # waits for every section open at the first one).
+    while seen < len(threads):
+        new = [_reader(state_of(th)) for th in threads[seen:] if th is not me]
+        seen = len(threads)
+        if new:
+            also = tuple((r, READ) for r in new[1:]) or None
+            visible(new[0], READ, label if not readers else f"{label} (new tasks)", also=also)
+            readers += new
+    waits: Snapshot = [(r.exit, r.sections) for r in readers if r.sections]
+    if ts.rcu_depth:
+        own = _reader(ts)
+        waits.append((own.exit, own.sections))
+    return waits
 
-            def left(r: RcuReader = r, gen: int = gen) -> bool:
-                return r.gen != gen
 
-            visible(r, WAIT, "synchronize_rcu", left)
+def _wait_readers(waits: Snapshot, label: str) -> None:
+    """Wait until every reader in *waits* has left the sections it had
+    entered when the grace period started: one visible WAIT each, enabled
+    by that reader's unlock (at once if it already left)."""
+    for exit_side, entered in waits:
+
+        def left(e: RcuReaderExit = exit_side, n: int = entered) -> bool:
+            return e.ended >= n
+
+        visible(exit_side, WAIT, label, left)
 
 
 def synchronize_rcu() -> None:
@@ -138,43 +207,29 @@ def synchronize_rcu() -> None:
     or inside a read section."""
     ts = task()
     might_sleep(ts, "synchronize_rcu")
-    _grace_period(ts)
+    if ts.thread is None:
+        return
+    _wait_readers(_gp_snapshot(ts, "synchronize_rcu"), "synchronize_rcu")
 
 
-def _rcu_gp(cbs: RcuCallbacks) -> None:
-    ts = task()
-    assert ts.thread is not None
-    ts.sync.gp_tids.add(ts.thread.tid)
-    while True:
-        visible(cbs, RMW, "rcu_gp: start grace period")
-        batch = cbs.pending
-        cbs.pending = []
-        if not batch:
-            cbs.gp_running = False
-            return
-        _grace_period(ts)
-        for fn, arg in batch:
-            fn(arg)
+def _invoke(waits: Snapshot, func: Callable[[T], None], head: T) -> None:
+    """The body of an RCU callback's thread (``rcu_do_batch`` for one
+    callback): wait for the grace period, then run the callback."""
+    _wait_readers(waits, "rcu: wait for grace period")
+    func(head)
 
 
 def call_rcu(head: T, func: Callable[[T], None]) -> None:
-    """``call_rcu(head, func)``: run ``func(head)`` after a grace period, in
-    the ``rcu_gp`` thread. One visible RMW of the callback queue."""
+    """``call_rcu(head, func)``: run ``func(head)`` once every read section
+    open now has ended, in a thread of its own (``rcu_cb:FUNC``). One visible
+    read of every task's reader entry side; no shared queue."""
     ts = task()
     if ts.thread is None:
         func(head)
         return
-    sync = ts.sync
-    cbs = sync.rcu_cbs
-    if cbs is None:
-        cbs = sync.rcu_cbs = RcuCallbacks()
-    ev = visible(cbs, RMW, "call_rcu")
-    cbs.pending.append((func, head))
-    if ev is not None:
-        ev.detail = getattr(func, "__name__", "callback")
-    if not cbs.gp_running:
-        cbs.gp_running = True
-        spawn(_rcu_gp, cbs, name="rcu_gp")
+    waits = _gp_snapshot(ts, "call_rcu")
+    name = getattr(func, "__name__", "callback")
+    spawn(_invoke, waits, func, head, name=f"rcu_cb:{name}")
 
 
 def kfree_rcu(obj: KObject) -> None:

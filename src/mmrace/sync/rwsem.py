@@ -1,17 +1,37 @@
 """Reader/writer semaphores (kernel/locking/rwsem.c).
 
-Every state change is one visible RMW on the semaphore: "take it, or queue
-myself". A task that queued then waits (a visible WAIT whose guard is set
-only by the RMW that hands the lock over). Release hands the lock to the
-queue: a writer at the head gets it alone; a reader at the head brings every
-queued reader with it (``rwsem_mark_wake`` wakes all readers in the queue,
-skipping writers). A reader arriving while the semaphore is held for write,
-or while anyone is queued, queues too -- the kernel's writer-waiting rule
-(``rwsem_read_trylock`` fails when ``RWSEM_FLAG_WAITERS`` is set, and the
-slow path does not steal a reader-owned lock): a task that holds the lock for
-read and asks again while a writer waits deadlocks.
+Footprints follow what commutes in the kernel: readers' counts commute, so
+readers never conflict with each other. The semaphore is two kinds of
+shared object:
 
-Uncontended ``down_*``/``up_*`` cost one visible operation each.
+* the semaphore itself (:class:`RwSemaphore`), the writer state: the
+  writer owner, the wait queue, and the readers the queue handed the lock
+  to (``rwsem_mark_wake``) or that downgraded a write hold;
+* one read-hold slot per task (:class:`RwsemReader`), its share of the
+  reader count, written only by that task.
+
+A reader's fast path (``down_read``, ``down_read_trylock``) is one visible
+operation that reads the semaphore (no writer, nobody queued: the
+writer-waiting rule of ``rwsem_read_trylock``) and writes the task's own
+slot; ``up_read`` of such a hold writes the slot only. So two readers, or
+a reader's ``up_read`` and another's ``down_read``, are independent. A
+writer's acquisition is one RMW of the semaphore that also reads every
+slot; if it is free it becomes the owner at once (later readers queue
+behind it) and then waits (one visible WAIT each) for the slots it saw held
+to be released -- each WAIT happens after the ``up_read`` that enabled it,
+so an ``up_read`` that lets a writer in stays ordered before that writer.
+
+A reader that finds a writer or waiters takes the slow path: one RMW of
+the semaphore (and its slot) that takes the lock if it became free, or
+queues; a queued task waits (a visible WAIT whose guard is set only by the
+RMW that hands the lock over). Release hands the lock to the queue: a
+writer at the head gets it alone; a reader at the head brings every queued
+reader with it (``rwsem_mark_wake`` wakes all readers in the queue,
+skipping writers). A task that holds the lock for read and asks again
+while a writer waits deadlocks, as in the kernel.
+
+Uncontended ``down_*``/``up_*`` cost one visible operation each (plus a
+WAIT per reader a writer has to wait for).
 
 Left out: optimistic spinning, lock stealing in the window between a release
 and the woken waiter's acquisition (the model hands the lock over directly),
@@ -20,7 +40,7 @@ the handoff bit, and the reader wake-up limit of 256.
 
 from __future__ import annotations
 
-from mmrace.engine import READ, RMW, WAIT, SharedObject, SimThread, visible
+from mmrace.engine import READ, RMW, WAIT, WRITE, SharedObject, SimThread, visible
 from mmrace.sync import lockdep
 from mmrace.sync._task import (
     TaskState,
@@ -33,20 +53,34 @@ from mmrace.sync._task import (
     task,
 )
 from mmrace.sync.signal import EINTR, pending
+from mmrace.sync.slots import Slot, Slots, wait_released
 
 
 class RwSemaphore(SharedObject):
     """``struct rw_semaphore``. *name* names this instance in traces; *key*
-    is its lockdep class (defaults to *name*), e.g. ``"&mm->mmap_lock"``."""
+    is its lockdep class (defaults to *name*), e.g. ``"&mm->mmap_lock"``.
 
-    __slots__ = ("key", "writer", "readers", "queue")
+    The object itself is the writer state; :attr:`slots` are the per-task
+    read holds taken through the fast path (``sem.reader(TASK)``)."""
+
+    __slots__ = ("key", "writer", "readers", "queue", "slots", "draining", "read_it")
 
     def __init__(self, name: str, key: str | None = None) -> None:
         super().__init__(name)
         self.key = key or name
         self.writer: TaskState | None = None
+        # readers that hold it through the semaphore (handed over, downgraded)
         self.readers: list[TaskState] = []
         self.queue: list[Waiter] = []
+        self.slots = Slots(self, "reader")
+        # slots the writer still waits for (for reports)
+        self.draining: list[Slot] = []
+        # the footprint a fast-path reader adds to its slot's write
+        self.read_it: tuple[tuple[SharedObject, int], ...] = ((self, READ),)
+
+    def all_readers(self) -> list[TaskState]:
+        slot_readers = [s.ts for s in self.slots.held() for _ in range(s.count)]
+        return slot_readers + self.readers
 
     def wait_info(self, thread: SimThread) -> str:
         return self.state_text()
@@ -54,20 +88,25 @@ class RwSemaphore(SharedObject):
     def state_text(self) -> str:
         """Holders and queue, for reports."""
         parts = []
-        if self.writer is not None:
+        # A writer that owns the semaphore but still waits for readers to
+        # leave is, in the kernel, the head of the wait queue: say so.
+        draining = self.writer is not None and any(s.count for s in self.draining)
+        if self.writer is not None and not draining:
             parts.append(f"held for write by {self.writer.name}")
-        if self.readers:
-            parts.append("held for read by " + ", ".join(r.name for r in self.readers))
-        if self.queue:
-            parts.append(
-                "queue: "
-                + ", ".join(f"{w.ts.name} ({'write' if w.write else 'read'})" for w in self.queue)
-            )
+        readers = self.all_readers()
+        if readers:
+            parts.append("held for read by " + ", ".join(r.name for r in readers))
+        queue = [f"{w.ts.name} ({'write' if w.write else 'read'})" for w in self.queue]
+        if draining:
+            assert self.writer is not None
+            queue.insert(0, f"{self.writer.name} (write)")
+        if queue:
+            parts.append("queue: " + ", ".join(queue))
         return "; ".join(parts) or "not locked"
 
     def is_locked(self) -> bool:
         """``rwsem_is_locked``: held in any mode (not a visible operation)."""
-        return self.writer is not None or bool(self.readers)
+        return self.writer is not None or bool(self.readers) or bool(self.slots.held())
 
 
 def init_rwsem(name: str, key: str | None = None) -> RwSemaphore:
@@ -77,7 +116,9 @@ def init_rwsem(name: str, key: str | None = None) -> RwSemaphore:
 
 
 def _wake(sem: RwSemaphore) -> None:
-    """Hand the semaphore to the queue after a release (``rwsem_wake``)."""
+    """Hand the semaphore to the queue after a release (``rwsem_wake``).
+    A writer handed the lock still waits for the slot readers it saw when it
+    queued (it does that itself, after its grant)."""
     queue = sem.queue
     if not queue or sem.writer is not None:
         return
@@ -103,27 +144,53 @@ def _dequeue(sem: RwSemaphore, w: Waiter) -> None:
     _wake(sem)
 
 
+def _read_free(sem: RwSemaphore) -> bool:
+    return sem.writer is None and not sem.queue
+
+
+def _drain(sem: RwSemaphore, slots: list[Slot], label: str) -> None:
+    """A writer that owns the semaphore waits for every other task's
+    read-hold slot to be released: one WAIT per slot, after that reader's
+    last ``up_read`` (at once for a slot that is already free, but still
+    ordered after its release). No fast-path reader can come in meanwhile
+    (the writer is set), so the guards stay true once true."""
+    if not slots:
+        return
+    sem.draining = slots
+    wait_released(slots, label + " (wait for reader)")
+    sem.draining = []
+
+
 def _down_read(sem: RwSemaphore, label: str, subclass: int, killable: bool) -> int:
     ts = task()
     might_sleep(ts, f"{label}({sem.name})")
     key = sem.key if subclass == 0 else f"{sem.key}/{subclass}"
     if ts.sync.lockdep_on:
         lockdep.check_acquire(ts, sem, key, True)
-    ev = visible(sem, RMW, label)
-    if sem.writer is None and not sem.queue:
-        sem.readers.append(ts)
+    slot = sem.slots.of(ts)
+    visible(slot, WRITE, label, also=sem.read_it)
+    if _read_free(sem):
+        slot.count += 1
+        push_held(ts, sem, key, True, False)
+        return 0
+    # Slow path (rwsem_down_read_slowpath): under the wait lock, take it if
+    # it became free meanwhile, else queue.
+    ev = visible(sem, RMW, label + " (slow path)", also=((slot, WRITE),))
+    if _read_free(sem):
+        slot.count += 1
+        push_held(ts, sem, key, True, False)
+        return 0
+    w = Waiter(ts, False)
+    sem.queue.append(w)
+    if ev is not None:
+        ev.detail = "queued"
+    if killable and pending(ts):
+        visible(sem, RMW, label + " (interrupted)")
+        if not w.granted:
+            _dequeue(sem, w)
+            return -EINTR
     else:
-        w = Waiter(ts, False)
-        sem.queue.append(w)
-        if ev is not None:
-            ev.detail = "queued"
-        if killable and pending(ts):
-            visible(sem, RMW, label + " (interrupted)")
-            if not w.granted:
-                _dequeue(sem, w)
-                return -EINTR
-        else:
-            visible(sem, WAIT, label, w.is_granted)
+        visible(sem, WAIT, label, w.is_granted)
     push_held(ts, sem, key, True, False)
     return 0
 
@@ -134,7 +201,18 @@ def _down_write(sem: RwSemaphore, label: str, subclass: int, killable: bool) -> 
     key = sem.key if subclass == 0 else f"{sem.key}/{subclass}"
     if ts.sync.lockdep_on:
         lockdep.check_acquire(ts, sem, key, False)
-    ev = visible(sem, RMW, label)
+    if killable:
+        # It must know now whether it would sleep for readers (it backs
+        # out instead when a fatal signal is pending): read every slot.
+        ev, slots = sem.slots.look(sem, RMW, label, ts)
+        busy = [s for s in slots if s.count]
+    else:
+        # It waits for every reader slot after its RMW, whatever it holds:
+        # no need to read them, and an up_read is then ordered before the
+        # writer by the writer's WAIT whether it came before or after the
+        # RMW -- one trace, not two.
+        ev = visible(sem, RMW, label)
+        busy = []
     if sem.writer is None and not sem.readers and not sem.queue:
         sem.writer = ts
     else:
@@ -149,6 +227,17 @@ def _down_write(sem: RwSemaphore, label: str, subclass: int, killable: bool) -> 
                 return -EINTR
         else:
             visible(sem, WAIT, label, w.is_granted)
+    if killable:
+        if busy and pending(ts):
+            # It would sleep until the readers leave: back out instead.
+            visible(sem, RMW, label + " (interrupted)")
+            sem.writer = None
+            _wake(sem)
+            return -EINTR
+        _drain(sem, busy, label)
+    else:
+        mine = sem.slots.mine(ts)
+        _drain(sem, [s for s in sem.slots.table.values() if s is not mine], label)
     push_held(ts, sem, key, False, False)
     return 0
 
@@ -195,13 +284,15 @@ def down_write_killable(sem: RwSemaphore) -> int:
 
 
 def down_read_trylock(sem: RwSemaphore) -> bool:
-    """``down_read_trylock(sem)``: one visible RMW that never blocks; fails
-    when the semaphore is held for write or anyone is queued. Adds no lockdep
+    """``down_read_trylock(sem)``: one visible operation that never blocks
+    (a read of the semaphore and a write of the task's slot); fails when the
+    semaphore is held for write or anyone is queued. Adds no lockdep
     dependency."""
     ts = task()
-    ev = visible(sem, RMW, "down_read_trylock")
-    if sem.writer is None and not sem.queue:
-        sem.readers.append(ts)
+    slot = sem.slots.of(ts)
+    ev = visible(slot, WRITE, "down_read_trylock", also=sem.read_it)
+    if _read_free(sem):
+        slot.count += 1
         push_held(ts, sem, sem.key, True, True)
         return True
     if ev is not None:
@@ -210,11 +301,12 @@ def down_read_trylock(sem: RwSemaphore) -> bool:
 
 
 def down_write_trylock(sem: RwSemaphore) -> bool:
-    """``down_write_trylock(sem)``: one visible RMW that never blocks;
-    succeeds only on a free semaphore. Adds no lockdep dependency."""
+    """``down_write_trylock(sem)``: one visible RMW (reading every read-hold
+    slot) that never blocks; succeeds only on a free semaphore. Adds no
+    lockdep dependency."""
     ts = task()
-    ev = visible(sem, RMW, "down_write_trylock")
-    if sem.writer is None and not sem.readers and not sem.queue:
+    ev, _slots = sem.slots.look(sem, RMW, "down_write_trylock", ts)
+    if sem.writer is None and not sem.readers and not sem.queue and not sem.slots.held():
         sem.writer = ts
         push_held(ts, sem, sem.key, False, True)
         return True
@@ -224,21 +316,32 @@ def down_write_trylock(sem: RwSemaphore) -> bool:
 
 
 def up_read(sem: RwSemaphore) -> None:
-    """``up_read(sem)``: release a read hold; the last reader hands the
-    semaphore to the queue. Releasing a semaphore the task does not hold for
-    read is a ``lock-misuse`` violation."""
+    """``up_read(sem)``: release a read hold. A fast-path hold is one visible
+    write of the task's slot (a writer waiting for it wakes on that write);
+    a hold the queue handed over is one RMW of the semaphore, and the last
+    such reader hands the semaphore to the queue. Releasing a semaphore the
+    task does not hold for read is a ``lock-misuse`` violation."""
     ts = task()
     h = find_held(ts, sem)
-    if h is None or not h.read or ts not in sem.readers:
+    slot = sem.slots.mine(ts)
+    # Whether this task holds it through its slot is its own state: only
+    # this task writes its slot (a writer only reads it).
+    via_slot = slot is not None and slot.count > 0
+    if h is None or not h.read or not (via_slot or ts in sem.readers):
         raise misuse(
             ts,
             f"up_read({sem.name}) without holding it for read",
             f"lock state: {sem.state_text()}",
         )
-    visible(sem, RMW, "up_read")
-    sem.readers.remove(ts)
-    if not sem.readers and sem.queue:
-        _wake(sem)
+    if via_slot:
+        assert slot is not None
+        visible(slot, WRITE, "up_read")
+        slot.count -= 1
+    else:
+        visible(sem, RMW, "up_read")
+        sem.readers.remove(ts)
+        if not sem.readers and sem.queue:
+            _wake(sem)
     pop_held(ts, sem)
 
 
@@ -281,6 +384,10 @@ def downgrade_write(sem: RwSemaphore) -> None:
 
 
 def rwsem_is_locked(sem: RwSemaphore) -> bool:
-    """``rwsem_is_locked(sem)``: one visible read; True when held in any mode."""
-    visible(sem, READ, "rwsem_is_locked")
+    """``rwsem_is_locked(sem)``: one visible read (of the semaphore and every
+    read-hold slot); True when held in any mode."""
+    # An RMW of the semaphore, not a read: it must be ordered against every
+    # fast-path down_read (which reads the semaphore), including one by a
+    # thread that does not exist yet and so has no slot to read.
+    sem.slots.look(sem, RMW, "rwsem_is_locked", task())
     return sem.is_locked()

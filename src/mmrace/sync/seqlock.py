@@ -5,6 +5,12 @@ reads of it, a writer's begin and end are visible RMWs. A reader that finds
 a write in progress (odd count) waits (a visible WAIT) until the count
 changes, then reads it again, instead of spinning.
 
+Footprints: readers only read the counter, so any number of readers are
+independent of each other (one trace); a writer's begin and end change it,
+so they are ordered against every reader's begin and retry -- which is
+what decides whether the reader retries. A waiting reader's WAIT happens
+after the write that ended the write section.
+
 Left out: the latch and raw variants, and lockdep's check that writers are
 serialised (``seqcount_LOCKNAME_t``); :class:`SeqLock` pairs a counter with
 a spinlock for that.

@@ -7,6 +7,11 @@ task's preempt count, so sleeping under it is an ``invalid-context``
 violation. Interrupt state is per task (a task with interrupts off cannot
 migrate, so this is its CPU's state).
 
+Footprints: as for the mutex (:mod:`mmrace.sync.mutex`), each operation
+changes the owner or the queue of spinners, so operations on one lock
+conflict and operations on different locks do not; interrupt and preempt
+state are thread-local and cost nothing.
+
 Left out: interrupt handlers themselves (so no irq-safety inversion
 checks), ``raw_spinlock_t`` vs ``spinlock_t`` on PREEMPT_RT, and rwlock_t.
 """

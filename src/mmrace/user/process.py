@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from mmrace.arch import TLB_FLUSH_MODES
-from mmrace.engine import in_execution
 from mmrace.fixes import KernelConfig
 from mmrace.mm.filemap import set_fault_around_bytes
 from mmrace.mm.huge_memory import THP_ENABLED, set_transparent_hugepage
@@ -97,10 +96,10 @@ class System:
         # sysfs: transparent_hugepage/enabled; debugfs: fault_around_bytes
         if thp not in THP_ENABLED:
             raise ValueError(f"thp={thp!r}: choose from {', '.join(THP_ENABLED)}")
-        if in_execution():
-            set_transparent_hugepage(thp)
-            if fault_around_bytes is not None:
-                set_fault_around_bytes(fault_around_bytes)
+        # (per execution; at top level, in the standalone context)
+        set_transparent_hugepage(thp)
+        if fault_around_bytes is not None:
+            set_fault_around_bytes(fault_around_bytes)
         self.tlb_evictions = tlb_evictions  # TLB evictions the chooser may make per execution
         # How remote TLB flushes reach other CPUs: "ipi" (x86) or "broadcast"
         # (arm64's TLBI, x86 INVLPGB or paravirt: no interrupt; mmrace.arch.tlb)
