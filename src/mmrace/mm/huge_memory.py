@@ -28,6 +28,7 @@ folios, PUD-sized pages, DAX, NUMA hinting, mmu notifiers.
 from __future__ import annotations
 
 from mmrace.engine import WRITE, execution_local
+from mmrace.mm.fs_userfaultfd import handle_userfault
 from mmrace.mm.internal import kernel_config, kfunc
 from mmrace.mm.locks import Spinlock
 from mmrace.mm.memory import (
@@ -137,7 +138,7 @@ from mmrace.mm.rmap import (
     folio_remove_rmap_pmd,
     folio_try_dup_anon_rmap_pmd,
 )
-from mmrace.mm.userfaultfd import handle_userfault, userfaultfd_missing, userfaultfd_wp
+from mmrace.mm.userfaultfd_k import userfaultfd_missing, userfaultfd_wp
 
 HPAGE_PMD_NR = 1 << HPAGE_PMD_ORDER
 HPAGE_PMD_SIZE = PMD_SIZE
