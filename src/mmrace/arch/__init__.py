@@ -8,6 +8,9 @@ frozenset of CPU ids); page tables are reached only through the registered
 :class:`~mmrace.arch.walker.PageWalker`.
 """
 
+# Load order (the seam of the cpu <-> tlb cycle): tlb first, so that its
+# bottom import of cpu finds tlb complete; cpu imports tlb's types at its top.
+from mmrace.arch import tlb as _tlb  # noqa: F401
 from mmrace.arch.cpu import (
     TLB_FLUSH_MODES,
     Cpu,

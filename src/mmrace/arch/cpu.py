@@ -47,6 +47,7 @@ from mmrace.engine import (
     SharedObject,
     SimThread,
     choose,
+    current_execution,
     current_thread,
     execution_local,
     visible,
@@ -120,8 +121,6 @@ def setup_machine(ncpus: int, max_evictions: int = 0, tlb_flush: str = "ipi") ->
     """Create this execution's machine (once; later calls return it,
     growing it to *ncpus* CPUs and raising the eviction budget if asked)."""
     m: Machine | None = execution_local("arch.machine", lambda: None)
-    from mmrace.engine import current_execution
-
     if m is None:
         m = Machine(ncpus, max_evictions, tlb_flush)
         current_execution().locals["arch.machine"] = m

@@ -38,7 +38,16 @@ import functools
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from mmrace.engine import READ, WAIT, WRITE, Event, SharedObject, current_thread, visible
+from mmrace.engine import (
+    READ,
+    WAIT,
+    WRITE,
+    Event,
+    SharedObject,
+    current_execution,
+    current_thread,
+    visible,
+)
 
 if TYPE_CHECKING:
     from mmrace.arch.cpu import Cpu
@@ -138,8 +147,6 @@ class TlbEntry(SharedObject):
 def _index(ev: Event | None) -> int:
     if ev is None:
         return -1
-    from mmrace.engine import current_execution
-
     return len(current_execution().events) - 1
 
 
@@ -187,8 +194,6 @@ def _describe_flush(start: int, end: int) -> str:
     th = current_thread()
     who = th.name if th is not None else "set-up"
     fn = th.where[-1] if th is not None and th.where else "?"
-    from mmrace.engine import current_execution
-
     ev = len(current_execution().events) - 1
     return f"flushed {_what(start, end)} by {who} in {fn} (event {ev})"
 
@@ -304,8 +309,6 @@ def flush_tlb_mm_range(mm: Any, start: int, end: int, stride_shift: int = PAGE_S
     anything, so a flush that misses a new bit has nothing to flush there
     that is stale for the changes it is about. *freed_tables* is accepted
     for the kernel's signature (the model has no paging-structure caches)."""
-    from mmrace.arch.cpu import machine, this_cpu
-
     if end != TLB_FLUSH_ALL and (end - start) >> stride_shift > tlb_single_page_flush_ceiling:
         start, end = 0, TLB_FLUSH_ALL
     mask: frozenset[int] = mm.mm_cpumask.value
@@ -320,3 +323,8 @@ def flush_tlb_mm_range(mm: Any, start: int, end: int, stride_shift: int = PAGE_S
         broadcast_flush_tlb(others, mm, start, end)
     elif others:
         native_flush_tlb_multi(others, mm, start, end)
+
+# cpu.py builds CPUs from this module's TLB types; the flush needs the
+# machine back: imported once this module is complete (the seam; the arch
+# package loads this module first).
+from mmrace.arch.cpu import machine, this_cpu  # noqa: E402

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar, cast
 
 from mmrace.engine import current_execution, current_thread, execution_local
+from mmrace.fixes import KernelConfig
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -186,7 +187,5 @@ def kernel_config(mm: Any) -> Any:
     outside a ``System`` gets the current kernel."""
     k = mm.kernel
     if k is None:
-        from mmrace.fixes import KernelConfig
-
         k = mm.kernel = KernelConfig()
     return k

@@ -21,7 +21,7 @@ from mmrace.mm import huge_memory
 from mmrace.mm.fs_userfaultfd import userfaultfd_remove
 from mmrace.mm.internal import errno_error, kfunc
 from mmrace.mm.khugepaged import madvise_collapse_range
-from mmrace.mm.memory import vm_normal_page, vma_is_anonymous
+from mmrace.mm.memory import vm_normal_page, vma_is_anonymous, zap_page_range_single
 from mmrace.mm.mm_types import (
     PAGE_MASK,
     PAGE_SHIFT,
@@ -174,10 +174,6 @@ def madvise_dontneed(mm: MmStruct, start: int, end: int) -> int:
     the REMOVE event (``userfaultfd_remove``, which drops the mmap lock and
     waits for the monitor to read it); the VMA is then looked up again.
     Left out: the per-VMA-lock variant of recent kernels."""
-    from mmrace.mm.memory import zap_page_range_single
-    from mmrace.mm.mm_types import VM_LOCKED, VM_PFNMAP
-    from mmrace.mm.mmap_lock import mmap_read_lock, mmap_read_unlock
-
     mmap_read_lock(mm)
     addr = start
     unmapped = False

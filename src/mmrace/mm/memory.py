@@ -65,10 +65,12 @@ from mmrace.mm.mm_types import (
     VM_UFFD_MINOR,
     VM_UFFD_MISSING,
     VM_UFFD_WP,
+    VM_WIPEONFORK,
     VM_WRITE,
     MmStruct,
     VmAreaStruct,
     mm_assert_users,
+    mm_tlb_flush_pending,
 )
 from mmrace.mm.mmap_lock import (
     lock_vma_under_rcu,
@@ -105,10 +107,12 @@ from mmrace.mm.page_alloc import (
     pfn_folio,
 )
 from mmrace.mm.pgtable import (
+    PMD_SIZE,
     PTRS_PER_PTE,
     PageTable,
     PteMap,
     flush_tlb_fix_spurious_fault,
+    flush_tlb_page,
     mk_huge_pmd,
     pfn_pte,
     pmd_alloc,
@@ -136,13 +140,16 @@ from mmrace.mm.pgtable import (
     pte_unmap,
     pte_unmap_unlock,
     pte_write,
+    pte_wrprotect,
     ptep_clear_flush,
     ptep_get,
     ptep_get_and_clear,
     ptep_get_stable_bits,
     ptep_set_access_flags,
+    ptep_set_wrprotect,
     ptl_lock,
     ptl_unlock,
+    pud_alloc,
     set_pmd_at,
     set_pte_at,
     update_mmu_cache,
@@ -290,8 +297,6 @@ def do_anonymous_page(vmf: VmFault) -> int:
     filled meanwhile, back off (the new folio is released). A VMA registered
     with ``UFFDIO_REGISTER_MODE_MISSING`` hands the fault to
     ``handle_userfault`` instead (checked under the PTL)."""
-    from mmrace.mm.userfaultfd import handle_userfault, userfaultfd_missing
-
     vma = vmf.vma
     mm = vma.vm_mm
     if vma.vm_flags & VM_SHARED:
@@ -358,8 +363,6 @@ def vmf_can_call_fault(vmf: VmFault) -> int:
 def __do_fault(vmf: VmFault) -> int:
     """``__do_fault``: ``vma->vm_ops->fault`` (the page cache's
     ``filemap_fault`` unless the file supplies its own)."""
-    from mmrace.mm.filemap import filemap_fault
-
     ops = vmf.vma.vm_ops
     if ops is not None and ops.fault is not None:
         ret, folio = ops.fault(vmf)
@@ -715,10 +718,6 @@ def do_wp_page(vmf: VmFault) -> int:
     deferred flush pending (``mm_tlb_flush_pending``) has the address
     flushed before the page may be copied (the ``wp-fault-flush-pending``
     proposal does it for every VMA)."""
-    from mmrace.mm.mm_types import mm_tlb_flush_pending
-    from mmrace.mm.pgtable import flush_tlb_page
-    from mmrace.mm.userfaultfd import handle_userfault, userfaultfd_pte_wp, userfaultfd_wp
-
     vma = vmf.vma
     mm = vma.vm_mm
     if not vmf.flags & FAULT_FLAG_UNSHARE:
@@ -785,8 +784,6 @@ def handle_pte_marker(vmf: VmFault) -> int:
     keeps the uffd-wp bit (``finish_fault``), so a write then traps; in a
     VMA no longer registered for uffd-wp the marker is just cleared
     (``pte_marker_clear``)."""
-    from mmrace.mm.userfaultfd import userfaultfd_wp
-
     if not pte_marker_uffd_wp(vmf.orig_pte):
         return VM_FAULT_SIGBUS
     if userfaultfd_wp(vmf.vma):
@@ -946,8 +943,6 @@ def __handle_mm_fault(vma: VmAreaStruct, address: int, flags: int) -> int:
     whole (``wp_huge_pmd`` for a write to a read-only one, else
     ``huge_pmd_set_accessed``) unless that falls back too; everything else
     goes to ``handle_pte_fault``."""
-    from mmrace.mm.pgtable import pud_alloc
-
     mm = vma.vm_mm
     vmf = VmFault(vma, address, flags)
     pud, ui = pud_alloc(mm, address)
@@ -995,9 +990,6 @@ def lock_mm_and_find_vma(mm: MmStruct, address: int) -> VmAreaStruct | None:
     Before ``stack-expand-write-locked`` (6.5) the fault grew the stack under
     the read lock it holds (``expand_stack`` of that era, which was
     ``expand_downwards`` under the read lock)."""
-    from mmrace.mm.mmap import expand_downwards, expand_stack
-    from mmrace.mm.vma import find_vma
-
     mmap_read_lock(mm)
     vma = find_vma(mm, address)
     if vma is not None and vma.vm_start <= address:
@@ -1141,8 +1133,6 @@ def unmap_page_range(tlb: MmuGather, vma: VmAreaStruct, addr: int, end: int,
     allocation) and zap each PTE table's part. ``BUG_ON(addr >= end)``: an
     empty or inverted range (a size that wrapped past the end of the address
     space) is a ``bug`` violation."""
-    from mmrace.mm.pgtable import PMD_SIZE
-
     if addr >= end:
         raise ViolationError(
             "bug", "kernel BUG in unmap_page_range: addr >= end",
@@ -1233,8 +1223,6 @@ def get_locked_pte(mm: MmStruct, addr: int) -> PteMap | None:
     allocate the tables down to the PTE table of *addr* and return it
     mapped and locked; None if the PMD is not a table. Left out:
     ``walk_to_pmd``'s debug-only ``VM_BUG_ON(pmd_trans_huge())``."""
-    from mmrace.mm.pgtable import pud_alloc
-
     pud, ui = pud_alloc(mm, addr)
     pmd, mi = pmd_alloc(mm, pud, ui, addr)
     pte_alloc(mm, pmd, mi)
@@ -1454,8 +1442,6 @@ def copy_present_pte(dst_vma: VmAreaStruct, src_vma: VmAreaStruct, dst: PteMap,
         folio_add_file_rmap_pte(folio, 0, dst_vma)
         _map_count(dst_mm, 1)
     if is_cow_mapping(src_vma.vm_flags) and pte_write(pte):
-        from mmrace.mm.pgtable import pte_wrprotect, ptep_set_wrprotect
-
         ptep_set_wrprotect(src_mm, addr, src.table, idx)
         pte = pte_wrprotect(pte)
     if src_vma.vm_flags & VM_SHARED:
@@ -1467,8 +1453,6 @@ def copy_present_pte(dst_vma: VmAreaStruct, src_vma: VmAreaStruct, dst: PteMap,
 
 
 def folio_try_dup_anon_rmap_pte_(folio: Folio, pte: int, src_vma: VmAreaStruct) -> bool:
-    from mmrace.mm.rmap import folio_try_dup_anon_rmap_pte
-
     return folio_try_dup_anon_rmap_pte(folio, pte_pfn(pte) - folio.pfn, src_vma) != 0
 
 
@@ -1488,8 +1472,6 @@ def copy_nonpresent_pte(dst_vma: VmAreaStruct, src_vma: VmAreaStruct, dst: PteMa
         # copy_pte_marker: a uffd-wp marker only into a child VMA that is
         # still registered for uffd-wp (fork drops the registration unless
         # the monitor asked for fork events).
-        from mmrace.mm.userfaultfd import userfaultfd_wp
-
         if pte_marker_uffd_wp(pte) and userfaultfd_wp(dst_vma):
             set_pte_at(dst_mm, addr, dst.table, idx, pte)
         return
@@ -1544,8 +1526,6 @@ def copy_pte_range(dst_vma: VmAreaStruct, src_vma: VmAreaStruct, dst_pmd: PageTa
 def vma_needs_copy(dst_vma: VmAreaStruct, src_vma: VmAreaStruct) -> bool:
     """``vma_needs_copy``: anonymous memory must be copied; file pages can
     be faulted in again by the child."""
-    from mmrace.mm.mm_types import VM_WIPEONFORK
-
     if dst_vma.raw("vm_flags") & VM_WIPEONFORK:
         return False
     return src_vma.anon_vma is not None
@@ -1555,8 +1535,6 @@ def vma_needs_copy(dst_vma: VmAreaStruct, src_vma: VmAreaStruct) -> bool:
 def copy_page_range(dst_vma: VmAreaStruct, src_vma: VmAreaStruct) -> int:
     """``copy_page_range``: copy the parent's page tables of *src_vma* into
     the child (mmap write locks of both mms held). Returns 0."""
-    from mmrace.mm.pgtable import PMD_SIZE, pud_alloc
-
     if not vma_needs_copy(dst_vma, src_vma):
         return 0
     src_mm = src_vma.vm_mm
@@ -1631,3 +1609,13 @@ _ = (Any, PAGE_SIZE)
 # kernel files, which call back into this one: they are imported last, as
 # modules, and used through their module objects (the seam of the cycle).
 from mmrace.mm import filemap, huge_memory, migrate  # noqa: E402
+from mmrace.mm.filemap import filemap_fault  # noqa: E402
+from mmrace.mm.mmap import expand_downwards, expand_stack  # noqa: E402
+from mmrace.mm.rmap import folio_try_dup_anon_rmap_pte  # noqa: E402
+from mmrace.mm.userfaultfd import (  # noqa: E402
+    handle_userfault,
+    userfaultfd_missing,
+    userfaultfd_pte_wp,
+    userfaultfd_wp,
+)
+from mmrace.mm.vma import find_vma  # noqa: E402

@@ -18,6 +18,7 @@ from typing import Any
 
 from mmrace.engine import SharedObject, Var, ViolationError, current_execution, current_thread
 from mmrace.mm.locks import KObject, RwSemaphore, Slots, Spinlock
+from mmrace.mm.maple_tree import MapleTree
 from mmrace.mm.rules_check import (
     check_mm_field,
     check_vma_read,
@@ -272,8 +273,6 @@ class MmStruct(KObject):
 
     def __init__(self, name: str = "mm", task_size: int = 1 << 47) -> None:
         super().__init__(name)
-        from mmrace.mm.maple_tree import MapleTree
-
         self.mm_mt = MapleTree(self, f"{name}.mm_mt")
         self.mmap_lock = RwSemaphore(f"{name}.mmap_lock")
         self.mm_lock_seq = MmLockSeq(f"{name}.mm_lock_seq")

@@ -15,7 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 from mmrace.mm.fs_userfaultfd import userfaultfd_unmap_complete
+from mmrace.mm.gup import __mm_populate
 from mmrace.mm.internal import errno_error, kernel_config, kfunc
+from mmrace.mm.memory import unmap_vmas
 from mmrace.mm.mm_types import (
     PAGE_MASK,
     PAGE_SHIFT,
@@ -65,8 +67,10 @@ from mmrace.mm.mmap_lock import (
     mmap_write_downgrade,
     mmap_write_lock,
     mmap_write_unlock,
+    vma_mark_detached,
     vma_start_write,
 )
+from mmrace.mm.mmu_gather import tlb_finish_mmu, tlb_gather_mmu
 from mmrace.mm.pgtable import ptl_lock, ptl_unlock
 from mmrace.mm.rmap import __anon_vma_prepare, anon_vma_lock_write, anon_vma_unlock_write
 from mmrace.mm.userfaultfd_k import UserfaultfdUnmapCtx
@@ -77,6 +81,9 @@ from mmrace.mm.vma import (
     find_vma,
     find_vma_intersection,
     find_vma_prev,
+    for_each_vma,
+    free_pgtables,
+    remove_vma,
     sysctl_max_map_count,
     vm_area_alloc,
     vm_flags_set,
@@ -519,11 +526,6 @@ __all__ = [
 def exit_mmap(mm: MmStruct) -> None:
     """``exit_mmap``: zap everything under the mmap read lock (fullmm
     batch), then under the write lock free the page tables and the VMAs."""
-    from mmrace.mm.memory import unmap_vmas
-    from mmrace.mm.mmap_lock import vma_mark_detached
-    from mmrace.mm.mmu_gather import tlb_finish_mmu, tlb_gather_mmu
-    from mmrace.mm.vma import VmaIterator, for_each_vma, free_pgtables, remove_vma
-
     mmap_read_lock(mm)
     vmas = list(for_each_vma(VmaIterator(mm, 0)))
     tlb = tlb_gather_mmu(mm, fullmm=True)
@@ -545,8 +547,6 @@ def exit_mmap(mm: MmStruct) -> None:
 
 
 def _populate(mm: MmStruct, start: int, length: int) -> None:
-    from mmrace.mm.gup import __mm_populate
-
     __mm_populate(mm, start, length)
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mmrace.arch import smp_call_function_sync
+from mmrace.arch import TLB_FLUSH_ALL, flush_tlb_mm_range, smp_call_function_sync
 from mmrace.mm.internal import kfunc
 from mmrace.mm.locks import call_rcu
 from mmrace.mm.mm_types import (
@@ -39,6 +39,8 @@ from mmrace.mm.mm_types import (
     inc_tlb_flush_pending,
     mm_tlb_flush_nested,
 )
+from mmrace.mm.page_alloc import folio_put_refs
+from mmrace.mm.pgtable import pte_free
 from mmrace.mm.swap_state import free_swap_cache
 
 _NO_START = 1 << 64
@@ -140,8 +142,6 @@ def pte_free_tlb(tlb: MmuGather, table: Any, addr: int) -> None:
 def tlb_flush(tlb: MmuGather) -> None:
     """x86 ``tlb_flush``: the gathered range, or the whole mm for a fullmm
     gather."""
-    from mmrace.arch import TLB_FLUSH_ALL, flush_tlb_mm_range
-
     tlb.flushes += 1
     if tlb.fullmm:
         flush_tlb_mm_range(tlb.mm, 0, TLB_FLUSH_ALL, 12, tlb.freed_tables)
@@ -164,8 +164,6 @@ def tlb_flush_mmu_free(tlb: MmuGather) -> None:
     """``tlb_flush_mmu_free``: free the gathered tables (``tlb_table_flush``:
     after a grace period) and release the gathered folio references
     (``tlb_batch_pages_flush``). Called only after the flush."""
-    from mmrace.mm.page_alloc import folio_put_refs
-
     tables, tlb.tables = tlb.tables, []
     if tables:
         tlb_table_flush(tables)
@@ -184,8 +182,6 @@ def tlb_flush_mmu_free(tlb: MmuGather) -> None:
 def tlb_remove_table_rcu(tables: list[Any]) -> None:
     """``tlb_remove_table_rcu``: the RCU callback of one batch of gathered
     page-table pages: free each of them."""
-    from mmrace.mm.pgtable import pte_free
-
     for t in tables:
         pte_free(t.mm, t)
 

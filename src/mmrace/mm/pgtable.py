@@ -51,7 +51,7 @@ from mmrace.mm.locks import (
     spin_lock,
     spin_unlock,
 )
-from mmrace.mm.mm_types import PAGE_SHIFT, MmStruct
+from mmrace.mm.mm_types import PAGE_SHIFT, VM_READ, VM_SHARED, VM_WRITE, MmStruct
 from mmrace.mm.page_alloc import alloc_pfns, pfn_to_obj
 from mmrace.mm.rules_check import (
     PtAccess,
@@ -336,8 +336,6 @@ def vm_prot_to_pte(vm_page_prot: int) -> int:
     VM_WRITE|VM_EXEC|VM_SHARED); this is what ``mk_pte`` puts in the entry.
     Private writable mappings start write-protected (``__P`` entries of
     protection_map): COW makes them writable on a write fault."""
-    from mmrace.mm.mm_types import VM_READ, VM_SHARED, VM_WRITE
-
     prot = _PAGE_USER
     if vm_page_prot & VM_WRITE and vm_page_prot & VM_SHARED:
         prot |= _PAGE_RW
@@ -1503,8 +1501,6 @@ def free_pgd_range(tlb: Any, vma: Any, addr: int, end: int, floor: int, ceiling:
             if child.level == LEVEL_PTE:
                 mm_dec_nr_ptes(mm)
             if tlb is not None:
-                from mmrace.mm.mmu_gather import pte_free_tlb
-
                 pte_free_tlb(tlb, child, b)
             elif child.level == LEVEL_PTE:
                 pte_free_defer(mm, child)
@@ -1512,3 +1508,8 @@ def free_pgd_range(tlb: Any, vma: Any, addr: int, end: int, floor: int, ceiling:
                 pte_free(mm, child)
 
     walk(pgd)
+
+
+# mmu_gather frees page tables with this module's helpers: imported once this
+# module is complete (the seam of the cycle).
+from mmrace.mm.mmu_gather import pte_free_tlb  # noqa: E402

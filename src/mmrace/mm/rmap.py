@@ -134,8 +134,6 @@ def __anon_vma_prepare(vma: Any) -> int:
     fault. Called with the mmap lock held (read is enough); the anon_vma
     field is set under ``mm->page_table_lock`` (its NULL -> non-NULL rule).
     Returns 0."""
-    from mmrace.mm.pgtable import ptl_lock, ptl_unlock
-
     mm = vma.vm_mm
     anon_vma = anon_vma_alloc(mm)
     avc = AnonVmaChain(vma, anon_vma)
@@ -288,24 +286,18 @@ def folio_add_new_anon_rmap(folio: Any, vma: Any, address: int, exclusive: bool)
 @kfunc
 def folio_add_anon_rmap_pte(folio: Any, idx: int, vma: Any, address: int) -> None:
     """``folio_add_anon_rmap_pte``: one more mapping of an anonymous page."""
-    from mmrace.mm.page_alloc import folio_inc_mapcount
-
     folio_inc_mapcount(folio, "folio_add_anon_rmap_pte", idx)
 
 
 @kfunc
 def folio_add_file_rmap_pte(folio: Any, idx: int, vma: Any) -> None:
     """``folio_add_file_rmap_pte``: one more mapping of a page-cache page."""
-    from mmrace.mm.page_alloc import folio_inc_mapcount
-
     folio_inc_mapcount(folio, "folio_add_file_rmap_pte", idx)
 
 
 @kfunc
 def folio_remove_rmap_pte(folio: Any, idx: int, vma: Any) -> None:
     """``folio_remove_rmap_pte``: one mapping fewer (never below zero)."""
-    from mmrace.mm.page_alloc import folio_dec_mapcount
-
     folio_dec_mapcount(folio, "folio_remove_rmap_pte", idx)
 
 
@@ -318,13 +310,6 @@ def folio_try_dup_anon_rmap_pte(folio: Any, idx: int, src_vma: Any) -> int:
     ``PageAnonExclusive`` (the ``cow-reuse`` eras before ``anon_exclusive``,
     5.9-5.18 ``copy_present_page``) any anon page that may be pinned is
     copied, exclusive or not; the model still clears the bit on sharing."""
-    from mmrace.mm.internal import kernel_config
-    from mmrace.mm.page_alloc import (
-        ClearPageAnonExclusive,
-        PageAnonExclusive,
-        folio_inc_mapcount,
-    )
-
     cfg = kernel_config(src_vma.raw("vm_mm"))
     if cfg.policy("cow-reuse") != "anon_exclusive":
         if cfg.has("fork-copy-pinned") and folio_needs_cow_for_dma(src_vma, folio):
@@ -342,8 +327,6 @@ def folio_try_dup_anon_rmap_pte(folio: Any, idx: int, src_vma: Any) -> int:
 def folio_needs_cow_for_dma(vma: Any, folio: Any) -> bool:
     """``folio_needs_cow_for_dma``: the mm has pinned pages (MMF_HAS_PINNED)
     and the folio may be pinned."""
-    from mmrace.mm.page_alloc import folio_maybe_dma_pinned
-
     mm = vma.raw("vm_mm")
     if not mm.has_pinned.load():
         return False
@@ -471,8 +454,6 @@ def rmap_walk(folio: Any, rwc: RmapWalkControl, locked: bool = False) -> None:
     that may map *folio*, holding the anon_vma root rwsem (read) or the
     file's ``i_mmap_rwsem`` (read) -- or, *locked*, with the caller
     holding it."""
-    from mmrace.mm.page_alloc import folio_test_anon
-
     if folio_test_anon(folio):
         av = folio.mapping
         if av is None:
@@ -508,6 +489,7 @@ from mmrace.mm.page_alloc import (  # noqa: E402
     folio_maybe_dma_pinned,
     folio_put,
     folio_ref_count,
+    folio_test_anon,
     folio_test_flag,
     folio_test_set_flag,
 )
@@ -534,6 +516,8 @@ from mmrace.mm.pgtable import (  # noqa: E402
     ptep_clear_flush,
     ptep_get,
     ptep_test_and_clear_young,
+    ptl_lock,
+    ptl_unlock,
     set_pmd_at,
     set_pte_at_cleared,
 )

@@ -98,8 +98,6 @@ def _vmas(mm: MmStruct) -> list[VmAreaStruct]:
 def clear_soft_dirty(vma: VmAreaStruct, addr: int, table: object, index: int) -> None:
     """``clear_soft_dirty``: write-protect a present PTE and clear its
     soft-dirty bit, atomically against hardware A/D updates."""
-    from mmrace.mm.pgtable import PageTable
-
     assert isinstance(table, PageTable)
     ptent = ptep_get(table, index)
     if not pte_present(ptent):
@@ -138,8 +136,6 @@ def clear_refs_pte_range(vma: VmAreaStruct, pmd: object, mi: int, addr: int, end
                          type_: int) -> None:
     """``clear_refs_pte_range``: under the PTE table's lock, clear soft-dirty
     (type 4) or the accessed bit (types 1-3) of each PTE."""
-    from mmrace.mm.pgtable import PageTable
-
     assert isinstance(pmd, PageTable)
     mm = vma.vm_mm
     pm = pte_offset_map_lock(mm, pmd, mi, addr)

@@ -34,6 +34,7 @@ from mmrace.engine import (
     current_thread,
     execution_local,
 )
+from mmrace.mm.pgtable import peek_pte, pte_pfn, pte_present, pte_write
 
 
 class _Store:
@@ -101,8 +102,6 @@ def pte_changed_at(entry: TlbEntry) -> str:
 
 
 def _stale(entry: TlbEntry) -> bool:
-    from mmrace.mm.pgtable import peek_pte, pte_pfn, pte_present, pte_write
-
     pte = peek_pte(entry.mm, entry.addr)
     f = entry.frame
     return (not pte_present(pte) or f is None or pte_pfn(pte) != f.pfn

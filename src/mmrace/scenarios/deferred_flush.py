@@ -22,6 +22,7 @@ from typing import Any
 from mmrace.engine import WAIT, visible
 from mmrace.mm.mm_types import PAGE_SIZE
 from mmrace.mm.mman import MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE
+from mmrace.mm.page_alloc import folio_read_word
 from mmrace.mm.pgtable import lookup_pte, pte_uffd_wp
 from mmrace.oracles.memory import wrong_data
 from mmrace.scenarios.api import Explore, Kernel, scenario
@@ -329,8 +330,6 @@ def wp_pinned_page_cow(kernel: Kernel) -> Any:
     p.thread(writer, cpu=1, name="writer")
 
     def check() -> None:
-        from mmrace.mm.page_alloc import folio_read_word
-
         seen = p.peek(a)
         dma = folio_read_word(pinned[0], 0, 0)
         if seen != dma:

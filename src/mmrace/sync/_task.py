@@ -24,7 +24,6 @@ from mmrace.engine import (
 
 if TYPE_CHECKING:
     from mmrace.engine import Execution
-    from mmrace.sync.lockdep import LockdepGraph
     from mmrace.sync.rcu import RcuReader
 
 _KEY = "sync"
@@ -67,8 +66,6 @@ class SyncState:
     __slots__ = ("ex", "setup", "lockdep_on", "graph", "slab_free")
 
     def __init__(self, ex: Execution) -> None:
-        from mmrace.sync.lockdep import LockdepGraph
-
         self.ex = ex
         self.lockdep_on = True
         self.graph: LockdepGraph = exploration_local("sync.lockdep", LockdepGraph)
@@ -295,3 +292,7 @@ class OwnedLock(SharedObject):
         if self.queue:
             text += f"; {self.waiting}: " + ", ".join(w.ts.name for w in self.queue)
         return text
+
+# lockdep keeps its held-lock records in the task state defined here: it is
+# imported once this module is complete (the seam of the cycle).
+from mmrace.sync.lockdep import LockdepGraph  # noqa: E402

@@ -13,11 +13,28 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from mmrace.arch import TLB_FLUSH_MODES
+from mmrace.arch import TLB_FLUSH_MODES, PageFault, setup_machine, user_access
+from mmrace.engine import current_thread
 from mmrace.fixes import KernelConfig
+from mmrace.mm.direct_io import blkdev_direct_io_read
 from mmrace.mm.filemap import set_fault_around_bytes
+from mmrace.mm.fork import dup_mmap, exit_mm
+from mmrace.mm.fs_userfaultfd import new_userfaultfd, userfaultfd_api
+from mmrace.mm.gup import (
+    FOLL_FAST_ONLY,
+    FOLL_LONGTERM,
+    FOLL_WRITE,
+    get_user_pages_fast,
+    pin_user_pages_fast,
+    pin_user_pages_unlocked,
+    put_user_page,
+    unpin_user_page,
+)
 from mmrace.mm.huge_memory import THP_ENABLED, set_transparent_hugepage
-from mmrace.mm.madvise import do_madvise
+from mmrace.mm.khugepaged import khugepaged_add_pte_mapped_thp, khugepaged_scan_mm_slot
+from mmrace.mm.madvise import do_madvise, madvise_pageout
+from mmrace.mm.memory import do_user_addr_fault
+from mmrace.mm.migrate import move_pages_one
 from mmrace.mm.mlock import sys_mlock, sys_mlock2, sys_munlock
 from mmrace.mm.mm_types import (
     PAGE_SHIFT,
@@ -33,11 +50,19 @@ from mmrace.mm.mm_types import (
     VmAreaStruct,
     VmOperations,
 )
+from mmrace.mm.mman import MAP_ANONYMOUS
 from mmrace.mm.mmap import ksys_mmap_pgoff, sys_brk, vm_munmap
 from mmrace.mm.mprotect import do_mprotect_pkey
-from mmrace.mm.shmem import ShmemFile
+from mmrace.mm.page_alloc import WORD_SIZE, folio_read_word, folio_write_word, pfn_to_obj
+from mmrace.mm.pgtable import peek_pte, pte_pfn, pte_present, pte_special, pte_write
+from mmrace.mm.shmem import ShmemFile, shmem_fallocate, shmem_setattr_size
+from mmrace.mm.task_mmu import clear_refs_write, pagemap_read
+from mmrace.mm.truncate import truncate_pagecache
+from mmrace.mm.vmscan import reclaim_folio
 from mmrace.oracles import install_oracles, oracle_names
+from mmrace.user.kthread import start_kthread
 from mmrace.user.page_refs import PageRefCalls
+from mmrace.user.thread import start_thread
 from mmrace.user.userfaultfd import Userfaultfd
 
 
@@ -180,8 +205,6 @@ class Process(PageRefCalls):
     def thread(self, fn: Any, cpu: int = 0, name: str | None = None) -> Any:
         """Spawn a thread of this process on CPU *cpu* running ``fn(t)``
         (see :mod:`mmrace.user.thread`); returns its handle."""
-        from mmrace.user.thread import start_thread
-
         return start_thread(self, fn, cpu, name)
 
     # -- files ---------------------------------------------------------------
@@ -208,8 +231,6 @@ class Process(PageRefCalls):
     def mmap(self, addr: int, length: int, prot: int, flags: int, fd: int = -1,
              offset: int = 0) -> int:
         """``mmap(2)``: returns the address; addr 0 lets the kernel choose."""
-        from mmrace.mm.mman import MAP_ANONYMOUS
-
         file = None if flags & MAP_ANONYMOUS else self._file(fd)
         return ksys_mmap_pgoff(self.mm, addr, length, prot, flags, file, offset)
 
@@ -246,8 +267,6 @@ class Process(PageRefCalls):
     def fork(self) -> Process:
         """``fork(2)``: a child process with a copy of this address space
         (``dup_mmap``); the file table is shared by copy."""
-        from mmrace.mm.fork import dup_mmap
-
         child = Process(self.system, len(self.system.processes) + 1)
         self.system.processes.append(child)
         child.fds = dict(self.fds)
@@ -258,8 +277,6 @@ class Process(PageRefCalls):
         """Process exit (``do_exit`` -> ``exit_mm``): drop the process's
         reference to its mm (``mmput``); the last reference tears the
         address space down (``exit_mmap``). A second exit is a ValueError."""
-        from mmrace.mm.fork import exit_mm
-
         if self.exited:
             raise ValueError(f"process {self.pid} has already exited")
         self.exited = True
@@ -268,12 +285,8 @@ class Process(PageRefCalls):
     def ftruncate(self, fd: int, length: int) -> None:
         """``ftruncate(2)``: truncate the file, zapping its mappings under
         ``i_mmap_rwsem`` alone."""
-        from mmrace.mm.truncate import truncate_pagecache
-
         f = self._file(fd)
         assert f is not None
-        from mmrace.mm.shmem import ShmemFile, shmem_setattr_size
-
         if length < 0:
             raise OSError(_errno.EINVAL, "Invalid argument")
         if isinstance(f, ShmemFile):
@@ -284,8 +297,6 @@ class Process(PageRefCalls):
     def fallocate(self, fd: int, mode: int, offset: int, length: int) -> None:
         """``fallocate(2)``: ``FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE`` on
         a tmpfs file (``shmem_fallocate``); anything else EOPNOTSUPP."""
-        from mmrace.mm.shmem import ShmemFile, shmem_fallocate
-
         f = self._file(fd)
         if not isinstance(f, ShmemFile):
             raise OSError(_errno.EOPNOTSUPP, "Operation not supported")
@@ -298,8 +309,6 @@ class Process(PageRefCalls):
         *addr*; ValueError (one line) for a misaligned address. (x86 would
         split a misaligned access in two, possibly across pages; the model's
         user memory is addressed in whole words.)"""
-        from mmrace.mm.page_alloc import WORD_SIZE
-
         if addr % WORD_SIZE:
             raise ValueError(f"address {addr:#x} is not aligned to an 8-byte word "
                              "(user memory is addressed in naturally aligned words)")
@@ -315,10 +324,6 @@ class Process(PageRefCalls):
         """Walk the page tables like the MMU (no locks: the program is single
         threaded here); fault and retry until the access is allowed. Returns
         (folio, page index)."""
-        from mmrace.mm.memory import do_user_addr_fault
-        from mmrace.mm.page_alloc import pfn_to_obj
-        from mmrace.mm.pgtable import peek_pte, pte_pfn, pte_present, pte_write
-
         if not self._user_range(addr):
             raise OSError(_errno.EFAULT, f"Bad address {addr:#x} (not a user address)")
         for _ in range(8):
@@ -331,16 +336,12 @@ class Process(PageRefCalls):
 
     def poke(self, addr: int, value: int) -> None:
         """Store *value* in the word at *addr*, faulting as a program would."""
-        from mmrace.mm.page_alloc import folio_write_word
-
         _page, word = self._word(addr)
         folio, idx = self._access(addr, True)
         folio_write_word(folio, idx, word, value)
 
     def peek(self, addr: int) -> int:
         """Load the word at *addr*, faulting as a program would."""
-        from mmrace.mm.page_alloc import folio_read_word
-
         _page, word = self._word(addr)
         folio, idx = self._access(addr, False)
         return folio_read_word(folio, idx, word)
@@ -352,10 +353,6 @@ class Process(PageRefCalls):
         TLB]" starting point of the race diagrams, without spending a thread
         step and a preemption on it. A write adds 0: the word keeps its
         value. The CPU joins ``mm_cpumask`` (as ``switch_mm`` made it)."""
-        from mmrace.arch import PageFault, setup_machine, user_access
-        from mmrace.engine import current_thread
-        from mmrace.mm.memory import do_user_addr_fault
-
         if current_thread() is not None:
             raise RuntimeError("touch() is for set-up code; a thread uses t.load/t.store")
         m = setup_machine(self.system.cpus, getattr(self.system, "tlb_evictions", 0),
@@ -376,14 +373,10 @@ class Process(PageRefCalls):
     def pin(self, addr: int, npages: int = 1, write: bool = False) -> list[Any]:
         """``pin_user_pages_unlocked`` (e.g. an O_DIRECT or RDMA buffer): the
         pinned folios (release with :meth:`unpin`)."""
-        from mmrace.mm.gup import FOLL_WRITE, pin_user_pages_unlocked
-
         return pin_user_pages_unlocked(self.mm, addr, npages, FOLL_WRITE if write else 0)
 
     def unpin(self, folios: list[Any]) -> None:
         """``unpin_user_pages``."""
-        from mmrace.mm.gup import unpin_user_page
-
         for f in folios:
             unpin_user_page(f)
 
@@ -400,14 +393,6 @@ class Process(PageRefCalls):
         RDMA or io_uring buffer). Returns one folio per page (release with
         :meth:`unpin` or :meth:`put_pages`); raises ``OSError(EFAULT)`` if
         the slow path could not take even one page."""
-        from mmrace.mm.gup import (
-            FOLL_FAST_ONLY,
-            FOLL_LONGTERM,
-            FOLL_WRITE,
-            get_user_pages_fast,
-            pin_user_pages_fast,
-        )
-
         fn = pin_user_pages_fast if pin else get_user_pages_fast
         flags = ((FOLL_WRITE if write else 0) | (FOLL_LONGTERM if longterm else 0)
                  | (FOLL_FAST_ONLY if fast_only else 0))
@@ -415,8 +400,6 @@ class Process(PageRefCalls):
 
     def put_pages(self, folios: list[Any]) -> None:
         """``put_page`` of each ``FOLL_GET`` reference."""
-        from mmrace.mm.gup import put_user_page
-
         for f in folios:
             put_user_page(f)
 
@@ -428,12 +411,8 @@ class Process(PageRefCalls):
         references ignored). Returns the pages reclaimed; an address in no
         VMA raises ``OSError(ENOMEM)``, like MADV_PAGEOUT."""
         if isinstance(target, int):
-            from mmrace.mm.madvise import madvise_pageout
-
             start = target & ~(PAGE_SIZE - 1)
             return madvise_pageout(self.mm, start, start + PAGE_SIZE)
-        from mmrace.mm.vmscan import reclaim_folio
-
         return reclaim_folio(target)
 
     def migrate(self, addr: int) -> int:
@@ -441,8 +420,6 @@ class Process(PageRefCalls):
         status, 0 when moved or ``-errno`` (EFAULT no VMA or the zero page,
         ENOENT nothing mapped, EACCES mapped by others, EBUSY a THP or not
         on the LRU, EAGAIN still referenced, e.g. pinned)."""
-        from mmrace.mm.migrate import move_pages_one
-
         return move_pages_one(self.mm, addr)
 
     def direct_io_read(self, addr: int, value: int) -> None:
@@ -451,8 +428,6 @@ class Process(PageRefCalls):
         page is taken with GUP-fast (``bio_iov_iter_get_pages``, FOLL_WRITE),
         the device writes *value* into the word at *addr* by DMA, then
         ``bio_release_pages`` marks the page dirty and drops the reference."""
-        from mmrace.mm.direct_io import blkdev_direct_io_read
-
         word = self._word(addr)[1]
         blkdev_direct_io_read(self.mm, addr & ~(PAGE_SIZE - 1), word, value)
 
@@ -463,8 +438,6 @@ class Process(PageRefCalls):
         *addr* (``khugepaged_scan_mm_slot``), run by the calling thread (or
         set-up code); returns the ``ScanResult``. An address that no VMA
         khugepaged may collapse covers: nothing happens."""
-        from mmrace.mm.khugepaged import khugepaged_scan_mm_slot
-
         return int(khugepaged_scan_mm_slot(self.mm, addr))
 
     def khugepaged(self, addr: int, cpu: int, passes: int = 1, name: str = "khugepaged") -> Any:
@@ -472,9 +445,6 @@ class Process(PageRefCalls):
         process's ``mm_cpumask``: see ``mmrace.user.kthread``), making
         *passes* passes of :meth:`khugepaged_scan` over *addr*; returns its
         handle (``.result``: the results)."""
-        from mmrace.mm.khugepaged import khugepaged_scan_mm_slot
-        from mmrace.user.kthread import start_kthread
-
         if passes < 1:
             raise ValueError(f"passes={passes}: at least one")
         mm = self.mm
@@ -487,16 +457,11 @@ class Process(PageRefCalls):
         ``collapse_pte_mapped_thp`` on khugepaged's next pass. False on a
         kernel without the queue (6.6 on: khugepaged collapses a PTE-mapped
         THP when its scan finds one)."""
-        from mmrace.mm.khugepaged import khugepaged_add_pte_mapped_thp
-
         return khugepaged_add_pte_mapped_thp(self.mm, addr)
 
     def folio_at(self, addr: int) -> Any:
         """Debugger view: the folio mapped at *addr* (None if nothing, or
         the zero page, is mapped there)."""
-        from mmrace.mm.page_alloc import pfn_to_obj
-        from mmrace.mm.pgtable import peek_pte, pte_pfn, pte_present, pte_special
-
         pte = peek_pte(self.mm, addr)
         if not pte_present(pte) or pte_special(pte):
             return None
@@ -509,8 +474,6 @@ class Process(PageRefCalls):
         """``userfaultfd(2)`` followed by the ``UFFDIO_API`` handshake with
         *features* (``UFFD_FEATURE_*``): a handle with the ioctls,
         ``read``, ``poll`` and ``close`` (:mod:`mmrace.user.userfaultfd`)."""
-        from mmrace.mm.fs_userfaultfd import new_userfaultfd, userfaultfd_api
-
         self._nr_uffd = getattr(self, "_nr_uffd", 0) + 1
         ctx = new_userfaultfd(self.mm, f"uffd{self.pid}.{self._nr_uffd}")
         userfaultfd_api(ctx, features=features)
@@ -519,15 +482,11 @@ class Process(PageRefCalls):
     def clear_refs(self, value: int) -> None:
         """A write of *value* to ``/proc/PID/clear_refs`` (4: clear
         soft-dirty)."""
-        from mmrace.mm.task_mmu import clear_refs_write
-
         clear_refs_write(self.mm, value)
 
     def pagemap(self, addr: int) -> Any:
         """The ``/proc/PID/pagemap`` entry of *addr*: ``.present``,
         ``.soft_dirty``, ``.uffd_wp``, ``.pfn``."""
-        from mmrace.mm.task_mmu import pagemap_read
-
         return pagemap_read(self.mm, addr)
 
     # -- state -----------------------------------------------------------------

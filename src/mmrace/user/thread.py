@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from mmrace.arch import PageFault, bind_cpu, flush_tlb_local, local_evict, setup_machine
 from mmrace.arch import user_access as _user_access
 from mmrace.engine import SimThread, current_thread, spawn
+from mmrace.mm.memory import do_user_addr_fault
 
 if TYPE_CHECKING:
     from mmrace.arch import Cpu
@@ -70,8 +71,6 @@ class Thread:
         return self.process._word(addr)[1]
 
     def _access(self, addr: int, op: str, arg: int = 0) -> int:
-        from mmrace.mm.memory import do_user_addr_fault
-
         cpu = self.cpu
         if cpu is None or current_thread() is not self.sim:
             raise RuntimeError(f"{self.name}: user memory operations run in the thread itself")
