@@ -327,7 +327,10 @@ class Execution:
                     pass
 
     def _fail(self, v: ViolationError, tid: int | None) -> None:
-        if self.violation is None:
+        # A sleep-set-blocked execution is abandoned, not finished: what its
+        # threads raise while they are unwound (an unlock in a ``finally``
+        # that finds its lock state half-done) is not a violation.
+        if self.violation is None and not self.sleep_blocked:
             self.violation = v
             self.violation_tid = tid
         self.stop = True
