@@ -8,7 +8,24 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from mmrace.engine import frontier
 from mmrace.engine.core import Event, Execution, ViolationError
+from mmrace.engine.parallel import (
+    LOCALS,
+    RUN_LOCK,
+    CallableSource,
+    Exploration,
+    InlinePool,
+    LocalPool,
+    Outcome,
+    Pool,
+    ProgramSource,
+    Run,
+    Settings,
+    UnitJob,
+    UnitResult,
+    drive,
+)
 from mmrace.engine.strategy import (
     DecisionReplay,
     DfsStrategy,
@@ -53,11 +70,14 @@ class Result:
     steps: int = 0  # visible operations executed, over all executions
     shrunk_from: int | None = None  # preemptions before shrinking
     extra: dict[str, Any] = field(default_factory=dict)
+    interrupted: bool = False  # stopped by the user (Ctrl-C, SIGTERM)
 
     @property
     def outcome(self) -> str:
         if self.violation is not None:
             return "step-limit" if self.violation.kind == "step-limit" else "violation"
+        if self.interrupted:
+            return "interrupted"
         return "clean" if self.complete else "budget-exhausted"
 
     def as_dict(self) -> dict[str, Any]:
@@ -68,11 +88,13 @@ class Result:
             "seconds": round(self.seconds, 3),
             "violation": self.violation.as_dict() if self.violation else None,
             "token": self.token,
+            "interrupted": self.interrupted,
         }
 
 
 Program = Callable[[], Any]
 Progress = Callable[[int, float], None]
+DFS_STRATEGIES = ("dpor", "bounded", "naive")
 
 
 def make_strategy(
@@ -167,14 +189,48 @@ def explore(
     shrink: bool = True,
     progress: Progress | None = None,
     token_context: str = "",
+    workers: int | None = None,
+    pool: Pool | None = None,
+    source: ProgramSource | None = None,
+    checkpoint: str | None = None,
+    checkpoint_every: float = 60.0,
+    resume: str | dict[str, Any] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Result:
     """Explore *program*'s executions with *strategy* until a violation, the
     end of the search (exhaustive strategies), or a budget runs out.
 
     ``random`` and ``pct`` never complete; without ``max_executions`` or
-    ``max_seconds`` they run 1,000 executions."""
+    ``max_seconds`` they run 1,000 executions.
+
+    The exhaustive strategies (``dpor``, ``bounded``, ``naive``) can split
+    their tree over *workers* local processes, or over a given *pool*
+    (:mod:`mmrace.engine.parallel`); the result is the serial one (see
+    there). *source* says how a worker gets the program (default: the
+    callable itself, which forked local workers inherit). *checkpoint*
+    names a file the frontier is saved to every *checkpoint_every* seconds
+    and when stopped; *resume* continues from one (a path or its data).
+    *should_stop* is polled between executions (or slices): when it returns
+    True the exploration stops with ``interrupted`` set."""
     if strategy == "replay":
         raise ValueError("use replay(program, token) for the replay strategy")
+    if workers is not None and workers < 1:
+        raise ValueError("workers must be at least 1")
+    parallel = (workers or 1) > 1 or pool is not None or checkpoint is not None \
+        or resume is not None
+    if parallel:
+        if strategy not in DFS_STRATEGIES:
+            raise ValueError(
+                f"workers, checkpoints and resuming apply to {', '.join(DFS_STRATEGIES)}, "
+                f"not to {strategy}"
+            )
+        return _explore_split(
+            program, strategy, preemption_bound, max_executions, max_seconds,
+            max_steps=max_steps, shrink=shrink, progress=progress,
+            token_context=token_context, workers=workers or 1, pool=pool, source=source,
+            checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume,
+            should_stop=should_stop,
+        )
     strat = make_strategy(strategy, preemption_bound, seed, depth)
     if max_executions is None and max_seconds is None and not strat.complete_when_done:
         max_executions = 1000
@@ -185,12 +241,16 @@ def explore(
     steps = 0
     last_progress = start
     found: Execution | None = None
+    interrupted = False
     with _GcPause() as pause:
         while strat.more():
             if max_executions is not None and executions >= max_executions:
                 break
             now = time.perf_counter()
             if max_seconds is not None and now - start >= max_seconds:
+                break
+            if should_stop is not None and should_stop():
+                interrupted = True
                 break
             ex = run_once(program, strat, max_steps, locals_)
             steps += len(ex.events)
@@ -216,17 +276,154 @@ def explore(
         seconds=0.0,
         blocked=blocked,
         steps=steps,
+        interrupted=interrupted,
     )
     if found is not None:
-        if shrink and found.violation is not None and found.violation.kind != "step-limit":
-            before = found.preemptions
-            with _GcPause() as pause:
-                found = shrink_execution(program, found, max_steps, locals_, pause=pause)
-            if found.preemptions < before:
-                result.shrunk_from = before
-        result.violation = _violation(found)
-        result.token = encode(found.decisions, token_context)
+        _report(result, program, found, max_steps, locals_, shrink, token_context)
     result.seconds = time.perf_counter() - start
+    return result
+
+
+def _report(result: Result, program: Program, found: Execution, max_steps: int,
+            locals_: dict[str, Any], shrink: bool, token_context: str) -> None:
+    """Put a violating execution (shrunk if asked) and its token in *result*."""
+    if shrink and found.violation is not None and found.violation.kind != "step-limit":
+        before = found.preemptions
+        with _GcPause() as pause:
+            found = shrink_execution(program, found, max_steps, locals_, pause=pause)
+        if found.preemptions < before:
+            result.shrunk_from = before
+    result.violation = _violation(found)
+    result.token = encode(found.decisions, token_context)
+
+
+def _explore_split(
+    program: Program,
+    strategy: str,
+    preemption_bound: int | None,
+    max_executions: int | None,
+    max_seconds: float | None,
+    *,
+    max_steps: int,
+    shrink: bool,
+    progress: Progress | None,
+    token_context: str,
+    workers: int,
+    pool: Pool | None,
+    source: ProgramSource | None,
+    checkpoint: str | None,
+    checkpoint_every: float,
+    resume: str | dict[str, Any] | None,
+    should_stop: Callable[[], bool] | None,
+) -> Result:
+    """:func:`explore` for a DFS strategy through the parallel driver."""
+    strat = make_strategy(strategy, preemption_bound, None, 0)
+    assert isinstance(strat, DfsStrategy)
+    settings = Settings(strat.reduce, strat.bound, max_steps)
+    src = source if source is not None else CallableSource(program)
+    run = prepare_run(src, strategy, settings, token_context, resume=resume,
+                      max_executions=max_executions, max_seconds=max_seconds,
+                      progress=progress)
+    saver = None
+    if checkpoint is not None:
+        saver = checkpoint_saver(checkpoint, src, strategy, token_context)
+    own = pool is None
+    use = pool if pool is not None else (LocalPool(workers) if workers > 1 else InlinePool())
+    try:
+        drive([run], use, run_unit, should_stop=should_stop, checkpoint=saver,
+              checkpoint_every=checkpoint_every)
+        if saver is not None:
+            saver([run], time.perf_counter())
+    finally:
+        if own:
+            use.close()
+    assert run.outcome is not None
+    return result_of(run.outcome, src, strat.name, max_steps=max_steps, shrink=shrink,
+                     token_context=token_context, workers=use.slots)
+
+
+_names = 0
+
+
+def prepare_run(src: ProgramSource, strategy: str, settings: Settings, token_context: str,
+                *, resume: str | dict[str, Any] | None = None,
+                max_executions: int | None = None, max_seconds: float | None = None,
+                progress: Progress | None = None) -> Run:
+    """A :class:`Run` of one exploration, fresh or from a checkpoint (a
+    path or its data; CheckpointError if it does not fit)."""
+    global _names
+    _names += 1
+    name = f"{src.key}#{_names}"
+    before = 0.0
+    if resume is not None:
+        data = frontier.read(resume) if not isinstance(resume, dict) else resume
+        where = str(resume) if not isinstance(resume, dict) else "the checkpoint"
+        frontier.check(data, where=where, program=src.describe(), context=token_context,
+                       strategy=strategy, settings=settings)
+        ex = frontier.load(data, name, src, settings)
+        before = float(data.get("seconds") or 0.0)
+    else:
+        ex = Exploration(name, src, settings)
+    return Run(ex, max_executions=max_executions, max_seconds=max_seconds, progress=progress,
+               elapsed_before=before)
+
+
+def checkpoint_saver(path: str, src: ProgramSource, strategy: str, token_context: str
+                     ) -> Callable[[list[Run], float], None]:
+    """A ``drive`` checkpoint callback that writes the first run's frontier."""
+
+    def save(runs: list[Run], now: float) -> None:
+        r = runs[0]
+        frontier.write(path, frontier.dump(
+            r.exploration, program=src.describe(), context=token_context,
+            strategy=strategy, seconds=r.seconds(now)))
+
+    return save
+
+
+def result_of(out: Outcome, src: ProgramSource, strategy_name: str, *, max_steps: int,
+              shrink: bool, token_context: str, workers: int) -> Result:
+    """The :class:`Result` of a parallel exploration: the serial search's
+    figures; the violation re-run here from its decisions (and shrunk)."""
+    decided = out.complete or out.violation is not None
+    figures = out.committed if decided else out.performed
+    result = Result(
+        strategy=strategy_name,
+        violation=None,
+        executions=figures.executions,
+        complete=out.complete,
+        token=None,
+        seconds=float(out.extra.get("seconds", 0.0)),
+        blocked=figures.blocked,
+        steps=figures.steps,
+        interrupted=out.interrupted and not decided,
+    )
+    result.extra.update({
+        "workers": workers,
+        "units": out.units,
+        "splits": out.splits,
+        "discarded_executions": out.performed.executions - out.committed.executions
+        if decided else 0,
+        "worker_seconds": out.extra.get("worker_seconds", 0.0),
+    })
+    if out.violation is not None:
+        decisions, kind, title = out.violation
+        locals_: dict[str, Any] = {}
+        with src.open() as program, _GcPause():
+            found = run_once(program, DecisionReplay(list(decisions)), max_steps, locals_)
+            if found.violation is not None and (found.violation.kind, found.violation.title
+                                                ) == (kind, title):
+                _report(result, program, found, max_steps, locals_, shrink, token_context)
+            else:
+                result.violation = Violation(
+                    kind="nondeterminism",
+                    title="a worker's violation did not repeat in the coordinator",
+                    message=f"a worker found {kind}: {title}, but re-running its decisions "
+                    "here did not: the program must be deterministic given the engine's "
+                    "decisions",
+                    trace=found.events,
+                    threads=[t.name for t in found.threads],
+                )
     return result
 
 
@@ -260,6 +457,48 @@ def replay_decisions(
         steps=len(ex.events),
     )
     return result
+
+
+def run_unit(job: UnitJob) -> UnitResult:
+    """Run one unit of a parallel exploration for a slice (in a worker;
+    module-level, so that any worker can find it)."""
+    start = time.perf_counter()
+    with RUN_LOCK:
+        locals_ = LOCALS.setdefault(job.exploration, {})
+        strat = job.settings.strategy()
+        strat.load(job.state)
+        executions = blocked = steps = 0
+        violation: list[Any] | None = None
+        deadline = start + job.seconds
+        with job.source.open() as program, _GcPause() as pause:
+            while strat.more():
+                ex: Execution | None = run_once(program, strat, job.settings.max_steps, locals_)
+                assert ex is not None
+                steps += len(ex.events)
+                if ex.sleep_blocked:
+                    blocked += 1
+                else:
+                    executions += 1
+                if ex.violation is not None:
+                    v = ex.violation
+                    violation = [list(ex.decisions), v.kind, v.title]
+                    break
+                ex = None
+                pause.between()
+                if time.perf_counter() >= deadline:
+                    break
+                if job.max_executions is not None and executions >= job.max_executions:
+                    break
+        done = violation is not None or not strat.more()
+        return UnitResult(
+            records=strat.out,
+            executions=executions,
+            blocked=blocked,
+            steps=steps,
+            violation=violation,
+            state=None if done else strat.snapshot(),
+            seconds=time.perf_counter() - start,
+        )
 
 
 def _same(a: ViolationError | None, b: ViolationError | None) -> bool:

@@ -110,7 +110,7 @@ class _Node:
         "prev",
         "pre",
         "pending",
-        "cfp",
+        "fps",
     )
 
     def __init__(
@@ -135,7 +135,10 @@ class _Node:
         self.prev = prev
         self.pre = pre
         self.pending: list[int] | None = None
-        self.cfp: Footprint | None = None  # the chosen thread's operation here
+        # The operation each enabled thread announced here (DPOR only), in
+        # ``enabled`` order: what a branch's sleep set is made of, known to
+        # whoever holds the node.
+        self.fps: tuple[Footprint, ...] = ()
 
 
 def _independent(a: Footprint, b: Footprint) -> bool:
@@ -291,7 +294,7 @@ class DfsStrategy(Strategy):
             if node.data or tid not in enabled:
                 raise _nondeterminism(f"scheduling point {pos} differs")
             if pos == self.last and self.reduce:
-                fp = node.cfp = _footprint(ex.threads[tid])
+                fp = node.fps[enabled.index(tid)]
                 self.cur_sleep = self._child_sleep(node, tid, fp)
             self.ev_node.append(pos)
             return tid
@@ -308,9 +311,10 @@ class DfsStrategy(Strategy):
         nodes.append(node)
         self.ev_node.append(pos)
         if self.reduce:
-            fp = node.cfp = _footprint(ex.threads[tid])
+            threads = ex.threads
+            fps = node.fps = tuple([_footprint(threads[t]) for t in enabled])
             if sleep:
-                self.cur_sleep = _wake_sleepers(sleep, fp)
+                self.cur_sleep = _wake_sleepers(sleep, fps[enabled.index(tid)])
         else:
             for q in enabled:
                 if q != tid:
@@ -529,10 +533,27 @@ class DfsStrategy(Strategy):
                     _remember(node, self.bound is not None)
                 node.done |= 1 << q
                 node.chosen = q
-                node.cfp = None
                 return
             nodes.pop()
         self.finished = True
+
+    # -- the state between executions, as data -------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """The search's state between two executions, as JSON-able data."""
+        return {
+            "nodes": [node_data(n) for n in self.nodes],
+            "floor": self.floor,
+            "finished": self.finished,
+        }
+
+    def load(self, state: dict[str, Any]) -> None:
+        """Continue from a :meth:`snapshot` (of a search with the same
+        settings)."""
+        self.nodes = [node_from_data(d) for d in state["nodes"]]
+        self.floor = int(state["floor"])
+        self.finished = bool(state["finished"])
+        self.out = []
 
     # -- applying records (also used by a coordinator on its own nodes) -----
 
@@ -544,6 +565,79 @@ class DfsStrategy(Strategy):
         else:
             for q in rec[2]:
                 _add_branch(node, q, self.use_sleep, self.bound)
+
+
+# -- the search's state as plain data (checkpoints, work sent to workers) ------
+
+
+def node_data(node: _Node, chosen: int | None = None,
+              ops: dict[int, Footprint] | None = None) -> list[Any]:
+    """*node* as a JSON-able list (optionally with another chosen branch and
+    sleep candidates, for handing that branch to another search)."""
+    cands = node.ops if ops is None else ops
+    return [
+        node.data,
+        node.n,
+        list(node.enabled),
+        node.chosen if chosen is None else chosen,
+        node.backtrack,
+        node.done if chosen is None else node.done | (0 if node.data else 1 << chosen),
+        [[t, list(fp)] for t, fp in node.sleep.items()],
+        [[t, list(fp)] for t, fp in cands.items()] if cands else None,
+        node.ev_index,
+        node.prev,
+        node.pre,
+        list(node.pending) if node.pending else None,
+        [list(fp) for fp in node.fps],
+    ]
+
+
+def node_from_data(d: list[Any]) -> _Node:
+    """The inverse of :func:`node_data`."""
+    sleep = {int(t): tuple(fp) for t, fp in d[6]}
+    node = _Node(list(d[2]), int(d[3]), int(d[8]), int(d[9]), int(d[10]), sleep or _EMPTY)
+    node.data = bool(d[0])
+    node.n = int(d[1])
+    node.backtrack = int(d[4])
+    node.done = int(d[5])
+    node.ops = {int(t): tuple(fp) for t, fp in d[7]} if d[7] else None
+    node.pending = [int(t) for t in d[11]] if d[11] else None
+    node.fps = tuple(tuple(fp) for fp in d[12])
+    return node
+
+
+def sleep_ops(node: _Node, q: int, bounded: bool) -> dict[int, Footprint]:
+    """The sleep candidates a new branch *q* of *node* gets from the
+    branches taken there before it (every one of them, first in first out;
+    under a bound only the thread that ran before the node)."""
+    out: dict[int, Footprint] = {}
+    if node.data:
+        return out
+    for i, t in enumerate(node.enabled):
+        if t != q and node.done >> t & 1 and (not bounded or t == node.prev):
+            out[t] = node.fps[i]
+    return out
+
+
+def next_branch(node: _Node) -> int:
+    """Take the next branch to explore at *node* out of its queue (-1 if
+    none): a thread, or the next value of a data choice."""
+    if node.data:
+        if node.chosen + 1 < node.n:
+            node.chosen += 1
+            return node.chosen
+        return -1
+    q = _next_pending(node)
+    if q >= 0:
+        node.done |= 1 << q
+    return q
+
+
+def has_branches(node: _Node) -> bool:
+    """Whether *node* has a branch left to explore."""
+    if node.data:
+        return node.chosen + 1 < node.n
+    return any(not node.done >> q & 1 for q in node.pending or ())
 
 
 def _drop_enablers(
@@ -618,13 +712,10 @@ def _remember(node: _Node, bounded: bool) -> None:
     operation first costs no preemption: the thread that ran before the node
     (see DfsStrategy)."""
     c = node.chosen
-    fp = node.cfp
-    if fp is None:
-        return
     if not bounded or c == node.prev:
         if node.ops is None:
             node.ops = {}
-        node.ops[c] = fp
+        node.ops[c] = node.fps[node.enabled.index(c)]
 
 
 def _candidates(acc: dict[int, list[int]], t: int, cls: int, out: list[int]) -> None:
