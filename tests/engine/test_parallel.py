@@ -141,7 +141,7 @@ def test_checkpoint_of_a_finished_exploration_gives_its_result(tmp_path: Any) ->
 def test_checkpoint_for_something_else_is_refused(tmp_path: Any) -> None:
     path = tmp_path / "ck.json"
     explore(lost_update(threads=3, check=False), checkpoint=str(path), token_context="a/b")
-    with pytest.raises(CheckpointError, match="checkpoint of .* not of"):
+    with pytest.raises(CheckpointError, match=r"checkpoint of .* not of"):
         explore(lost_update(threads=3, check=False), resume=str(path), token_context="a/c")
     with pytest.raises(CheckpointError, match="explored with dpor"):
         explore(lost_update(threads=3, check=False), strategy="bounded", resume=str(path),
@@ -154,7 +154,7 @@ def test_checkpoint_for_something_else_is_refused(tmp_path: Any) -> None:
     data["version"] = 1
     data["mmrace"] = "0.0.1"
     path.write_text(json.dumps(data))
-    with pytest.raises(CheckpointError, match="written by mmrace 0.0.1"):
+    with pytest.raises(CheckpointError, match=r"written by mmrace 0\.0\.1"):
         explore(lost_update(threads=3, check=False), resume=str(path), token_context="a/b")
     path.write_text("{not json")
     with pytest.raises(CheckpointError, match="not an mmrace checkpoint"):
