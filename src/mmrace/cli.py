@@ -14,10 +14,13 @@ from typing import Any, NoReturn
 import mmrace.oracles  # noqa: F401 - subscribes the memory oracles to the machine's hooks
 from mmrace import __version__
 from mmrace.engine import STRATEGIES, Result, TokenError, explore, replay
+from mmrace.engine.frontier import CheckpointError
+from mmrace.engine.interrupt import StopRequest
+from mmrace.engine.parallel import PoolError
 from mmrace.fixes import FIXES, FixError, all_fixes, all_policies
 from mmrace.report.explain import render_explained, trace_json
 from mmrace.report.text import render_result
-from mmrace.scenarios import Explore, Kernel, Scenario, ScenarioError, all_scenarios, get
+from mmrace.scenarios import Explore, Kernel, Scenario, ScenarioError, all_scenarios, get, scale
 from mmrace.scenarios.run import VariantRun, replay_token, run_all
 
 
@@ -117,6 +120,7 @@ def _build_parser() -> _Parser:
     ex.add_argument("--all-ops", action="store_true", help="show every operation")
     ex.add_argument("--no-shrink", action="store_true", help="report the violation as found")
     _kernel_args(ex)
+    scale.add_options(ex, "explore")
     rules = sub.add_parser("rules", help="print the locking rule table")
     rules.add_argument("field", nargs="?", default=None, help="one field, e.g. vm_start")
     rules.add_argument("--json", action="store_true", help="print a JSON list")
@@ -124,7 +128,7 @@ def _build_parser() -> _Parser:
     ck = sub.add_parser("check", help="run every variant of catalog scenarios")
     ck.add_argument("names", nargs="*", metavar="NAME", help="scenarios (default: all)")
     ck.add_argument("--json", action="store_true", help="print a JSON list")
-    ck.add_argument("--jobs", type=_positive_int, default=1, help="worker processes")
+    scale.add_options(ck, "check")
     ck.add_argument("--kernel", default=None, metavar="RELEASE",
                     help="run each scenario once as RELEASE behaved")
     ck.add_argument("--variant", action="append", default=[], metavar="VARIANT",
@@ -257,20 +261,35 @@ def _cmd_explore(args: argparse.Namespace) -> int:
     else:
         if args.token:
             raise UsageError("--token goes with --strategy replay")
-        result = explore(
-            program,
-            strategy=strategy,
-            max_executions=args.executions,
-            preemption_bound=args.preemptions,
-            seed=args.seed,
-            max_seconds=args.seconds,
-            depth=args.depth,
-            shrink=not args.no_shrink,
-            progress=_progress_printer(not args.json and sys.stderr.isatty()),
-            **kwargs,
-        )
+        path, _, func = args.program.rpartition(":")
+        kwargs.update(scale.explore_options(args, strategy, program, path, func, None))
+        with _closing(kwargs.get("pool")):
+            result = explore(
+                program,
+                strategy=strategy,
+                max_executions=args.executions,
+                preemption_bound=args.preemptions,
+                seed=args.seed,
+                max_seconds=args.seconds,
+                depth=args.depth,
+                shrink=not args.no_shrink,
+                progress=_progress_printer(not args.json and sys.stderr.isatty()),
+                should_stop=args.should_stop,
+                **kwargs,
+            )
     _print_result(result, as_json=args.json, all_ops=args.all_ops)
+    if result.interrupted:
+        return 130
     return 1 if result.violation is not None else 0
+
+
+@contextlib.contextmanager
+def _closing(pool: Any) -> Any:
+    try:
+        yield
+    finally:
+        if pool is not None:
+            pool.close()
 
 
 def _explore_scenario(sc: Scenario, kernel: Kernel, args: argparse.Namespace) -> int:
@@ -296,21 +315,26 @@ def _explore_scenario(sc: Scenario, kernel: Kernel, args: argparse.Namespace) ->
             if args.token:
                 raise UsageError("--token goes with --strategy replay")
             same = strategy == st.strategy
-            result = explore(
-                sc.program(kernel),
-                strategy=strategy,
-                max_executions=args.executions if args.executions is not None
-                else (st.max_executions if same else None),
-                preemption_bound=args.preemptions if args.preemptions is not None
-                else (st.preemption_bound if same else None),
-                seed=args.seed if args.seed is not None else st.seed,
-                max_seconds=args.seconds if args.seconds is not None else st.max_seconds,
-                depth=args.depth,
-                shrink=not args.no_shrink,
-                progress=_progress_printer(not args.json and sys.stderr.isatty()),
-                token_context=token_context(sc, variant),
-                **kwargs,
-            )
+            path, _, func = args.program.rpartition(":")
+            program = sc.program(kernel)
+            kwargs.update(scale.explore_options(args, strategy, program, path, func, kernel))
+            with _closing(kwargs.get("pool")):
+                result = explore(
+                    program,
+                    strategy=strategy,
+                    max_executions=args.executions if args.executions is not None
+                    else (st.max_executions if same else None),
+                    preemption_bound=args.preemptions if args.preemptions is not None
+                    else (st.preemption_bound if same else None),
+                    seed=args.seed if args.seed is not None else st.seed,
+                    max_seconds=args.seconds if args.seconds is not None else st.max_seconds,
+                    depth=args.depth,
+                    shrink=not args.no_shrink,
+                    progress=_progress_printer(not args.json and sys.stderr.isatty()),
+                    token_context=token_context(sc, variant),
+                    should_stop=args.should_stop,
+                    **kwargs,
+                )
     if args.json:
         print(json.dumps(result.as_dict()))
     else:
@@ -318,6 +342,8 @@ def _explore_scenario(sc: Scenario, kernel: Kernel, args: argparse.Namespace) ->
         if result.violation is not None:
             print(render_explained(result, all_ops=args.all_ops, header=header))
         print(render_result(result).splitlines()[-1])
+    if result.interrupted:
+        return 130
     return 1 if result.violation is not None else 0
 
 
@@ -347,7 +373,11 @@ def _cmd_check(args: argparse.Namespace) -> int:
             for name in args.variant:
                 if name not in known:
                     raise UsageError(f"no selected scenario has a variant {name!r}")
-    runs = _run_with_progress(jobs, args.jobs, show=not args.json and sys.stderr.isatty())
+    record = scale.check_record(args)
+    pool = scale.pool_of(args)
+    with _closing(pool):
+        runs = _run_with_progress(jobs, pool, record, args,
+                                  show=not args.json and sys.stderr.isatty())
     if args.json:
         print(json.dumps([r.as_dict() for r in runs], indent=1))
     else:
@@ -358,13 +388,17 @@ def _cmd_check(args: argparse.Namespace) -> int:
         else:
             failed = sum(1 for r in runs if not r.ok)
             print(f"\n{len(runs) - failed} of {len(runs)} variants as expected")
+    if args.should_stop():
+        return 130
     return 0 if all(r.ok for r in runs) else 1
 
 
-def _run_with_progress(jobs: list[tuple[Scenario, Any]], workers: int,
-                       show: bool) -> list[VariantRun]:
+def _run_with_progress(jobs: list[tuple[Scenario, Any]], pool: Any, record: Any,
+                       args: argparse.Namespace, show: bool) -> list[VariantRun]:
+    opts: dict[str, Any] = {"pool": pool, "record": record, "should_stop": args.should_stop,
+                            "checkpoint_every": args.checkpoint_every}
     if not show:
-        return run_all(jobs, workers=workers)
+        return run_all(jobs, **opts)
     from rich.progress import Progress
 
     with Progress(transient=True, console=_stderr_console()) as progress:
@@ -385,7 +419,7 @@ def _run_with_progress(jobs: list[tuple[Scenario, Any]], workers: int,
                                         f"{seconds:.0f}s")
             describe()
 
-        return run_all(jobs, workers=workers, on_done=done, on_progress=going)
+        return run_all(jobs, on_done=done, on_progress=going, **opts)
 
 
 def _stderr_console() -> Any:
@@ -505,8 +539,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 2
-        if args.command == "explore":
-            return _cmd_explore(args)
+        if args.command in ("explore", "check"):
+            # Ctrl-C and SIGTERM stop the exploration between executions;
+            # what was found is printed (and saved if asked), exit 130
+            with StopRequest() as stop:
+                args.should_stop = stop
+                code = _cmd_explore(args) if args.command == "explore" else _cmd_check(args)
+            return 130 if stop.requested else code
         if args.command == "rules":
             return _cmd_rules(args)
         if args.command == "doc":
@@ -520,7 +559,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "replay":
             return _cmd_replay(args)
         raise UsageError(f"unknown command {args.command!r}")
-    except UsageError as exc:
+    except (UsageError, scale.ScaleError, PoolError, CheckpointError) as exc:
         print(f"mmrace: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

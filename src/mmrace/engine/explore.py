@@ -88,7 +88,6 @@ class Result:
             "seconds": round(self.seconds, 3),
             "violation": self.violation.as_dict() if self.violation else None,
             "token": self.token,
-            "interrupted": self.interrupted,
         }
 
 

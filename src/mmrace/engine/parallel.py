@@ -44,6 +44,7 @@ run), or a Dask cluster (``DaskPool``).
 from __future__ import annotations
 
 import importlib
+import os
 import signal
 import threading
 import time
@@ -407,6 +408,58 @@ class DaskPool(Pool):
     def close(self) -> None:
         if self.own:
             self.client.close()
+
+
+def machine_cores() -> int:
+    """The cores this process may run on (the default number of workers)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+WORKER_MEMORY = 64 << 20
+"""What a worker process needs, roughly (bytes): a forked interpreter with
+the model and one exploration's state."""
+
+
+def max_local_workers() -> int:
+    """How many local worker processes this machine can start: within the
+    user's process limit and the memory available."""
+    limit = 1 << 16
+    try:
+        import resource
+
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NPROC)
+        if soft != resource.RLIM_INFINITY:
+            limit = min(limit, max(1, soft // 2))
+    except (ImportError, OSError, ValueError):
+        pass
+    try:
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        limit = min(limit, max(1, avail // WORKER_MEMORY))
+    except (OSError, ValueError, AttributeError):
+        pass
+    return limit
+
+
+def pool_for(workers: int | None, dask: str | None = None) -> Pool:
+    """The pool a command asks for: a Dask cluster at *dask*, else *workers*
+    local processes (default: the machine's cores). PoolError for a number
+    the machine cannot start or a scheduler that cannot be reached."""
+    if dask is not None:
+        if workers is not None:
+            raise PoolError("--workers and --dask do not go together: the Dask cluster's "
+                            "workers are the workers")
+        return DaskPool(dask)
+    n = machine_cores() if workers is None else workers
+    if n < 1:
+        raise PoolError("--workers must be at least 1")
+    most = max_local_workers()
+    if n > most:
+        raise PoolError(f"cannot start {n} worker processes: this machine can start about "
+                        f"{most} (process limit and free memory)")
+    return LocalPool(n) if n > 1 else InlinePool()
 
 
 # --- the coordinator's tree --------------------------------------------------------
@@ -804,6 +857,7 @@ class Run:
     elapsed_before: float = 0.0  # seconds spent before a resume
     outcome: Outcome | None = None
     budget_stop: bool = False
+    tag: Any = None  # the caller's (check: which variant)
 
     def seconds(self, now: float) -> float:
         return self.elapsed_before + now - self.start
