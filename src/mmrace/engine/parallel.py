@@ -358,6 +358,31 @@ def _distributed() -> Any:
         raise PoolError("--dask needs Dask distributed: pip install 'mmrace[dask]'") from None
 
 
+def _probe(address: str, timeout: float) -> None:
+    """Fail fast (one line) when a tcp:// scheduler address does not answer:
+    the Dask client would retry until its timeout."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if "://" not in address:
+        address = "tcp://" + address
+    if not address.startswith("tcp://"):
+        return
+    try:
+        parts = urlsplit(address)
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        raise PoolError(f"not a Dask scheduler address: {address}") from None
+    if not host or port is None:
+        raise PoolError(f"not a Dask scheduler address: {address} (expected tcp://HOST:PORT)")
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise PoolError(f"cannot reach the Dask scheduler at {address}: "
+                        f"{exc.strerror or exc}") from None
+
+
 class DaskPool(Pool):
     """Workers of a Dask distributed cluster. Each worker process runs one
     unit at a time (start workers with ``--nthreads 1``; threads of one
@@ -369,6 +394,8 @@ class DaskPool(Pool):
     def __init__(self, address: Any, timeout: float = 10.0) -> None:
         self.dist = _distributed()
         Client = self.dist.Client
+        if isinstance(address, str):
+            _probe(address, timeout)
         try:
             if isinstance(address, str):
                 self.client = Client(address, timeout=f"{timeout}s")
@@ -380,7 +407,7 @@ class DaskPool(Pool):
                     self.client = Client(address, timeout=f"{timeout}s")
                     self.own = True
             nthreads = self.client.nthreads()
-        except (OSError, TimeoutError) as exc:
+        except (OSError, TimeoutError, ValueError) as exc:
             raise PoolError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
         self.slots = max(1, sum(nthreads.values()))
 
