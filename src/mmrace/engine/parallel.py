@@ -63,7 +63,7 @@ from mmrace.engine.strategy import (
     next_branch,
     node_data,
     node_from_data,
-    sleep_ops,
+    sleepers,
 )
 
 Program = Callable[[], Any]
@@ -703,8 +703,8 @@ class Exploration:
             q = next_branch(node)
             if q < 0:
                 return made
-            ops = sleep_ops(node, q, self.bounded) if self.strat.use_sleep else {}
-            d = node_data(node, chosen=q, ops=ops)
+            slept = sleepers(node, q, self.bounded) if self.strat.use_sleep else 0
+            d = node_data(node, chosen=q, slept=slept)
             d[11] = None
             u = self._new_unit({"nodes": [*cn.prefix, d], "floor": cn.index + 1,
                                 "finished": False})

@@ -105,12 +105,11 @@ class _Node:
         "backtrack",
         "done",
         "sleep",
-        "ops",
+        "slept",
         "ev_index",
         "prev",
         "pre",
         "pending",
-        "fps",
     )
 
     def __init__(
@@ -128,17 +127,15 @@ class _Node:
         self.chosen = chosen
         self.backtrack = self.done = 1 << chosen
         self.sleep = sleep  # the sleep set on entry
-        # Footprints of the threads explored here that later siblings may put
-        # to sleep, recorded when the search moves on from each.
-        self.ops: dict[int, Footprint] | None = None
+        # The threads explored here that later siblings put to sleep (bit
+        # set), recorded when the search moves on from each. Their operations
+        # are read off the live threads when a sibling's run gets here: an
+        # enabled thread's announced operation is the one it runs here.
+        self.slept = 0
         self.ev_index = ev_index
         self.prev = prev
         self.pre = pre
         self.pending: list[int] | None = None
-        # The operation each enabled thread announced here (DPOR only), in
-        # ``enabled`` order: what a branch's sleep set is made of, known to
-        # whoever holds the node.
-        self.fps: tuple[Footprint, ...] = ()
 
 
 def _independent(a: Footprint, b: Footprint) -> bool:
@@ -293,9 +290,8 @@ class DfsStrategy(Strategy):
             tid = node.chosen
             if node.data or tid not in enabled:
                 raise _nondeterminism(f"scheduling point {pos} differs")
-            if pos == self.last and self.reduce:
-                fp = node.fps[enabled.index(tid)]
-                self.cur_sleep = self._child_sleep(node, tid, fp)
+            if pos == self.last and self.use_sleep:
+                self.cur_sleep = self._child_sleep(ex, node, tid)
             self.ev_node.append(pos)
             return tid
         cands = [t for t in enabled if t not in sleep] if sleep else enabled
@@ -311,10 +307,8 @@ class DfsStrategy(Strategy):
         nodes.append(node)
         self.ev_node.append(pos)
         if self.reduce:
-            threads = ex.threads
-            fps = node.fps = tuple([_footprint(threads[t]) for t in enabled])
             if sleep:
-                self.cur_sleep = _wake_sleepers(sleep, fps[enabled.index(tid)])
+                self.cur_sleep = _wake_sleepers(sleep, _footprint(ex.threads[tid]))
         else:
             for q in enabled:
                 if q != tid:
@@ -415,15 +409,21 @@ class DfsStrategy(Strategy):
     def more(self) -> bool:
         return not self.finished
 
-    def _child_sleep(self, node: _Node, q: int, qop: Footprint) -> dict[int, Footprint]:
-        """The sleep set below *node* when it runs *q* (whose operation is
-        *qop*): its own sleep set plus the threads explored there before that
-        may sleep, less those whose operations do not commute with q's."""
+    def _child_sleep(self, ex: Execution, node: _Node, q: int) -> dict[int, Footprint]:
+        """The sleep set below *node* when it runs *q*: its own sleep set plus
+        the threads explored there before that may sleep, less those whose
+        operations do not commute with q's."""
+        threads = ex.threads
+        qop = _footprint(threads[q])
         out = {r: op for r, op in node.sleep.items() if r != q and _independent(op, qop)}
-        ops = node.ops
-        if ops:
-            for d, op in ops.items():
-                if d != q and d not in out and _independent(op, qop):
+        slept = node.slept
+        while slept:
+            low = slept & -slept
+            slept ^= low
+            d = low.bit_length() - 1
+            if d != q and d not in out:
+                op = _footprint(threads[d])
+                if _independent(op, qop):
                     out[d] = op
         return out if out else _EMPTY
 
@@ -570,11 +570,10 @@ class DfsStrategy(Strategy):
 # -- the search's state as plain data (checkpoints, work sent to workers) ------
 
 
-def node_data(node: _Node, chosen: int | None = None,
-              ops: dict[int, Footprint] | None = None) -> list[Any]:
+def node_data(node: _Node, chosen: int | None = None, slept: int | None = None) -> list[Any]:
     """*node* as a JSON-able list (optionally with another chosen branch and
-    sleep candidates, for handing that branch to another search)."""
-    cands = node.ops if ops is None else ops
+    the siblings that sleep in it, for handing that branch to another
+    search)."""
     return [
         node.data,
         node.n,
@@ -583,12 +582,11 @@ def node_data(node: _Node, chosen: int | None = None,
         node.backtrack,
         node.done if chosen is None else node.done | (0 if node.data else 1 << chosen),
         [[t, list(fp)] for t, fp in node.sleep.items()],
-        [[t, list(fp)] for t, fp in cands.items()] if cands else None,
+        node.slept if slept is None else slept,
         node.ev_index,
         node.prev,
         node.pre,
         list(node.pending) if node.pending else None,
-        [list(fp) for fp in node.fps],
     ]
 
 
@@ -600,22 +598,21 @@ def node_from_data(d: list[Any]) -> _Node:
     node.n = int(d[1])
     node.backtrack = int(d[4])
     node.done = int(d[5])
-    node.ops = {int(t): tuple(fp) for t, fp in d[7]} if d[7] else None
+    node.slept = int(d[7])
     node.pending = [int(t) for t in d[11]] if d[11] else None
-    node.fps = tuple(tuple(fp) for fp in d[12])
     return node
 
 
-def sleep_ops(node: _Node, q: int, bounded: bool) -> dict[int, Footprint]:
-    """The sleep candidates a new branch *q* of *node* gets from the
-    branches taken there before it (every one of them, first in first out;
-    under a bound only the thread that ran before the node)."""
-    out: dict[int, Footprint] = {}
+def sleepers(node: _Node, q: int, bounded: bool) -> int:
+    """The siblings that sleep in a new branch *q* of *node* (bit set): the
+    branches taken there before it (every one, first in first out; under a
+    bound only the thread that ran before the node)."""
     if node.data:
-        return out
-    for i, t in enumerate(node.enabled):
+        return 0
+    out = 0
+    for t in node.enabled:
         if t != q and node.done >> t & 1 and (not bounded or t == node.prev):
-            out[t] = node.fps[i]
+            out |= 1 << t
     return out
 
 
@@ -713,9 +710,7 @@ def _remember(node: _Node, bounded: bool) -> None:
     (see DfsStrategy)."""
     c = node.chosen
     if not bounded or c == node.prev:
-        if node.ops is None:
-            node.ops = {}
-        node.ops[c] = node.fps[node.enabled.index(c)]
+        node.slept |= 1 << c
 
 
 def _candidates(acc: dict[int, list[int]], t: int, cls: int, out: list[int]) -> None:
