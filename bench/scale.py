@@ -247,13 +247,23 @@ PEER_PROGRAMS: list[tuple[str, Any, Any, Any, int | None]] = [
 
 
 def peer() -> dict[str, Any]:
-    rows = []
     try:
         import frontrun
-        from frontrun._cooperative import patch_locks
+        from frontrun._cooperative import patch_locks, unpatch_locks
     except ImportError:
         return {"frontrun": "frontrun not installed", "programs": []}
-    patch_locks()  # frontrun's cooperative mode (its CLI sets this up otherwise)
+    # frontrun's cooperative mode (its CLI sets this up otherwise): it
+    # replaces threading's locks and queues until undone
+    patch_locks()
+    try:
+        rows = _peer_rows(frontrun)
+    finally:
+        unpatch_locks()
+    return {"frontrun": getattr(frontrun, "__version__", "installed"), "programs": rows}
+
+
+def _peer_rows(frontrun: Any) -> list[dict[str, Any]]:
+    rows = []
     for name, program, setup, workers, count in PEER_PROGRAMS:
         t = time.perf_counter()
         r = explore(program, strategy="dpor")
@@ -271,7 +281,7 @@ def peer() -> dict[str, Any]:
             "frontrun_executions_per_second": round(fr.num_explored / fr_s, 1)
             if fr_s else None,
         })
-    return {"frontrun": getattr(frontrun, "__version__", "installed"), "programs": rows}
+    return rows
 
 
 # --- output --------------------------------------------------------------------------

@@ -404,16 +404,17 @@ def run_all(jobs: Iterable[tuple[Scenario, Variant]], *, workers: int = 1,
                          else partial(on_progress, sc.name, v.name))
         decided(i, vr, _record_key(token_context(sc, v), st.describe()))
     if runs:
-        for run in runs:
-            if run.priority == 0.0:
-                sc, v = todo[run.tag[0]]
-                threads, steps = estimate(sc, v)
-                run.priority = threads * 1_000_000.0 + steps
         own = pool is None
         # local workers start one by one as work appears (never more than
         # there is work for)
         use = pool if pool is not None else (LocalPool(workers) if workers > 1
                                              else InlinePool())
+        if len(runs) > 1 and use.slots > 1:
+            for run in runs:
+                if run.priority == 0.0:
+                    sc, v = todo[run.tag[0]]
+                    threads, steps = estimate(sc, v)
+                    run.priority = threads * 1_000_000.0 + steps
         saver = None
         if record is not None and record.path is not None:
             def saver(rs: list[Run], now: float) -> None:
