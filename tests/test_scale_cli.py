@@ -243,3 +243,21 @@ def test_explore_bad_scale_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[
     data: dict[str, Any] = {"format": "mmrace-checkpoint", "version": 7}
     ck.write_text(json.dumps(data))
     assert "format 7" in _error(["explore", f"{prog}:program", "--resume", str(ck)], capsys)
+
+
+def test_explore_on_a_dask_cluster_gives_the_local_result(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]
+                                                          ) -> None:
+    """The workers rebuild FILE.py:FUNC from the file's text."""
+    distributed = pytest.importorskip("distributed")
+    prog = tmp_path / "p.py"
+    prog.write_text(BIG.replace("range(6)", "range(3)") + "\n    return lambda: None\n")
+    assert main(["explore", f"{prog}:program", "--json", "--workers", "1"]) == 0
+    local = json.loads(capsys.readouterr().out)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster:
+        assert main(["explore", f"{prog}:program", "--json", "--dask",
+                     cluster.scheduler_address]) == 0
+    remote = json.loads(capsys.readouterr().out)
+    assert {k: v for k, v in remote.items() if k != "seconds"} == \
+        {k: v for k, v in local.items() if k != "seconds"}

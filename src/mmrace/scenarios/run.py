@@ -15,6 +15,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import mmrace.oracles  # noqa: F401 - workers (Dask's too) run with the memory oracles
 from mmrace import __version__
 from mmrace.engine import Result, TokenError, Violation, explore, frontier, replay
 from mmrace.engine.explore import (
