@@ -196,3 +196,18 @@ def test_unreachable_dask_scheduler_is_one_error() -> None:
 
     with pytest.raises(PoolError, match="cannot reach the Dask scheduler"):
         DaskPool("tcp://127.0.0.1:9", timeout=1.0)
+
+
+def test_a_shared_pool_never_runs_the_wrong_program() -> None:
+    """Workers forked before a callable was given do not have it: a clear
+    error, not another program of the same name."""
+    from mmrace.engine.parallel import LocalPool, PoolError
+
+    pool = LocalPool(2)
+    try:
+        first = explore(filesystem(16), pool=pool)
+        assert first.complete and pool.started >= 1
+        with pytest.raises(PoolError, match="not available in this worker"):
+            explore(filesystem(4), pool=pool)
+    finally:
+        pool.close()

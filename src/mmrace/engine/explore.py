@@ -333,12 +333,14 @@ def _explore_split(
               checkpoint_every=checkpoint_every)
         if saver is not None:
             saver([run], time.perf_counter())
+        assert run.outcome is not None
+        return result_of(run.outcome, src, strat.name, max_steps=max_steps, shrink=shrink,
+                         token_context=token_context, workers=use.slots)
     finally:
         if own:
             use.close()
-    assert run.outcome is not None
-    return result_of(run.outcome, src, strat.name, max_steps=max_steps, shrink=shrink,
-                     token_context=token_context, workers=use.slots)
+        if source is None and isinstance(src, CallableSource):
+            src.release()
 
 
 _names = 0

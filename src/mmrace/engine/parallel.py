@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import pickle
 import signal
 import threading
 import time
@@ -97,17 +98,31 @@ _INHERITED: dict[str, Program] = {}
 
 
 class CallableSource(ProgramSource):
-    """A program given as a callable. It reaches local (forked) workers by
-    inheritance, so it can be any closure; it cannot go to Dask workers."""
+    """A program given as a callable. It reaches local workers by
+    inheritance (they are forked after it is made), so it can be any
+    closure; it cannot go to Dask workers, nor to local workers started
+    before it was made (a PoolError says so). *name* names it in
+    checkpoints (default: its qualified name)."""
 
-    def __init__(self, program: Program, key: str | None = None) -> None:
+    _made = 0
+
+    def __init__(self, program: Program, name: str | None = None) -> None:
         self.program = program
-        self.key = key or f"{getattr(program, '__module__', '?')}." \
-                          f"{getattr(program, '__qualname__', 'program')}"
+        self.name = name or f"{getattr(program, '__module__', '?')}." \
+                            f"{getattr(program, '__qualname__', 'program')}"
+        CallableSource._made += 1
+        self.key = f"{self.name}#{CallableSource._made}"  # unique: closures share names
         _INHERITED[self.key] = program
 
+    def describe(self) -> str:
+        return self.name
+
+    def release(self) -> None:
+        """Forget the callable (in this process) once its exploration is over."""
+        _INHERITED.pop(self.key, None)
+
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_inherited, (self.key,))
+        return (_inherited, (self.key, self.name))
 
     @contextmanager
     def _open(self) -> Iterator[Program]:
@@ -117,16 +132,18 @@ class CallableSource(ProgramSource):
         return self._open()
 
 
-def _inherited(key: str) -> CallableSource:
+def _inherited(key: str, name: str) -> CallableSource:
     program = _INHERITED.get(key)
     if program is None:
         raise PoolError(
-            f"program {key!r} is not available in this worker: a callable can only go to "
-            "local workers; give remote workers a ProgramSource they can rebuild"
+            f"program {name!r} is not available in this worker: a callable only reaches "
+            "local workers started after it was given; give other workers a ProgramSource "
+            "they can rebuild"
         )
     src = CallableSource.__new__(CallableSource)
     src.program = program
     src.key = key
+    src.name = name
     return src
 
 
@@ -241,14 +258,18 @@ def _worker_main(conn: Any) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     while True:
         try:
-            job = conn.recv()
+            raw = conn.recv_bytes()
         except (EOFError, OSError):
             return
-        if job is None:
-            return
-        fn, job = job
+        out: tuple[str, Any]
         try:
-            out: tuple[str, Any] = ("ok", fn(job))
+            msg = pickle.loads(raw)
+            if msg is None:
+                return
+            fn, job = msg
+            out = ("ok", fn(job))
+        except PoolError as exc:
+            out = ("pool-error", str(exc))
         except BaseException as exc:  # report, never die silently
             out = ("error", "".join(traceback.format_exception(exc)))
         try:
@@ -329,6 +350,8 @@ class LocalPool(Pool):
             code = p.proc.exitcode
             raise PoolError(f"worker process {p.proc.pid} died (exit status {code})") from None
         p.busy = False
+        if status == "pool-error":
+            raise PoolError(value)
         if status == "error":
             raise RuntimeError(f"a worker failed:\n{value}")
         assert isinstance(value, UnitResult)

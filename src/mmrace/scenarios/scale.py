@@ -119,7 +119,7 @@ def explore_options(args: argparse.Namespace, strategy: str, program: Program, p
             raise ScaleError(f"cannot read {path}: {exc.strerror or exc}") from None
         out["source"] = FileSource(path, text, func, kernel)
     else:
-        out["source"] = CallableSource(program, key=f"program {path}:{func}")
+        out["source"] = CallableSource(program, name=f"program {path}:{func}")
     return out
 
 
