@@ -41,7 +41,7 @@ from enginekit import dfs_census
 
 import mmrace.oracles  # noqa: F401 - the memory oracles, as mmrace check has them
 from mmrace.engine import Var, explore, spawn
-from mmrace.engine.parallel import machine_cores, pool_for
+from mmrace.engine.pools import machine_cores, pool_for
 from mmrace.engine.strategy import DfsStrategy
 from mmrace.scenarios import all_scenarios, get
 from mmrace.scenarios.run import _patches, run_all

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from mmrace.cli import main
-from mmrace.engine.parallel import LocalPool
+from mmrace.engine.pools import LocalPool
 from mmrace.scenarios import get
 from mmrace.scenarios.run import run_all
 

@@ -16,7 +16,7 @@ from mmrace import __version__
 from mmrace.engine import STRATEGIES, Result, TokenError, explore, replay
 from mmrace.engine.frontier import CheckpointError
 from mmrace.engine.interrupt import StopRequest
-from mmrace.engine.parallel import PoolError
+from mmrace.engine.units import PoolError
 from mmrace.fixes import FIXES, FixError, all_fixes, all_policies
 from mmrace.report.explain import render_explained, trace_json
 from mmrace.report.text import render_result

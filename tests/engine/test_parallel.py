@@ -18,7 +18,9 @@ from test_properties import KINDS, specs
 from mmrace.engine import Result, explore
 from mmrace.engine.explore import make_strategy, prepare_run, result_of, run_unit
 from mmrace.engine.frontier import CheckpointError
-from mmrace.engine.parallel import CallableSource, InlinePool, Settings, drive
+from mmrace.engine.parallel import drive
+from mmrace.engine.pools import InlinePool
+from mmrace.engine.units import CallableSource, Settings
 
 
 def split(program: Any, strategy: str = "dpor", bound: int | None = None, slots: int = 3,
@@ -175,7 +177,7 @@ def test_workers_apply_to_exhaustive_strategies_only() -> None:
 
 def test_dask_cluster_gives_the_serial_result() -> None:
     distributed = pytest.importorskip("distributed")
-    from mmrace.engine.parallel import DaskPool
+    from mmrace.engine.pools import DaskPool
 
     program = filesystem(16)
     serial = explore(program)
@@ -192,7 +194,8 @@ def test_dask_cluster_gives_the_serial_result() -> None:
 
 def test_unreachable_dask_scheduler_is_one_error() -> None:
     pytest.importorskip("distributed")
-    from mmrace.engine.parallel import DaskPool, PoolError
+    from mmrace.engine.pools import DaskPool
+    from mmrace.engine.units import PoolError
 
     with pytest.raises(PoolError, match="cannot reach the Dask scheduler"):
         DaskPool("tcp://127.0.0.1:9", timeout=1.0)
@@ -201,7 +204,8 @@ def test_unreachable_dask_scheduler_is_one_error() -> None:
 def test_a_shared_pool_never_runs_the_wrong_program() -> None:
     """Workers forked before a callable was given do not have it: a clear
     error, not another program of the same name."""
-    from mmrace.engine.parallel import LocalPool, PoolError
+    from mmrace.engine.pools import LocalPool
+    from mmrace.engine.units import PoolError
 
     pool = LocalPool(2)
     try:

@@ -10,22 +10,8 @@ from typing import Any
 
 from mmrace.engine import frontier
 from mmrace.engine.core import Event, Execution, ViolationError
-from mmrace.engine.parallel import (
-    LOCALS,
-    RUN_LOCK,
-    CallableSource,
-    Exploration,
-    InlinePool,
-    LocalPool,
-    Outcome,
-    Pool,
-    ProgramSource,
-    Run,
-    Settings,
-    UnitJob,
-    UnitResult,
-    drive,
-)
+from mmrace.engine.parallel import Exploration, Outcome, Run, drive
+from mmrace.engine.pools import InlinePool, LocalPool, Pool
 from mmrace.engine.strategy import (
     DecisionReplay,
     DfsStrategy,
@@ -35,6 +21,15 @@ from mmrace.engine.strategy import (
     Strategy,
 )
 from mmrace.engine.token import TokenError, decode, encode
+from mmrace.engine.units import (
+    LOCALS,
+    RUN_LOCK,
+    CallableSource,
+    ProgramSource,
+    Settings,
+    UnitJob,
+    UnitResult,
+)
 
 STRATEGIES = ("dpor", "bounded", "random", "pct", "replay", "naive")
 DEFAULT_MAX_STEPS = 20_000

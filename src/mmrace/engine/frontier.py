@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from mmrace import __version__
-from mmrace.engine.parallel import Exploration, Settings
+from mmrace.engine.parallel import Exploration
+from mmrace.engine.units import Settings
 
 FORMAT = "mmrace-checkpoint"
 VERSION = 1

@@ -28,20 +28,11 @@ from mmrace.engine.explore import (
     run_unit,
 )
 from mmrace.engine.frontier import CheckpointError
-from mmrace.engine.parallel import (
-    Exploration,
-    InlinePool,
-    LocalPool,
-    Outcome,
-    Pool,
-    Program,
-    ProgramSource,
-    Run,
-    Settings,
-    drive,
-)
+from mmrace.engine.parallel import Exploration, Outcome, Run, drive
+from mmrace.engine.pools import InlinePool, LocalPool, Pool
 from mmrace.engine.strategy import DfsStrategy
 from mmrace.engine.token import decode
+from mmrace.engine.units import Program, ProgramSource, Settings
 from mmrace.scenarios import get
 from mmrace.scenarios.api import Explore, Kernel, Scenario, ScenarioError, Variant
 from mmrace.scenarios.patch import patched

@@ -18,7 +18,8 @@ from typing import Any
 
 from mmrace.engine.explore import DFS_STRATEGIES
 from mmrace.engine.frontier import CheckpointError
-from mmrace.engine.parallel import CallableSource, Pool, PoolError, Program, pool_for
+from mmrace.engine.pools import Pool, pool_for
+from mmrace.engine.units import CallableSource, PoolError, Program
 from mmrace.scenarios.api import Kernel
 from mmrace.scenarios.run import CheckRecord, FileSource
 
