@@ -261,3 +261,17 @@ def test_explore_on_a_dask_cluster_gives_the_local_result(tmp_path: Path,
     remote = json.loads(capsys.readouterr().out)
     assert {k: v for k, v in remote.items() if k != "seconds"} == \
         {k: v for k, v in local.items() if k != "seconds"}
+
+
+def test_check_resume_refuses_other_files(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    rec = tmp_path / "r.json"
+    rec.write_text(json.dumps({"format": "mmrace-check", "version": 1, "mmrace": "0.0.1",
+                               "variants": {}, "frontiers": {}}))
+    assert "written by mmrace 0.0.1" in _error(
+        ["check", "wp-pinned-page-cow", "--resume", str(rec)], capsys)
+    rec.write_text(json.dumps({"format": "mmrace-checkpoint", "version": 1}))
+    assert "not a file of mmrace check --save" in _error(
+        ["check", "wp-pinned-page-cow", "--resume", str(rec)], capsys)
+    rec.write_text(json.dumps({"format": "mmrace-check", "version": 3}))
+    assert "format 3" in _error(["check", "wp-pinned-page-cow", "--resume", str(rec)], capsys)

@@ -215,3 +215,44 @@ def test_a_shared_pool_never_runs_the_wrong_program() -> None:
             explore(filesystem(4), pool=pool)
     finally:
         pool.close()
+
+
+def _choosing(fail: bool) -> Any:
+    """Data choices in set-up and in threads, and a lock (WAIT)."""
+    from enginekit import Lock
+
+    from mmrace.engine import Var, choose, require, spawn
+
+    def program() -> None:
+        c = choose(3, "set-up choice")
+        x = Var(0, name="x")
+        y = Var(0, name="y")
+        lock = Lock("L")
+
+        def t() -> None:
+            lock.acquire()
+            x.store(c)
+            lock.release()
+            d = choose(2, "thread choice")
+            y.store(d)
+            require(not (fail and c == 2 and d == 1 and x.value == 2), "c=2, d=1")
+
+        def u() -> None:
+            lock.acquire()
+            x.store(9)
+            lock.release()
+            y.load()
+
+        spawn(t, name="t")
+        spawn(u, name="u")
+
+    return program
+
+
+@pytest.mark.parametrize("fail", [False, True])
+@pytest.mark.parametrize("bound", [None, 1])
+def test_split_with_data_choices_and_locks(fail: bool, bound: int | None) -> None:
+    strategy = "dpor" if bound is None else "bounded"
+    serial = explore(_choosing(fail), strategy=strategy, preemption_bound=bound)
+    for slots in (2, 3):
+        assert figures(split(_choosing(fail), strategy, bound, slots)) == figures(serial)
