@@ -383,6 +383,7 @@ class Exploration:
             "performed": [self.performed.executions, self.performed.blocked,
                           self.performed.steps],
             "splits": self.splits,
+            "busy": round(self.busy, 3),
         }
 
     def _load(self, data: dict[str, Any]) -> None:
@@ -422,6 +423,7 @@ class Exploration:
         self.committed = Totals(*data["committed"])
         self.performed = Totals(*data["performed"])
         self.splits = int(data.get("splits", 0))
+        self.busy = float(data.get("busy", 0.0))
         if not self.finished:
             self._drain_all()
 
@@ -451,7 +453,8 @@ class Run:
     max_seconds: float | None = None
     progress: Callable[[int, float], None] | None = None
     done: Callable[[Outcome], None] | None = None
-    start: float = 0.0
+    start: float = 0.0  # when its first unit went to a worker
+    started: bool = False
     elapsed_before: float = 0.0  # seconds spent before a resume
     outcome: Outcome | None = None
     budget_stop: bool = False
@@ -538,6 +541,9 @@ def drive(
                     left = max(1, r.max_executions - ex.performed.executions)
                     if slice_executions is not None:
                         left = min(left, slice_executions)
+                if not r.started:
+                    r.started = True
+                    r.start = time.perf_counter()
                 h = pool.submit(runner, ex.job(u, seconds, left))
                 handles[h] = (r, u)
                 free -= 1

@@ -450,6 +450,10 @@ def _variant_run(i: int, sc: Scenario, v: Variant, st: Explore,
     def done(outcome: Outcome) -> None:
         result = result_of(outcome, src, name, max_steps=sets.max_steps, shrink=True,
                            token_context=ctx, workers=0)
+        # Variants share the workers: what a variant took is the time the
+        # workers spent on it (its wall time includes waiting for them).
+        result.extra["wall_seconds"] = result.seconds
+        result.seconds = float(outcome.extra.get("worker_seconds", result.seconds))
         decided(i, VariantRun(sc.name, v.name, v.expected, result, st.describe()), key)
 
     run.done = done
