@@ -649,8 +649,8 @@ def _drop_enablers(
         return sleep
     th = ex.threads[prev]
     obj = th.op_obj
-    if th.finished or obj is None or _CLASS_OF_KIND[th.op_kind] != 2:
-        return sleep
+    if th.finished or obj is None or th.guard is None:
+        return sleep  # not blocked on a guard (a guard is enabled by writes to obj)
     serial = obj.serial
     if not any(_writes_object(fp, serial) for fp in sleep.values()):
         return sleep
