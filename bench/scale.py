@@ -1,17 +1,17 @@
 """Exploration at scale, side by side in one run (issue 11).
 
     python bench/scale.py [--json] [--workers N] [--speedup SCENARIO:VARIANT]
-                          [--trace-limit N] [--before] [--skip-catalog] [--quick]
+                          [--trace-limit N] [--unbounded] [--skip-catalog] [--quick]
 
 (a) every catalog variant under ``mmrace check``'s settings over one pool of
     N workers (default: the machine's cores): outcome, executions, seconds,
     and the wall time of the whole catalog;
 (b) executions per Mazurkiewicz trace on every variant whose search runs at
-    most --trace-limit executions (default 5,000): traces counted with
+    most --trace-limit executions (default 5,000), traces counted with
     interleaving-independent names (``tests/engine/enginekit.StableCensus``),
-    with sleep sets under the bound; with --before also without them (the
-    search before issue 11) -- both stop at the first violation, as check
-    does;
+    stopping at the first violation as check does; with --unbounded also
+    under unbounded ``dpor`` (its sleep-set-blocked runs are what optimal
+    DPOR would save);
 (c) the speed-up of one variant (default: the clean 4-CPU
     ``uffd-wp-protect-unprotect/current``) with 1, 2 and 4 workers; the
     executions must be the same for every worker count;
@@ -92,7 +92,7 @@ def catalog(workers: int, quick: bool) -> dict[str, Any]:
 # --- (b) executions per trace ----------------------------------------------------
 
 
-def per_trace(limit: int, before: bool, quick: bool) -> list[dict[str, Any]]:
+def per_trace(limit: int, unbounded: bool, quick: bool) -> list[dict[str, Any]]:
     rows = []
     for sc in all_scenarios():
         if quick and sc.name != "wp-pinned-page-cow":
@@ -115,13 +115,12 @@ def per_trace(limit: int, before: bool, quick: bool) -> list[dict[str, Any]]:
                     "executions": executions, "blocked": blocked, "traces": census,
                     "executions_per_trace": round(executions / census, 2),
                 }
-                if before:
-                    old = DfsStrategy(bound=bound, bounded_sleep=False)
-                    c_old, e_old, _ = _census(sc, v, old, limit * 6)
-                    if c_old is not None:
-                        row["before_executions"] = e_old
-                        row["before_traces"] = c_old
-                        row["before_executions_per_trace"] = round(e_old / c_old, 2)
+                if unbounded:
+                    c_u, e_u, b_u = _census(sc, v, DfsStrategy(), limit)
+                    if c_u is not None:
+                        row["unbounded_executions"] = e_u
+                        row["unbounded_blocked"] = b_u
+                        row["unbounded_traces"] = c_u
             rows.append(row)
             print(f"  per trace: {sc.name} {v.name}: {row}", file=sys.stderr, flush=True)
     return rows
@@ -304,15 +303,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--speedup", default="uffd-wp-protect-unprotect:current",
                     metavar="SCENARIO:VARIANT")
     ap.add_argument("--trace-limit", type=int, default=5000)
-    ap.add_argument("--before", action="store_true",
-                    help="also count executions without sleep sets under the bound")
+    ap.add_argument("--unbounded", action="store_true",
+                    help="also count executions and traces under unbounded dpor")
     ap.add_argument("--skip-catalog", action="store_true")
     ap.add_argument("--quick", action="store_true", help="small figures only (smoke test)")
     args = ap.parse_args(argv)
     out: dict[str, Any] = {"machine": machine()}
     if not args.skip_catalog:
         out["catalog"] = catalog(args.workers, args.quick)
-    out["per_trace"] = per_trace(200 if args.quick else args.trace_limit, args.before,
+    out["per_trace"] = per_trace(200 if args.quick else args.trace_limit, args.unbounded,
                                  args.quick)
     spec = "wp-pinned-page-cow:current" if args.quick else args.speedup
     out["speedup"] = speedup(spec, [1, 2] if args.quick else [1, 2, 4])
@@ -331,8 +330,8 @@ def main(argv: list[str] | None = None) -> int:
                                      "executions", "seconds"]))
     print("\nexecutions per trace")
     print(_table(out["per_trace"], ["scenario", "variant", "executions", "traces",
-                                    "executions_per_trace", "before_executions",
-                                    "before_executions_per_trace"]))
+                                    "executions_per_trace", "unbounded_executions",
+                                    "unbounded_blocked", "unbounded_traces"]))
     s = out["speedup"]
     print(f"\nspeed-up of {s['variant']} (same executions: {s['same_executions']})")
     print(_table(s["runs"], ["workers", "outcome", "executions", "seconds", "speedup"]))

@@ -25,4 +25,5 @@ def test_scale_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert out["speedup"]["same_executions"]
     rows = {r["variant"]: r for r in out["per_trace"]}
     assert rows["current"]["traces"] == 13
+    assert rows["current"]["executions"] == 46
     assert "frontrun" in out["peer"]

@@ -108,7 +108,6 @@ def check_spec(spec: Spec, bounds: tuple[int, ...] = (0, 1, 2)) -> None:
 
     # (d) bounded reaches exactly what naive with the same bound reaches, and
     # runs every Mazurkiewicz trace that has a schedule within the bound
-    # (sleep sets are on under the bound too)
     for k in bounds:
         sb, _ = _run(spec, "bounded", k)
         sn, _ = _run(spec, "naive", k)

@@ -145,7 +145,6 @@ class Exploration:
         self.source = source
         self.settings = settings
         self.strat = settings.strategy()  # applies records to c-nodes
-        self.bounded = settings.bound is not None
         self.uids = 0
         self.ready: list[_Unit] = []
         self.running: list[_Unit] = []
@@ -274,7 +273,7 @@ class Exploration:
             q = next_branch(node)
             if q < 0:
                 return made
-            slept = sleepers(node, q, self.bounded) if self.strat.use_sleep else 0
+            slept = sleepers(node, q) if self.strat.use_sleep else 0
             d = node_data(node, chosen=q, slept=slept)
             d[11] = None
             u = self._new_unit({"nodes": [*cn.prefix, d], "floor": cn.index + 1,
