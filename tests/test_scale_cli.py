@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from mmrace import __version__
 from mmrace.cli import main
 from mmrace.engine.pools import LocalPool
 from mmrace.scenarios import get
@@ -54,6 +55,29 @@ def _wait_for(path: Path, proc: subprocess.Popen[str], seconds: float = 60.0) ->
         if time.monotonic() > deadline:
             proc.kill()
             pytest.fail(f"{path} never appeared")
+        time.sleep(0.05)
+
+
+def _wait_for_decided(path: Path, prefix: str, proc: subprocess.Popen[str],
+                      seconds: float = 60.0) -> None:
+    """Until the check record at *path* holds a decided variant whose key
+    starts with *prefix* (on a loaded machine that takes longer than the
+    first checkpoint), or fail."""
+    deadline = time.monotonic() + seconds
+    while True:
+        _wait_for(path, proc, seconds)
+        try:
+            variants = json.loads(path.read_text()).get("variants") or {}
+        except ValueError:
+            variants = {}
+        if any(k.startswith(prefix) for k in variants):
+            return
+        if proc.poll() is not None:
+            _out, err = proc.communicate()
+            pytest.fail(f"mmrace ended early ({proc.returncode}): {err}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"{prefix} was never decided")
         time.sleep(0.05)
 
 
@@ -98,9 +122,9 @@ def test_explore_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path: Path) -> None:
 def test_check_ctrl_c_prints_results_so_far_and_saves_frontiers(tmp_path: Path) -> None:
     rec = tmp_path / "check.json"
     proc = _mmrace("check", "wp-pinned-page-cow", "uffd-wp-protect-unprotect",
-                   "--variant", "current", "--workers", "2", "--json", "--save", str(rec),
+                   "--variant", "current", "--jobs", "2", "--json", "--save", str(rec),
                    "--checkpoint-every", "0.3")
-    _wait_for(rec, proc)
+    _wait_for_decided(rec, "wp-pinned-page-cow/current", proc)
     code, out, err = _interrupt(proc)
     assert code == 130, err
     rows = {r["scenario"]: r for r in json.loads(out)}
@@ -240,6 +264,12 @@ def test_explore_bad_scale_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[
     ck.write_text("[1, 2]")
     assert "not an mmrace checkpoint" in _error(
         ["explore", f"{prog}:program", "--resume", str(ck)], capsys)
+    for corrupt in (b"{\"format\": \"mmrace-che", b"\xff\xfe\x00binary"):
+        ck.write_bytes(corrupt)
+        assert "not JSON" in _error(["explore", f"{prog}:program", "--resume", str(ck)],
+                                    capsys)
+    assert "cannot read" in _error(["explore", f"{prog}:program", "--resume", str(tmp_path)],
+                                   capsys)
     data: dict[str, Any] = {"format": "mmrace-checkpoint", "version": 7}
     ck.write_text(json.dumps(data))
     assert "format 7" in _error(["explore", f"{prog}:program", "--resume", str(ck)], capsys)
@@ -275,3 +305,9 @@ def test_check_resume_refuses_other_files(tmp_path: Path,
         ["check", "wp-pinned-page-cow", "--resume", str(rec)], capsys)
     rec.write_text(json.dumps({"format": "mmrace-check", "version": 3}))
     assert "format 3" in _error(["check", "wp-pinned-page-cow", "--resume", str(rec)], capsys)
+    rec.write_text(json.dumps({"format": "mmrace-check", "version": 1, "mmrace": __version__,
+                               "variants": {"wp-pinned-page-cow/current [x]": 5},
+                               "frontiers": {}}))
+    assert "damaged" in _error(["check", "wp-pinned-page-cow", "--resume", str(rec)], capsys)
+    rec.write_bytes(b"\x80\x81")
+    assert "not JSON" in _error(["check", "wp-pinned-page-cow", "--resume", str(rec)], capsys)

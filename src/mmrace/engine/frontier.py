@@ -73,11 +73,11 @@ def write(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
 def read(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a checkpoint file (any mmrace JSON file: checked by :func:`check`)."""
     try:
-        text = Path(path).read_text()
+        raw = Path(path).read_bytes()
     except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
     try:
-        data = json.loads(text)
+        data = json.loads(raw)  # bytes: a binary file is "not JSON", not a crash
     except ValueError:
         raise CheckpointError(f"{path} is not an mmrace checkpoint (not JSON)") from None
     if not isinstance(data, dict):

@@ -319,6 +319,11 @@ class CheckRecord:
         if data.get("mmrace") != __version__:
             raise CheckpointError(f"{path} was written by mmrace {data.get('mmrace')}, this "
                                   f"is {__version__}: its results are not this model's")
+        variants, frontiers = data.get("variants") or {}, data.get("frontiers") or {}
+        if not isinstance(variants, dict) or not isinstance(frontiers, dict) \
+                or not all(_well_formed(d) for d in variants.values()) \
+                or not all(isinstance(d, dict) for d in frontiers.values()):
+            raise CheckpointError(f"{path} is damaged (a variant's record is malformed)")
         return cls(path, data)
 
     def write(self) -> None:
@@ -331,6 +336,21 @@ class CheckRecord:
             "variants": self.results,
             "frontiers": self.frontiers,
         })
+
+
+def _well_formed(d: Any) -> bool:
+    """Whether a decided variant's record has what :func:`_restored` reads."""
+    if not isinstance(d, dict):
+        return False
+    v = d.get("violation")
+    return (
+        isinstance(d.get("scenario"), str) and isinstance(d.get("variant"), str)
+        and isinstance(d.get("settings"), str)
+        and isinstance(d.get("executions"), int) and isinstance(d.get("complete"), bool)
+        and isinstance(d.get("seconds"), (int, float))
+        and (v is None or (isinstance(v, dict) and isinstance(v.get("kind"), str)
+                           and isinstance(v.get("title"), str)))
+    )
 
 
 def _restored(d: dict[str, Any]) -> VariantRun:
