@@ -131,6 +131,10 @@ def test_check_ctrl_c_prints_results_so_far_and_saves_frontiers(tmp_path: Path) 
     # the small one is decided, the 4-CPU one interrupted
     assert rows["wp-pinned-page-cow"]["outcome"] == "clean"
     assert rows["uffd-wp-protect-unprotect"]["outcome"] == "interrupted"
+    assert rows["uffd-wp-protect-unprotect"]["search"] == "interrupted"
+    # stderr is not a terminal: a line per variant, the interrupted one too
+    assert "wp-pinned-page-cow current: clean as expected" in err
+    assert "uffd-wp-protect-unprotect current: interrupted (not decided)" in err
     saved = json.loads(rec.read_text())
     assert saved["format"] == "mmrace-check"
     assert any(k.startswith("wp-pinned-page-cow/current") for k in saved["variants"])
@@ -175,14 +179,19 @@ def test_check_resume_skips_decided_variants(tmp_path: Path,
 
 
 def test_more_jobs_than_variants_starts_no_more_processes() -> None:
+    """Processes start only as work appears: two variants decided in their
+    first slice (one execution each: nothing to split) start two, not 64.
+    (A longer variant is split over idle workers: more processes.)"""
     sc = get("wp-pinned-page-cow")
     pool = LocalPool(64)
     try:
-        runs = run_all([(sc, sc.variant("current")), (sc, sc.variant("base"))], pool=pool)
+        runs = run_all([(sc, sc.variant("base")), (sc, sc.variant("cow-reuse=page_count"))],
+                       pool=pool)
     finally:
         started = pool.started
         pool.close()
-    assert [r.outcome for r in runs] == ["clean", "wrong-data"]
+    assert [r.outcome for r in runs] == ["wrong-data", "wrong-data"]
+    assert [r.result.executions for r in runs] == [1, 1]
     assert started <= 2
 
 
@@ -223,16 +232,16 @@ def _error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 @pytest.mark.parametrize(
     ("argv", "says"),
     [
-        (["check", "wp-pinned-page-cow", "--workers", "0"], "must be at least 1"),
-        (["check", "wp-pinned-page-cow", "--jobs", "0"], "must be at least 1"),
+        (["check", "wp-pinned-page-cow", "--workers", "0"], "must be > 0"),
+        (["check", "wp-pinned-page-cow", "--jobs", "0"], "must be > 0"),
         (["check", "wp-pinned-page-cow", "--workers", "10000000"], "cannot start 10000000"),
         (["check", "wp-pinned-page-cow", "--jobs", "2", "--workers", "3"], "say different"),
         (["check", "wp-pinned-page-cow", "--workers", "2", "--dask", "tcp://x:1"],
          "do not go together"),
         (["check", "wp-pinned-page-cow", "--resume", "/nonexistent/r.json"], "cannot read"),
         (["check", "wp-pinned-page-cow", "--save", "/nonexistent/dir/r.json"], "no directory"),
-        (["check", "wp-pinned-page-cow", "--checkpoint-every", "nan"], "positive number"),
-        (["check", "wp-pinned-page-cow", "--checkpoint-every", "-1"], "positive number"),
+        (["check", "wp-pinned-page-cow", "--checkpoint-every", "nan"], "finite number"),
+        (["check", "wp-pinned-page-cow", "--checkpoint-every", "-1"], "must be > 0"),
     ],
 )
 def test_bad_scale_options(argv: list[str], says: str, capsys: pytest.CaptureFixture[str]

@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 
 from mmrace import __version__
 from mmrace.clikit import (
+    add_scale_options,
     ascii_fallback_streams,
     check_line,
     end_progress_line,
@@ -124,7 +125,7 @@ def _build_parser() -> _Parser:
     ex.add_argument("--all-ops", action="store_true", help="show every operation")
     ex.add_argument("--no-shrink", action="store_true", help="report the violation as found")
     _kernel_args(ex)
-    scale.add_options(ex, "explore")
+    add_scale_options(ex, "explore")
     rules = sub.add_parser("rules", help="print the locking rule table")
     rules.add_argument("field", nargs="?", default=None, help="one field, e.g. vm_start")
     rules.add_argument("--json", action="store_true", help="print a JSON list")
@@ -134,7 +135,7 @@ def _build_parser() -> _Parser:
     ck = sub.add_parser("check", help="run every variant of catalog scenarios")
     ck.add_argument("names", nargs="*", metavar="NAME", help="scenarios (default: all)")
     ck.add_argument("--json", action="store_true", help="print a JSON list")
-    scale.add_options(ck, "check")
+    add_scale_options(ck, "check")
     ck.add_argument("--kernel", default=None, metavar="RELEASE",
                     help="run each scenario once as RELEASE behaved")
     ck.add_argument("--variant", action="append", default=[], metavar="VARIANT",
@@ -422,7 +423,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
         rows = []
         for r in runs:
             row = r.as_dict()
-            row["search"] = search_state(r.result.violation is not None, r.result.complete)
+            row["search"] = search_state(r.result.violation is not None, r.result.complete,
+                                         r.result.interrupted)
             rows.append(row)
         print(json.dumps(rows, indent=1))
     else:
@@ -501,7 +503,8 @@ def _write_check_html(directory: Path, runs: Sequence[VariantRun]) -> None:
             _write_text(directory / page, render_html(replayed, title=title))
         rows.append(IndexRow(r.scenario, r.variant, r.expected or "-", r.outcome, r.ok,
                              r.result.executions,
-                             search_state(r.result.violation is not None, r.result.complete),
+                             search_state(r.result.violation is not None, r.result.complete,
+                                          r.result.interrupted),
                              round(r.result.seconds, 1), page))
     _write_text(directory / "index.html", render_index(rows))
 
@@ -571,7 +574,8 @@ def render_check_table(runs: Sequence[VariantRun]) -> str:
         mark = "" if r.ok else "  <-- unexpected"
         rows.append((r.scenario, r.variant, r.expected or "-", r.outcome + mark,
                      str(r.result.executions),
-                     search_state(r.result.violation is not None, r.result.complete),
+                     search_state(r.result.violation is not None, r.result.complete,
+                                  r.result.interrupted),
                      f"{r.result.seconds:.1f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(CHECK_COLUMNS) - 1)]
     lines = []

@@ -1,13 +1,15 @@
-"""Command-line options for running at scale: workers, Dask, checkpoints,
-saved check results. ``mmrace.cli`` adds them to ``explore`` and ``check``
-and turns their values into what the explorer and the variant runner take.
+"""What the command-line options for running at scale mean: workers, Dask,
+checkpoints, saved check results. ``mmrace.clikit.add_scale_options`` adds
+them to ``explore`` and ``check`` (with the command's argument types); this
+module turns their values into what the explorer and the variant runner
+take.
 
     explore ... [--workers N | --dask ADDRESS] [--checkpoint FILE]
                 [--checkpoint-every S] [--resume FILE]
     check ...   [--workers N | --jobs N | --dask ADDRESS] [--save FILE]
                 [--resume FILE] [--checkpoint-every S]
 
-Bad values are :class:`ScaleError` (a usage error: one line, exit 2).
+Bad combinations are :class:`ScaleError` (a usage error: one line, exit 2).
 """
 
 from __future__ import annotations
@@ -23,57 +25,9 @@ from mmrace.engine.units import CallableSource, PoolError, Program
 from mmrace.scenarios.api import Kernel
 from mmrace.scenarios.run import CheckRecord, FileSource
 
-DEFAULT_CHECKPOINT_EVERY = 60.0
-
 
 class ScaleError(Exception):
     """A bad workers, Dask or checkpoint option."""
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text}")
-    return value
-
-
-def add_options(p: argparse.ArgumentParser, command: str) -> None:
-    """Add the scale options of *command* (``explore`` or ``check``)."""
-    p.add_argument("--workers", type=_count, default=None, metavar="N",
-                   help="worker processes for one exploration (default: the machine's cores)")
-    if command == "check":
-        p.add_argument("--jobs", type=_count, default=None, metavar="N",
-                       help="the same as --workers")
-    p.add_argument("--dask", default=None, metavar="ADDRESS",
-                   help="run on the Dask cluster whose scheduler is at ADDRESS "
-                        "(tcp://host:8786; needs mmrace[dask])")
-    if command == "explore":
-        p.add_argument("--checkpoint", default=None, metavar="FILE",
-                       help="save the frontier to FILE now and then, and when stopped")
-        p.add_argument("--resume", default=None, metavar="FILE",
-                       help="continue the exploration saved in FILE")
-    else:
-        p.add_argument("--save", default=None, metavar="FILE",
-                       help="record decided variants (and frontiers of interrupted ones) in "
-                            "FILE")
-        p.add_argument("--resume", default=None, metavar="FILE",
-                       help="skip the variants FILE records as decided, continue the "
-                            "interrupted ones (and keep recording there)")
-    p.add_argument("--checkpoint-every", type=_seconds, default=DEFAULT_CHECKPOINT_EVERY,
-                   metavar="S", help="seconds between checkpoints (default 60)")
 
 
 def workers_of(args: argparse.Namespace) -> int | None:
