@@ -467,7 +467,10 @@ def result_of(out: Outcome, src: ProgramSource, strategy_name: str, *, max_steps
     if out.violation is not None:
         decisions, kind, title = out.violation
         locals_: dict[str, Any] = {}
-        with src.open() as program, _GcPause():
+        # RUN_LOCK: one program runs per process at a time (the engine's
+        # current execution is per process), and a pool may run workers as
+        # threads of this one (Dask in-process)
+        with RUN_LOCK, src.open() as program, _GcPause():
             found = run_once(program, DecisionReplay(list(decisions)), max_steps, locals_)
             if found.violation is not None and (found.violation.kind, found.violation.title
                                                 ) == (kind, title):
