@@ -39,7 +39,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "engine")
 
 from enginekit import dfs_census
 
-import mmrace.oracles  # noqa: F401 - the memory oracles, as mmrace check has them
 from mmrace.engine import Var, explore, spawn
 from mmrace.engine.pools import machine_cores, pool_for
 from mmrace.engine.strategy import DfsStrategy

@@ -24,6 +24,6 @@ def test_scale_benchmark_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert out["catalog"]["as_expected"] == out["catalog"]["total"] == 5
     assert out["speedup"]["same_executions"]
     rows = {r["variant"]: r for r in out["per_trace"]}
-    assert rows["current"]["traces"] == 13
-    assert rows["current"]["executions"] == 46
+    assert rows["current"]["traces"] == 26
+    assert rows["current"]["executions"] == 57
     assert "frontrun" in out["peer"]
