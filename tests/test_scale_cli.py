@@ -270,6 +270,9 @@ def test_explore_bad_scale_inputs(tmp_path: Path, capsys: pytest.CaptureFixture[
         ["explore", f"{prog}:program", "--resume", str(ck), "--strategy", "bounded"], capsys)
     assert "not to random" in _error(
         ["explore", f"{prog}:program", "--strategy", "random", "--workers", "2"], capsys)
+    assert "not to replay" in _error(
+        ["explore", f"{prog}:program", "--strategy", "replay", "--token", "mmr1-x",
+         "--checkpoint", str(ck)], capsys)
     ck.write_text("[1, 2]")
     assert "not an mmrace checkpoint" in _error(
         ["explore", f"{prog}:program", "--resume", str(ck)], capsys)

@@ -281,6 +281,8 @@ def _cmd_explore(args: argparse.Namespace) -> int:
     if strategy == "replay":
         if args.token is None:
             raise UsageError("--strategy replay needs --token")
+        # (refuses --workers, --checkpoint and the like)
+        scale.explore_options(args, strategy, program, "", "", None)
         try:
             result = replay(program, args.token, **kwargs)
         except TokenError as exc:
@@ -346,6 +348,8 @@ def _explore_scenario(sc: Scenario, kernel: Kernel, args: argparse.Namespace) ->
         if strategy == "replay":
             if args.token is None:
                 raise UsageError("--strategy replay needs --token")
+            # (refuses --workers, --checkpoint and the like)
+            scale.explore_options(args, strategy, sc.program(kernel), "", "", kernel)
             try:
                 result = replay(sc.program(kernel), args.token, **kwargs)
             except TokenError as exc:
