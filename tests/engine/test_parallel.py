@@ -256,3 +256,43 @@ def test_split_with_data_choices_and_locks(fail: bool, bound: int | None) -> Non
     serial = explore(_choosing(fail), strategy=strategy, preemption_bound=bound)
     for slots in (2, 3):
         assert figures(split(_choosing(fail), strategy, bound, slots)) == figures(serial)
+
+
+@pytest.mark.parametrize("kept", [1, 8])
+def test_workers_set_up_snapshots_change_nothing(monkeypatch: pytest.MonkeyPatch,
+                                                 kept: int) -> None:
+    """Two explorations share the workers; each worker saves a set-up
+    snapshot per exploration (after two executions here), and with room
+    for one only, they evict each other at every slice: the figures are
+    the serial ones either way."""
+    import mmrace.engine.units as units
+
+    monkeypatch.setattr(units, "SETUPS_KEPT", kept)
+    made = [0]
+
+    class Counted(units.SetupCache):
+        def __init__(self, *args: Any, **kw: Any) -> None:
+            made[0] += 1
+            super().__init__(*args, **kw)
+
+    monkeypatch.setattr(units, "SetupCache", Counted)
+    programs = [filesystem(16), lost_update(threads=3, check=False)]
+    serial = [explore(p, setup_snapshot=None) for p in programs]
+    runs = []
+    sources = []
+    for p in programs:
+        src = CallableSource(p)
+        sources.append(src)
+        runs.append(prepare_run(src, "dpor", Settings(True, None, 20_000, setup_snapshot=2),
+                                ""))
+    drive(runs, InlinePool(2), run_unit, slice_executions=3)
+    for run, src, want in zip(runs, sources, serial, strict=True):
+        assert run.outcome is not None
+        got = result_of(run.outcome, src, "dpor", max_steps=20_000, shrink=True,
+                        token_context="", workers=2)
+        assert figures(got) == figures(want)
+        if kept == 8:
+            assert got.extra["setup_snapshot"] == "used"
+        src.release()
+    # one per exploration, or rebuilt after every eviction
+    assert made[0] == 2 if kept == 8 else made[0] > 2, made

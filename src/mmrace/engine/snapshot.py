@@ -352,7 +352,7 @@ class SetupCache:
                 # the engine's own bookkeeping, which changes as set-up
                 # runs (this cache; a parallel worker keeps its caches in a
                 # module-level table): set-up's state never refers to it
-                or type(obj) is SetupCache
+                or isinstance(obj, SetupCache)
                 or (type(obj) is types.FunctionType and obj.__closure__ is None)
             )
 

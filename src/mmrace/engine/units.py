@@ -163,6 +163,7 @@ def setup_for(exploration: str, program: Program, settings: Settings,
         SETUPS.move_to_end(exploration)
     return kept
 
+
 Runner = Callable[[UnitJob], UnitResult]
 """Runs one unit slice (``explore.run_unit``; given to the pools, so that
 this module does not depend on the explorer's execution loop)."""
