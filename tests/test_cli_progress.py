@@ -24,10 +24,14 @@ def test_check_prints_one_line_per_finished_variant(capsys: pytest.CaptureFixtur
     assert main(ARGV) == 0
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2
-    assert err[0].startswith("mmrace: [1/2] wp-pinned-page-cow current: clean as expected (")
-    assert "complete" in err[0]
-    assert err[1].startswith("mmrace: [2/2] wp-pinned-page-cow base: wrong-data as expected")
-    assert "found" in err[1] and "token mmr1-" in err[1]
+    # in the order the variants are decided (they share the workers)
+    assert {line[:len("mmrace: [1/2]")] for line in err} == {"mmrace: [1/2]", "mmrace: [2/2]"}
+    (current,) = [line for line in err if " wp-pinned-page-cow current: " in line]
+    (base,) = [line for line in err if " wp-pinned-page-cow base: " in line]
+    assert current.split("] ", 1)[1].startswith("wp-pinned-page-cow current: clean as expected (")
+    assert "complete" in current
+    assert base.split("] ", 1)[1].startswith("wp-pinned-page-cow base: wrong-data as expected")
+    assert "found" in base and "token mmr1-" in base
 
 
 def test_quiet_silences_it(capsys: pytest.CaptureFixture[str]) -> None:

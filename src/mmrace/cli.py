@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 
 from mmrace import __version__
 from mmrace.clikit import (
+    add_scale_options,
     ascii_fallback_streams,
     check_line,
     end_progress_line,
@@ -26,10 +27,13 @@ from mmrace.clikit import (
     search_state,
 )
 from mmrace.engine import STRATEGIES, Result, TokenError, explore, replay
+from mmrace.engine.frontier import CheckpointError
+from mmrace.engine.interrupt import StopRequest
+from mmrace.engine.units import PoolError
 from mmrace.fixes import FIXES, FixError, all_fixes, all_policies, parse_release
 from mmrace.report.explain import render_explained, trace_json
 from mmrace.report.text import render_result
-from mmrace.scenarios import Explore, Kernel, Scenario, ScenarioError, all_scenarios, get
+from mmrace.scenarios import Explore, Kernel, Scenario, ScenarioError, all_scenarios, get, scale
 from mmrace.scenarios.run import VariantRun, replay_token, run_all
 
 
@@ -121,6 +125,7 @@ def _build_parser() -> _Parser:
     ex.add_argument("--all-ops", action="store_true", help="show every operation")
     ex.add_argument("--no-shrink", action="store_true", help="report the violation as found")
     _kernel_args(ex)
+    add_scale_options(ex, "explore")
     rules = sub.add_parser("rules", help="print the locking rule table")
     rules.add_argument("field", nargs="?", default=None, help="one field, e.g. vm_start")
     rules.add_argument("--json", action="store_true", help="print a JSON list")
@@ -130,7 +135,7 @@ def _build_parser() -> _Parser:
     ck = sub.add_parser("check", help="run every variant of catalog scenarios")
     ck.add_argument("names", nargs="*", metavar="NAME", help="scenarios (default: all)")
     ck.add_argument("--json", action="store_true", help="print a JSON list")
-    ck.add_argument("--jobs", type=_positive_int, default=1, help="worker processes")
+    add_scale_options(ck, "check")
     ck.add_argument("--kernel", default=None, metavar="RELEASE",
                     help="run each scenario once as RELEASE behaved")
     ck.add_argument("--variant", action="append", default=[], metavar="VARIANT",
@@ -276,6 +281,8 @@ def _cmd_explore(args: argparse.Namespace) -> int:
     if strategy == "replay":
         if args.token is None:
             raise UsageError("--strategy replay needs --token")
+        # (refuses --workers, --checkpoint and the like)
+        scale.explore_options(args, strategy, program, "", "", None)
         try:
             result = replay(program, args.token, **kwargs)
         except TokenError as exc:
@@ -283,31 +290,47 @@ def _cmd_explore(args: argparse.Namespace) -> int:
     else:
         if args.token is not None:
             raise UsageError("--token goes with --strategy replay")
-        result = explore(
-            program,
-            strategy=strategy,
-            max_executions=args.executions,
-            preemption_bound=args.preemptions,
-            seed=args.seed,
-            max_seconds=args.seconds,
-            depth=args.depth,
-            shrink=not args.no_shrink,
-            progress_info=explore_progress(args.quiet),
-            **kwargs,
-        )
+        path, _, func = args.program.rpartition(":")
+        kwargs.update(scale.explore_options(args, strategy, program, path, func, None))
+        with _closing(kwargs.get("pool")):
+            result = explore(
+                program,
+                strategy=strategy,
+                max_executions=args.executions,
+                preemption_bound=args.preemptions,
+                seed=args.seed,
+                max_seconds=args.seconds,
+                depth=args.depth,
+                shrink=not args.no_shrink,
+                progress_info=explore_progress(args.quiet),
+                should_stop=args.should_stop,
+                **kwargs,
+            )
         end_progress_line()
         _require_an_execution(result, args)
     _print_result(result, as_json=args.json, all_ops=args.all_ops)
+    if result.interrupted:
+        return 130
     return 1 if result.violation is not None else 0
 
 
 def _require_an_execution(result: Result, args: argparse.Namespace) -> None:
     """A budget that ended before the first execution proves nothing: say
     so instead of reporting a clean run (``--executions 0`` is refused by
-    the parser; a tiny ``--seconds`` can still get here)."""
-    if result.executions == 0 and result.violation is None:
+    the parser; a tiny ``--seconds`` can still get here). An interrupted
+    run reports what it did, even nothing."""
+    if result.executions == 0 and result.violation is None and not result.interrupted:
         raise UsageError(f"no execution ran: the time budget (--seconds {args.seconds:g}) "
                          "ended before the first one")
+
+
+@contextlib.contextmanager
+def _closing(pool: Any) -> Any:
+    try:
+        yield
+    finally:
+        if pool is not None:
+            pool.close()
 
 
 def _explore_scenario(sc: Scenario, kernel: Kernel, args: argparse.Namespace) -> int:
@@ -325,6 +348,8 @@ def _explore_scenario(sc: Scenario, kernel: Kernel, args: argparse.Namespace) ->
         if strategy == "replay":
             if args.token is None:
                 raise UsageError("--strategy replay needs --token")
+            # (refuses --workers, --checkpoint and the like)
+            scale.explore_options(args, strategy, sc.program(kernel), "", "", kernel)
             try:
                 result = replay(sc.program(kernel), args.token, **kwargs)
             except TokenError as exc:
@@ -333,21 +358,26 @@ def _explore_scenario(sc: Scenario, kernel: Kernel, args: argparse.Namespace) ->
             if args.token is not None:
                 raise UsageError("--token goes with --strategy replay")
             same = strategy == st.strategy
-            result = explore(
-                sc.program(kernel),
-                strategy=strategy,
-                max_executions=args.executions if args.executions is not None
-                else (st.max_executions if same else None),
-                preemption_bound=args.preemptions if args.preemptions is not None
-                else (st.preemption_bound if same else None),
-                seed=args.seed if args.seed is not None else st.seed,
-                max_seconds=args.seconds if args.seconds is not None else st.max_seconds,
-                depth=args.depth,
-                shrink=not args.no_shrink,
-                progress_info=explore_progress(args.quiet),
-                token_context=token_context(sc, variant),
-                **kwargs,
-            )
+            path, _, func = args.program.rpartition(":")
+            program = sc.program(kernel)
+            kwargs.update(scale.explore_options(args, strategy, program, path, func, kernel))
+            with _closing(kwargs.get("pool")):
+                result = explore(
+                    program,
+                    strategy=strategy,
+                    max_executions=args.executions if args.executions is not None
+                    else (st.max_executions if same else None),
+                    preemption_bound=args.preemptions if args.preemptions is not None
+                    else (st.preemption_bound if same else None),
+                    seed=args.seed if args.seed is not None else st.seed,
+                    max_seconds=args.seconds if args.seconds is not None else st.max_seconds,
+                    depth=args.depth,
+                    shrink=not args.no_shrink,
+                    progress_info=explore_progress(args.quiet),
+                    token_context=token_context(sc, variant),
+                    should_stop=args.should_stop,
+                    **kwargs,
+                )
             end_progress_line()
             _require_an_execution(result, args)
     if args.json:
@@ -357,6 +387,8 @@ def _explore_scenario(sc: Scenario, kernel: Kernel, args: argparse.Namespace) ->
         if result.violation is not None:
             print(render_explained(result, all_ops=args.all_ops, header=header))
         print(render_result(result).splitlines()[-1])
+    if result.interrupted:
+        return 130
     return 1 if result.violation is not None else 0
 
 
@@ -387,12 +419,16 @@ def _cmd_check(args: argparse.Namespace) -> int:
                 if name not in known:
                     raise UsageError(f"no selected scenario has a variant {name!r}")
     html_dir = _html_dir(args.html) if args.html is not None else None
-    runs = _run_with_progress(jobs, args.jobs, quiet=args.quiet)
+    record = scale.check_record(args)
+    pool = scale.pool_of(args)
+    with _closing(pool):
+        runs = _run_with_progress(jobs, pool, record, args)
     if args.json:
         rows = []
         for r in runs:
             row = r.as_dict()
-            row["search"] = search_state(r.result.violation is not None, r.result.complete)
+            row["search"] = search_state(r.result.violation is not None, r.result.complete,
+                                         r.result.interrupted)
             rows.append(row)
         print(json.dumps(rows, indent=1))
     else:
@@ -408,6 +444,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
             print(render_violations(violating, traces=args.traces))
     if html_dir is not None:
         _write_check_html(html_dir, runs)
+    if args.should_stop():
+        return 130
     return 0 if all(r.ok for r in runs) else 1
 
 
@@ -469,7 +507,8 @@ def _write_check_html(directory: Path, runs: Sequence[VariantRun]) -> None:
             _write_text(directory / page, render_html(replayed, title=title))
         rows.append(IndexRow(r.scenario, r.variant, r.expected or "-", r.outcome, r.ok,
                              r.result.executions,
-                             search_state(r.result.violation is not None, r.result.complete),
+                             search_state(r.result.violation is not None, r.result.complete,
+                                          r.result.interrupted),
                              round(r.result.seconds, 1), page))
     _write_text(directory / "index.html", render_index(rows))
 
@@ -481,12 +520,14 @@ def _write_text(path: Path, text: str) -> None:
         raise UsageError(f"cannot write {str(path)!r}: {exc.strerror}") from None
 
 
-def _run_with_progress(jobs: list[tuple[Scenario, Any]], workers: int,
-                       quiet: bool) -> list[VariantRun]:
-    """Run the variants; progress on stderr unless *quiet*: a bar on a
-    terminal, otherwise one line per finished variant."""
-    if quiet:
-        return run_all(jobs, workers=workers)
+def _run_with_progress(jobs: list[tuple[Scenario, Any]], pool: Any, record: Any,
+                       args: argparse.Namespace) -> list[VariantRun]:
+    """Run the variants over *pool*; progress on stderr unless ``--quiet``:
+    a bar on a terminal, otherwise one line per decided variant."""
+    opts: dict[str, Any] = {"pool": pool, "record": record, "should_stop": args.should_stop,
+                            "checkpoint_every": args.checkpoint_every}
+    if args.quiet:
+        return run_all(jobs, **opts)
     if not sys.stderr.isatty():
         finished = [0]
 
@@ -494,7 +535,7 @@ def _run_with_progress(jobs: list[tuple[Scenario, Any]], workers: int,
             finished[0] += 1
             print(check_line(finished[0], len(jobs), r), file=sys.stderr, flush=True)
 
-        return run_all(jobs, workers=workers, on_done=line)
+        return run_all(jobs, on_done=line, **opts)
     from rich.progress import Progress
 
     with Progress(transient=True, console=_stderr_console()) as progress:
@@ -515,7 +556,7 @@ def _run_with_progress(jobs: list[tuple[Scenario, Any]], workers: int,
                                         f"{seconds:.0f}s")
             describe()
 
-        return run_all(jobs, workers=workers, on_done=done, on_progress=going)
+        return run_all(jobs, on_done=done, on_progress=going, **opts)
 
 
 def _stderr_console() -> Any:
@@ -537,7 +578,8 @@ def render_check_table(runs: Sequence[VariantRun]) -> str:
         mark = "" if r.ok else "  <-- unexpected"
         rows.append((r.scenario, r.variant, r.expected or "-", r.outcome + mark,
                      str(r.result.executions),
-                     search_state(r.result.violation is not None, r.result.complete),
+                     search_state(r.result.violation is not None, r.result.complete,
+                                  r.result.interrupted),
                      f"{r.result.seconds:.1f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(CHECK_COLUMNS) - 1)]
     lines = []
@@ -686,14 +728,17 @@ def _main(argv: Sequence[str] | None) -> int:
             # Bare `mmrace`: a usage error (one line), not a request for help.
             usage = " ".join(parser.format_usage().split())
             raise UsageError(f"a command is required ({usage}; mmrace -h explains them)")
-        if args.command == "explore":
-            return _cmd_explore(args)
+        if args.command in ("explore", "check"):
+            # Ctrl-C and SIGTERM stop the exploration between executions;
+            # what was decided is printed (and saved if asked), exit 130
+            with StopRequest() as stop:
+                args.should_stop = stop
+                code = _cmd_explore(args) if args.command == "explore" else _cmd_check(args)
+            return 130 if stop.requested else code
         if args.command == "rules":
             return _cmd_rules(args)
         if args.command == "doc":
             return _cmd_doc(args)
-        if args.command == "check":
-            return _cmd_check(args)
         if args.command == "list":
             return _cmd_list(args)
         if args.command == "fixes":
@@ -701,7 +746,7 @@ def _main(argv: Sequence[str] | None) -> int:
         if args.command == "replay":
             return _cmd_replay(args)
         raise UsageError(f"unknown command {args.command!r}")
-    except UsageError as exc:
+    except (UsageError, scale.ScaleError, PoolError, CheckpointError) as exc:
         print(f"mmrace: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -129,6 +129,39 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+# --- options for running at scale (their meaning: mmrace.scenarios.scale) ------------
+
+DEFAULT_CHECKPOINT_EVERY = 60.0
+
+
+def add_scale_options(p: argparse.ArgumentParser, command: str) -> None:
+    """Add the workers, Dask and checkpoint options of *command* (``explore``
+    or ``check``)."""
+    p.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                   help="worker processes for one exploration (default: the machine's cores)")
+    if command == "check":
+        p.add_argument("--jobs", type=positive_int, default=None, metavar="N",
+                       help="the same as --workers")
+    p.add_argument("--dask", default=None, metavar="ADDRESS",
+                   help="run on the Dask cluster whose scheduler is at ADDRESS "
+                        "(tcp://host:8786; needs mmrace[dask])")
+    if command == "explore":
+        p.add_argument("--checkpoint", default=None, metavar="FILE",
+                       help="save the frontier to FILE now and then, and when stopped")
+        p.add_argument("--resume", default=None, metavar="FILE",
+                       help="continue the exploration saved in FILE")
+    else:
+        p.add_argument("--save", default=None, metavar="FILE",
+                       help="record decided variants (and frontiers of interrupted ones) in "
+                            "FILE")
+        p.add_argument("--resume", default=None, metavar="FILE",
+                       help="skip the variants FILE records as decided, continue the "
+                            "interrupted ones (and keep recording there)")
+    p.add_argument("--checkpoint-every", type=positive_seconds,
+                   default=DEFAULT_CHECKPOINT_EVERY, metavar="S",
+                   help="seconds between checkpoints (default 60)")
+
+
 # --- progress without a terminal -------------------------------------------------------
 
 EXPLORE_EVERY = 5.0
@@ -168,22 +201,28 @@ def end_progress_line(stream: TextIO | None = None) -> None:
         out.flush()
 
 
-def search_state(violation: bool, complete: bool) -> str:
+def search_state(violation: bool, complete: bool, interrupted: bool = False) -> str:
     """How the search of one variant ended: ``complete`` (every schedule
     within the bound, none violating), ``found`` (stopped at the first
-    violation: nothing further to search), ``out of budget``."""
+    violation: nothing further to search), ``interrupted`` (Ctrl-C),
+    ``out of budget``."""
     if violation:
         return "found"
+    if interrupted:
+        return "interrupted"
     return "complete" if complete else "out of budget"
 
 
 def check_line(done: int, total: int, run: Any) -> str:
     """One line per finished variant of ``check`` (stderr not a terminal)."""
     r = run.result
-    verdict = "as expected" if run.ok else f"UNEXPECTED (expected {run.expected})"
+    if r.interrupted:
+        verdict = "(not decided)"
+    else:
+        verdict = "as expected" if run.ok else f"UNEXPECTED (expected {run.expected})"
+    search = search_state(r.violation is not None, r.complete, r.interrupted)
     line = (f"mmrace: [{done}/{total}] {run.scenario} {run.variant}: {run.outcome} {verdict} "
-            f"({r.executions:,} executions, {search_state(r.violation is not None, r.complete)}"
-            f", {r.seconds:.1f}s)")
+            f"({r.executions:,} executions, {search}, {r.seconds:.1f}s)")
     if r.token and r.violation is not None:
         line += f" token {r.token}"
     return line

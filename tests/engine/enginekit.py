@@ -564,3 +564,117 @@ def _count(program: Program, strat: Strategy, max_runs: int) -> tuple[int, int]:
         else:
             complete += 1
     return complete, blocked
+
+
+# --- traces under names that do not depend on the interleaving -----------------
+#
+# Object serials and thread ids are handed out in creation order, so two
+# equivalent executions that create objects (a COW copy, a TLB entry, a
+# per-CPU RCU reader) or spawn threads in different threads name them
+# differently. For counting the traces of model scenarios, name a thread by
+# its parent's name and its rank among the parent's children, and an object
+# by its creator's name and its rank among the creator's objects.
+
+
+class StableCensus:
+    """Counts distinct traces of the executions it is hooked into, with
+    interleaving-independent names. Use as a context manager around the
+    exploration (it watches object creation), and call it on each finished
+    execution (``census(ex)``)."""
+
+    def __init__(self) -> None:
+        self.forms: set[tuple[frozenset[Any], frozenset[Any]]] = set()
+        self.runs = 0
+        self._orig: Any = None
+
+    def __enter__(self) -> StableCensus:
+        import mmrace.engine.core as core
+
+        orig = self._orig = core.SharedObject.__init__
+
+        def init(obj: SharedObject, name: str = "") -> None:
+            orig(obj, name)
+            ex = current_execution()
+            th = ex.current
+            key = ("set-up",) if th is None else _stable_thread(ex, th.tid)
+            counts = ex.locals.setdefault("census.count", {})
+            n = counts.get(key, 0)
+            counts[key] = n + 1
+            ex.locals.setdefault("census.obj", {})[obj.serial] = (key, n)
+
+        core.SharedObject.__init__ = init  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import mmrace.engine.core as core
+
+        core.SharedObject.__init__ = self._orig  # type: ignore[method-assign]
+
+    def __call__(self, ex: Execution) -> None:
+        self.runs += 1
+        self.forms.add(stable_canonical(ex))
+
+    @property
+    def traces(self) -> int:
+        return len(self.forms)
+
+
+def _stable_thread(ex: Execution, tid: int) -> tuple[Any, ...]:
+    memo = ex.locals.setdefault("census.thread", {})
+    key = memo.get(tid)
+    if key is None:
+        th = ex.threads[tid]
+        if th.parent is None:
+            key = ("root", tid)
+        else:
+            siblings = [t.tid for t in ex.threads if t.parent == th.parent]
+            key = (_stable_thread(ex, th.parent), siblings.index(tid))
+        memo[tid] = key
+    return key  # type: ignore[no-any-return]
+
+
+def stable_canonical(ex: Execution) -> tuple[frozenset[Any], frozenset[Any]]:
+    """:func:`canonical` with interleaving-independent names (objects made
+    outside a :class:`StableCensus` keep their serial)."""
+    names = ex.locals.get("census.obj", {})
+    events = ex.events
+    count: dict[Any, int] = {}
+    ids: list[tuple[Any, ...]] = []
+    by_obj: dict[Any, list[tuple[int, int]]] = {}
+    for n, ev in enumerate(events):
+        tk = _stable_thread(ex, ev.tid)
+        k = count.get(tk, 0)
+        count[tk] = k + 1
+        acc = [(names.get(o.serial, o.serial), kind) for o, kind in ev.accesses()]
+        ids.append((tk, k, tuple(acc)))
+        for o, kind in acc:
+            by_obj.setdefault(o, []).append((n, kind))
+    edges = set()
+    for idx in by_obj.values():
+        for a, (i, ki) in enumerate(idx):
+            ti = events[i].tid
+            for j, kj in idx[a + 1 :]:
+                if ti != events[j].tid and relation(ki, kj) == RACE:
+                    edges.add((ids[i], ids[j]))
+    return frozenset(ids), frozenset(edges)
+
+
+def dfs_census(program: Program, strat: Strategy, max_steps: int = 20_000
+               ) -> tuple[StableCensus, int, int]:
+    """Run *strat* (a fresh DFS strategy) to the end on *program*, counting
+    traces with a :class:`StableCensus`: (census, executions, blocked). Stops
+    at the first violation."""
+    census = StableCensus()
+    executions = blocked = 0
+    locals_: dict[str, Any] = {}
+    with census:
+        while strat.more():
+            ex = run_once(program, strat, max_steps, locals_)
+            if ex.sleep_blocked:
+                blocked += 1
+                continue
+            executions += 1
+            census(ex)
+            if ex.violation is not None:
+                break
+    return census, executions, blocked

@@ -451,7 +451,7 @@ def test_same_output_under_any_hash_seed() -> None:
 def test_sleep_set_blocked_runs_are_counted_apart() -> None:
     """Source-DPOR is not optimal: here it starts runs that sleep sets cut
     short. They are counted in ``blocked``, not in ``executions``, and never
-    reach the final check."""
+    reach the final check; the complete runs are one per trace."""
     runs = 0
     finals = 0
 
@@ -460,10 +460,15 @@ def test_sleep_set_blocked_runs_are_counted_apart() -> None:
         runs += 1
         v0 = Var(0, name="v0")
         v1 = Var(0, name="v1")
-        spawn(v0.load)
+        spawn(lambda: v1.store(1))
         spawn(v1.load)
-        spawn(lambda: v0.store(1))
-        spawn(v0.load)
+        spawn(lambda: v1.store(2))
+
+        def last() -> None:
+            v0.load()
+            v1.load()
+
+        spawn(last)
 
         def final() -> None:
             nonlocal finals
@@ -473,9 +478,22 @@ def test_sleep_set_blocked_runs_are_counted_apart() -> None:
 
     res = explore(program, strategy="dpor")
     assert res.complete
-    assert res.executions == finals == 4  # the store before/after each of two loads
+    census = Census()
+
+    def counted() -> Any:
+        final = program()
+
+        def f() -> None:
+            final()
+            census(current_execution())
+
+        return f
+
+    explore(counted, strategy="naive")
+    assert res.executions == census.traces == 18
     assert res.blocked > 0
-    assert runs == res.executions + res.blocked
+    assert finals == res.executions + census.runs
+    assert runs == res.executions + res.blocked + census.runs
 
 
 def test_registered_kinds_depend_like_their_base() -> None:

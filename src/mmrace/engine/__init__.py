@@ -31,12 +31,12 @@ from mmrace.engine.core import (
 )
 from mmrace.engine.explore import (
     STRATEGIES,
-    ProgressInfo,
     Result,
     Violation,
     explore,
     replay,
 )
+from mmrace.engine.progress import ProgressInfo
 from mmrace.engine.token import TokenError
 from mmrace.engine.var import Var
 

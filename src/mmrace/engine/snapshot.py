@@ -349,6 +349,10 @@ class SetupCache:
                 isinstance(obj, _ALWAYS_SHARED)
                 or id(obj) in module_dicts
                 or obj is ex
+                # the engine's own bookkeeping, which changes as set-up
+                # runs (this cache; a parallel worker keeps its caches in a
+                # module-level table): set-up's state never refers to it
+                or isinstance(obj, SetupCache)
                 or (type(obj) is types.FunctionType and obj.__closure__ is None)
             )
 

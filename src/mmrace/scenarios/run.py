@@ -7,15 +7,33 @@ A token's context string is ``"SCENARIO/VARIANT"`` for catalog variants and
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from contextlib import nullcontext
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
-from mmrace.engine import Result, TokenError, explore, replay
+from mmrace import __version__
+from mmrace.engine import Result, TokenError, Violation, explore, frontier, replay
+from mmrace.engine.explore import (
+    DEFAULT_MAX_STEPS,
+    DFS_STRATEGIES,
+    make_strategy,
+    prepare_run,
+    result_of,
+    run_once,
+    run_unit,
+)
+from mmrace.engine.frontier import CheckpointError
+from mmrace.engine.parallel import Exploration, Outcome, Run, drive
+from mmrace.engine.pools import InlinePool, LocalPool, Pool
+from mmrace.engine.strategy import DfsStrategy
 from mmrace.engine.token import decode
+from mmrace.engine.units import Program, ProgramSource, Settings
 from mmrace.fixes import FixError
+from mmrace.scenarios import get
 from mmrace.scenarios.api import Explore, Kernel, Scenario, ScenarioError, Variant
 from mmrace.scenarios.patch import patched
 
@@ -32,6 +50,8 @@ def outcome_of(result: Result) -> str:
     the violation found."""
     if result.violation is not None:
         return violation_kind(result.violation.kind)
+    if result.interrupted:
+        return "interrupted"
     return "clean" if result.complete else "budget-exhausted"
 
 
@@ -168,95 +188,342 @@ def replay_token(token: str, lookup: Callable[[str], Scenario]) -> tuple[Scenari
 # How a running variant reports progress: (scenario, variant, executions, seconds).
 Running = Callable[[str, str, int, float], None]
 
-# Worker processes put progress here; forked workers inherit it.
-_progress_queue: Any = None
+
+class ScenarioSource(ProgramSource):
+    """A catalog variant as a worker rebuilds it: by scenario name and variant
+    (or the ad-hoc kernel), with the scenario's patches applied around each
+    slice. Picklable, so it also goes to Dask workers."""
+
+    def __init__(self, sc: Scenario, variant: Variant) -> None:
+        self.name = sc.name
+        self.vname = variant.name
+        self.kernel = _kernel_key(variant)
+        self.key = token_context(sc, variant)
+
+    def describe(self) -> str:
+        return f"scenario {self.name}"
+
+    @contextmanager
+    def _open(self) -> Iterator[Program]:
+        sc = get(self.name)
+        variant = sc.with_kernel(self.kernel) if self.kernel is not None \
+            else sc.variant(self.vname)
+        with _patches(sc):
+            yield sc.program(variant.kernel)
+
+    def open(self) -> AbstractContextManager[Program]:
+        return self._open()
 
 
-def run_all(jobs: Iterable[tuple[Scenario, Variant]], *, workers: int = 1,
-            settings: Explore | None = None,
-            on_done: Callable[[VariantRun], None] | None = None,
-            on_progress: Running | None = None) -> list[VariantRun]:
-    """Run variants, in *workers* processes when > 1; results in input order.
-    *on_progress* hears about running variants about twice a second (from
-    the workers too, relayed through a queue)."""
-    todo = list(jobs)
-    out: list[VariantRun | None] = [None] * len(todo)
-    if workers <= 1 or len(todo) <= 1:
-        for i, (sc, v) in enumerate(todo):
-            report = None if on_progress is None else partial(on_progress, sc.name, v.name)
-            r = run_variant(sc, v, settings=settings, progress=report)
-            out[i] = r
-            if on_done is not None:
-                on_done(r)
-        return [r for r in out if r is not None]
-    import multiprocessing
-    import queue
-    import threading
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+# Per process: user files executed for FileSource, by (path, text).
+_FILES: dict[tuple[str, str], Any] = {}
 
-    global _progress_queue
-    ctx = multiprocessing.get_context("fork")
-    _progress_queue = ctx.Queue() if on_progress is not None else None
-    stop = threading.Event()
 
-    def relay() -> None:
-        assert on_progress is not None
-        while not stop.is_set():
-            try:
-                on_progress(*_progress_queue.get(timeout=0.2))
-            except queue.Empty:
-                continue
+class FileSource(ProgramSource):
+    """``FILE.py:FUNC`` as a worker rebuilds it from the file's text (so a
+    remote worker needs no copy of the file): a program, or with *kernel* a
+    scenario function or :class:`Scenario` run on that kernel."""
 
-    relay_thread = threading.Thread(target=relay, daemon=True) if on_progress else None
-    if relay_thread is not None:
-        relay_thread.start()
-    try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures = {
-                pool.submit(_run_in_worker, sc.name, v.name, _kernel_key(v), settings): i
-                for i, (sc, v) in enumerate(todo)
-            }
-            for fut in as_completed(futures):
-                i = futures[fut]
-                r = fut.result()
-                out[i] = r
-                if on_done is not None:
-                    on_done(r)
-    finally:
-        stop.set()
-        if relay_thread is not None:
-            relay_thread.join()
-        _progress_queue = None
-    return [r for r in out if r is not None]
+    def __init__(self, path: str, text: str, func: str, kernel: Kernel | None) -> None:
+        self.path = path
+        self.text = text
+        self.func = func
+        self.kernel = kernel
+        self.key = f"{path}:{func}"
+
+    def describe(self) -> str:
+        return f"program {self.path}:{self.func}"
+
+
+    def _object(self) -> Any:
+        module = _FILES.get((self.path, self.text))
+        if module is None:
+            import types
+
+            module = types.ModuleType("mmrace_program_" + "".join(
+                c if c.isalnum() else "_" for c in Path(self.path).stem))
+            module.__file__ = self.path
+            exec(compile(self.text, self.path, "exec"), module.__dict__)
+            _FILES[(self.path, self.text)] = module
+        return getattr(module, self.func)
+
+    @contextmanager
+    def _open(self) -> Iterator[Program]:
+        obj = self._object()
+        if self.kernel is None:
+            yield obj
+            return
+        sc = obj if isinstance(obj, Scenario) else Scenario(name=self.func, summary=self.func,
+                                                            fn=obj)
+        with _patches(sc):
+            yield sc.program(self.kernel)
+
+    def open(self) -> AbstractContextManager[Program]:
+        return self._open()
 
 
 def _kernel_key(v: Variant) -> Kernel | None:
     return v.kernel if v.role == "custom" else None
 
 
-def _run_in_worker(name: str, vname: str, kernel: Kernel | None,
-                   settings: Explore | None) -> VariantRun:
-    from mmrace.scenarios import get
+def _settings_for(st: Explore) -> tuple[str, Settings] | None:
+    """The DFS settings of an exploration setting, or None (random, pct)."""
+    if st.strategy not in DFS_STRATEGIES:
+        return None
+    strat = make_strategy(st.strategy, st.preemption_bound, None, 0)
+    assert isinstance(strat, DfsStrategy)
+    return strat.name, Settings(strat.reduce, strat.bound, DEFAULT_MAX_STEPS)
 
-    sc = get(name)
-    variant = sc.with_kernel(kernel) if kernel is not None else sc.variant(vname)
-    q = _progress_queue
-    report = None
-    if q is not None:
 
-        def report(n: int, secs: float) -> None:
-            q.put((name, vname, n, secs))
+def estimate(sc: Scenario, variant: Variant) -> tuple[int, int]:
+    """How big a variant's search looks from one execution: (threads,
+    visible operations). ``check`` starts the biggest first."""
+    src = ScenarioSource(sc, variant)
+    with src.open() as program:
+        ex = run_once(program, DfsStrategy(), DEFAULT_MAX_STEPS, {})
+    return len(ex.threads), len(ex.events)
 
-    r = run_variant(sc, variant, settings=settings, progress=report)
-    # The trace holds the worker's model objects, which do not cross
-    # processes; the token re-renders it (mmrace replay).
-    if r.result.violation is not None:
-        r.result.violation.trace = []
-    return r
+
+# --- results of a check, saved and resumed ---------------------------------------
+
+CHECK_FORMAT = "mmrace-check"
+CHECK_VERSION = 1
+
+
+def _record_key(context: str, settings: str) -> str:
+    return f"{context} [{settings}]"
+
+
+class CheckRecord:
+    """What ``mmrace check --save FILE`` keeps: every decided variant's
+    result and the frontier of every interrupted one, so ``--resume FILE``
+    skips the first and continues the second. Written after every variant
+    and every checkpoint interval (atomically)."""
+
+    def __init__(self, path: str | None = None, data: dict[str, Any] | None = None) -> None:
+        self.path = path
+        self.results: dict[str, dict[str, Any]] = {}
+        self.frontiers: dict[str, dict[str, Any]] = {}
+        if data is not None:
+            self.results = dict(data.get("variants") or {})
+            self.frontiers = dict(data.get("frontiers") or {})
+
+    @classmethod
+    def read(cls, path: str) -> CheckRecord:
+        data = frontier.read(path)
+        if data.get("format") != CHECK_FORMAT:
+            raise CheckpointError(f"{path} is not a file of mmrace check --save")
+        if data.get("version") != CHECK_VERSION:
+            raise CheckpointError(f"{path} is in format {data.get('version')!r}; this mmrace "
+                                  f"reads format {CHECK_VERSION}")
+        if data.get("mmrace") != __version__:
+            raise CheckpointError(f"{path} was written by mmrace {data.get('mmrace')}, this "
+                                  f"is {__version__}: its results are not this model's")
+        variants, frontiers = data.get("variants") or {}, data.get("frontiers") or {}
+        if not isinstance(variants, dict) or not isinstance(frontiers, dict) \
+                or not all(_well_formed(d) for d in variants.values()) \
+                or not all(isinstance(d, dict) for d in frontiers.values()):
+            raise CheckpointError(f"{path} is damaged (a variant's record is malformed)")
+        return cls(path, data)
+
+    def write(self) -> None:
+        if self.path is None:
+            return
+        frontier.write(self.path, {
+            "format": CHECK_FORMAT,
+            "version": CHECK_VERSION,
+            "mmrace": __version__,
+            "variants": self.results,
+            "frontiers": self.frontiers,
+        })
+
+
+def _well_formed(d: Any) -> bool:
+    """Whether a decided variant's record has what :func:`_restored` reads."""
+    if not isinstance(d, dict):
+        return False
+    v = d.get("violation")
+    return (
+        isinstance(d.get("scenario"), str) and isinstance(d.get("variant"), str)
+        and isinstance(d.get("settings"), str)
+        and isinstance(d.get("executions"), int) and isinstance(d.get("complete"), bool)
+        and isinstance(d.get("seconds"), (int, float))
+        and (v is None or (isinstance(v, dict) and isinstance(v.get("kind"), str)
+                           and isinstance(v.get("title"), str)))
+    )
+
+
+def _restored(d: dict[str, Any]) -> VariantRun:
+    """A decided variant as a saved record holds it (the trace is not kept:
+    the token re-renders it)."""
+    v = d.get("violation")
+    result = Result(
+        strategy=str(d.get("strategy", "")),
+        violation=Violation(v["kind"], v["title"], v.get("message", v["title"]), [], [])
+        if v else None,
+        executions=int(d["executions"]),
+        complete=bool(d["complete"]),
+        token=d.get("token"),
+        seconds=float(d["seconds"]),
+    )
+    result.extra["resumed"] = True
+    return VariantRun(d["scenario"], d["variant"], d.get("expected") or "", result,
+                      d["settings"])
+
+
+def run_all(jobs: Iterable[tuple[Scenario, Variant]], *, workers: int = 1,
+            settings: Explore | None = None,
+            on_done: Callable[[VariantRun], None] | None = None,
+            on_progress: Running | None = None,
+            pool: Pool | None = None,
+            should_stop: Callable[[], bool] | None = None,
+            record: CheckRecord | None = None,
+            checkpoint_every: float = 60.0) -> list[VariantRun]:
+    """Run variants; results in input order.
+
+    Every variant's exhaustive search goes over one pool of workers (*pool*,
+    or *workers* local processes, started only as work appears), biggest
+    variant first; a long variant is split over idle workers (the result is
+    the one a serial run gives). Variants with a sampling strategy run here,
+    one after the other. *on_progress* hears about running variants about
+    twice a second, *on_done* about each variant as it is decided.
+
+    *should_stop* is polled: when it returns True the runs in flight stop
+    (under a second) and come back marked interrupted. *record* (``--save``
+    / ``--resume``) supplies variants already decided, which are not run
+    again, and frontiers to continue; it is rewritten as variants finish and
+    every *checkpoint_every* seconds."""
+    todo = list(jobs)
+    out: list[VariantRun | None] = [None] * len(todo)
+
+    def decided(i: int, r: VariantRun, key: str) -> None:
+        out[i] = r
+        if record is not None and not r.result.interrupted:
+            record.results[key] = _as_record(r)
+            record.frontiers.pop(key, None)
+            record.write()
+        if on_done is not None:
+            on_done(r)
+
+    runs: list[Run] = []
+    serial: list[int] = []
+    for i, (sc, v) in enumerate(todo):
+        st = settings or sc.explore
+        key = _record_key(token_context(sc, v), st.describe())
+        if record is not None and key in record.results:
+            decided(i, _restored(record.results[key]), key)
+            continue
+        dfs = _settings_for(st)
+        if dfs is None:
+            serial.append(i)
+            continue
+        runs.append(_variant_run(i, sc, v, st, dfs, key, record, decided, on_progress))
+    for i in serial:
+        if should_stop is not None and should_stop():
+            break
+        sc, v = todo[i]
+        st = settings or sc.explore
+        vr = run_variant(sc, v, settings=settings,
+                         progress=None if on_progress is None
+                         else partial(on_progress, sc.name, v.name))
+        decided(i, vr, _record_key(token_context(sc, v), st.describe()))
+    if runs:
+        own = pool is None
+        # local workers start one by one as work appears (never more than
+        # there is work for)
+        use = pool if pool is not None else (LocalPool(workers) if workers > 1
+                                             else InlinePool())
+        if len(runs) > 1 and use.slots > 1:
+            for run in runs:
+                if run.priority == 0.0:
+                    sc, v = todo[run.tag[0]]
+                    threads, steps = estimate(sc, v)
+                    run.priority = threads * 1_000_000.0 + steps
+        saver = None
+        if record is not None and record.path is not None:
+            def saver(rs: list[Run], now: float) -> None:
+                _save_frontiers(record, [x for x in rs if x.outcome is None], now)
+
+        try:
+            drive(runs, use, run_unit, should_stop=should_stop, checkpoint=saver,
+                  checkpoint_every=checkpoint_every)
+        finally:
+            if own:
+                use.close()
+        if record is not None:
+            _save_frontiers(record, [x for x in runs if x.outcome is not None
+                                     and x.outcome.interrupted], time.perf_counter())
+    return [r for r in out if r is not None]
+
+
+def _variant_run(i: int, sc: Scenario, v: Variant, st: Explore,
+                 dfs: tuple[str, Settings], key: str, record: CheckRecord | None,
+                 decided: Callable[[int, VariantRun, str], None],
+                 on_progress: Running | None) -> Run:
+    name, sets = dfs
+    src = ScenarioSource(sc, v)
+    ctx = token_context(sc, v)
+    resume = record.frontiers.get(key) if record is not None else None
+    progress = None if on_progress is None else partial(on_progress, sc.name, v.name)
+    try:
+        run = prepare_run(src, name, sets, ctx, resume=resume,
+                          max_executions=st.max_executions, max_seconds=st.max_seconds,
+                          progress=progress)
+    except CheckpointError:
+        # a frontier saved with other settings (the key names them, so this
+        # is a damaged file): start afresh
+        run = prepare_run(src, name, sets, ctx, max_executions=st.max_executions,
+                          max_seconds=st.max_seconds, progress=progress)
+    run.tag = (i, key)
+    if record is not None and key in record.frontiers:
+        prev = record.frontiers[key].get("seconds")
+        run.priority = float(prev or 0.0) * 1e9  # known to be long: first
+
+    def done(outcome: Outcome) -> None:
+        result = result_of(outcome, src, name, max_steps=sets.max_steps, shrink=True,
+                           token_context=ctx, workers=0)
+        # Variants share the workers: what a variant took is the time the
+        # workers spent on it (its wall time includes waiting for them).
+        result.extra["wall_seconds"] = result.seconds
+        result.seconds = float(outcome.extra.get("worker_seconds", result.seconds))
+        decided(i, VariantRun(sc.name, v.name, v.expected, result, st.describe()), key)
+
+    run.done = done
+    return run
+
+
+def _save_frontiers(record: CheckRecord, runs: list[Run], now: float) -> None:
+    for r in runs:
+        key = r.tag[1]
+        ex = r.exploration
+        src = ex.source
+        record.frontiers[key] = frontier.dump(
+            ex, program=src.describe(), context=src.key, strategy=_strategy_name(ex),
+            seconds=r.seconds(now))
+    record.write()
+
+
+def _strategy_name(ex: Exploration) -> str:
+    s = ex.settings
+    if not s.reduce:
+        return "naive"
+    return "bounded" if s.bound is not None else "dpor"
+
+
+def _as_record(r: VariantRun) -> dict[str, Any]:
+    d = r.as_dict()
+    v = r.result.violation
+    if v is not None:
+        d["violation"]["message"] = v.message
+    d["strategy"] = r.result.strategy
+    return d
 
 
 __all__ = [
+    "CheckRecord",
+    "FileSource",
     "ScenarioError",
+    "ScenarioSource",
     "VariantRun",
     "outcome_of",
     "parse_context",
