@@ -188,3 +188,5 @@ __all__ = [
     "UFFD_WP_RESOLVE_SKIP",
     "WP_FAULT_FLUSH_PENDING",
 ]
+
+from mmrace.fixes import mremap as _mremap  # noqa: E402,F401  (the mremap fixes)

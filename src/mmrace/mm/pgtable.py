@@ -51,6 +51,7 @@ from mmrace.mm.locks import (
 )
 from mmrace.mm.mm_types import PAGE_SHIFT, MmStruct
 from mmrace.mm.page_alloc import alloc_pfns, pfn_to_obj
+from mmrace.mm.rules import may_move_tables
 from mmrace.sync import SINGLE_DEPTH_NESTING, spin_lock_nested
 
 # --- x86-64 layout ----------------------------------------------------------------
@@ -448,6 +449,13 @@ def _breach(what: str, table: PageTable, index: int, needs: str) -> None:
     )
 
 
+def _may_move(table: PageTable, index: int) -> bool:
+    """The ``pgtables`` moving rule (``mm/rules.py``) for the range the
+    entry maps."""
+    start = table.addr_of(index)
+    return may_move_tables(table.mm, start, start + (1 << LEVEL_SHIFT[table.level]))
+
+
 def check_entry_write(table: PageTable, index: int, old: int, new: int) -> None:
     """The page-table rules of ``mm/rules.py`` for one entry write.
 
@@ -461,14 +469,19 @@ def check_entry_write(table: PageTable, index: int, old: int, new: int) -> None:
     if table.level >= LEVEL_PUD:
         if not holds(mm.page_table_lock):
             _breach("write", table, index, "page_table_lock")
+        if pte_present(old) and not _may_move(table, index):
+            # Not an install: a table above the PMD is moved (mremap).
+            _breach("move of a page table above the PMD", table, index,
+                    "page_table_lock + mmap W + VMA W + rmap W (rule pgtables)")
         return
     if not holds(table.ptl):
         _breach("write", table, index, f"{LEVEL_NAMES[table.level]} ptl")
     if table.level == LEVEL_PMD and pmd_present(old) and not pmd_trans_huge(old):
         child = table_of(old)
-        if not holds(child.ptl):
+        if not holds(child.ptl) and not _may_move(table, index):
             _breach("change of a PMD pointing to a PTE table", table, index,
-                    "pmd ptl + pte ptl")
+                    "pmd ptl + pte ptl, or, to move the table, "
+                    "mmap W + VMA W + rmap W (rule pgtables)")
     if old == 0 and new:
         leaf = table.level == LEVEL_PTE or pmd_trans_huge(new)
         if leaf and not _has_fault_lock(mm, table.addr_of(index)):

@@ -16,7 +16,8 @@ from __future__ import annotations
 from typing import Any
 
 from mmrace.engine import READ, WRITE, ViolationError
-from mmrace.mm.internal import Held, held
+from mmrace.fixes import parse_release
+from mmrace.mm.internal import Held, held, kernel_config
 from mmrace.mm.locks import kobject_access
 
 # Lock tokens and what they mean (rendered in the documentation).
@@ -131,9 +132,17 @@ RULES["pud"] = _rule(
 RULES["pgtables"] = _rule(
     [[]],
     [{"locks": ["mmap R", "unreachable"], "when": "free_pgtables"},
-     {"locks": ["mmap W", "VMA W", "rmap W"], "when": "moving tables (mremap)"}],
+     {"locks": ["mmap W", "VMA W", "rmap W"], "when": "moving tables (mremap)",
+      "since": "5.14"},
+     {"locks": ["mmap W", "VMA W"],
+      "when": "moving tables (mremap), before 5.14 (rmap locks only if need_rmap_locks)",
+      "until": "5.14"}],
     "freeing or moving page-table pages: a truncate can zap under i_mmap_rwsem alone, so "
-    "no VMA reachable through an rmap tree may lose its tables")
+    "no VMA reachable through an rmap tree may lose its tables; a PMD or PUD entry "
+    "pointing to a table is moved (mremap's move_normal_pmd / move_normal_pud) only "
+    "with every VMA the entry maps write-locked and its rmap locks held for write "
+    "(\"mm/mremap: hold the rmap lock in write mode when moving page table entries.\", "
+    "5.14)")
 
 LOCK_ORDER: list[str] = [
     "inode->i_rwsem",
@@ -237,6 +246,41 @@ def _holds(token: str, vma: Any, h: Held, old: Any, new: Any) -> bool:
     if token == "RCU":
         return h.rcu > 0
     return False  # "never", "atomic": not through a field accessor
+
+
+def _in_era(alt: dict[str, Any], release: tuple[int, ...] | None) -> bool:
+    """Whether a rule alternative applies to *release* (None: the current
+    kernel): ``since`` is the first release it holds in, ``until`` the first
+    it no longer does."""
+    since, until = alt.get("since"), alt.get("until")
+    if release is None:
+        return until is None
+    if since is not None and release < parse_release(since):
+        return False
+    return until is None or release < parse_release(until)
+
+
+def may_move_tables(mm: Any, start: int, end: int) -> bool:
+    """The ``pgtables`` rule for moving page tables (the alternatives whose
+    ``when`` starts with "moving", of the mm's release): whether this thread
+    may move the table entry mapping ``[start, end)`` of *mm*. ``mmap W`` is
+    checked on the mm, every other token on every VMA the range overlaps
+    (read from the tree without a visible operation: the mmap lock held
+    for write excludes every tree writer, and without it the rule fails
+    anyway)."""
+    h = held()
+    if h.mmap.get(mm.serial) != "W":
+        return False
+    rel = kernel_config(mm).release
+    release = parse_release(rel) if rel is not None else None
+    vmas = [v for s, e, v in mm.mm_mt.entries() if s < end and start < e]
+    for alt in RULES["pgtables"]["write"]:
+        if not alt["when"].startswith("moving") or not _in_era(alt, release):
+            continue
+        tokens = [t for t in alt["locks"] if t != "mmap W"]
+        if all(_holds(t, v, h, None, None) for v in vmas for t in tokens):
+            return True
+    return False
 
 
 def rmap_locks(vma: Any) -> list[Any]:

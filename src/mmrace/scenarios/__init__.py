@@ -28,8 +28,9 @@ def _catalog() -> dict[str, Scenario]:
     global _CATALOG
     if _CATALOG is None:
         from mmrace.scenarios.deferred_flush import CATALOG
+        from mmrace.scenarios.mremap import CATALOG as MREMAP_CATALOG
 
-        _CATALOG = {sc.name: sc for sc in CATALOG}
+        _CATALOG = {sc.name: sc for sc in (*CATALOG, *MREMAP_CATALOG)}
     return _CATALOG
 
 
@@ -58,6 +59,11 @@ NOT_COVERED: dict[str, str] = {
     "seed-002 races); tests/mm/test_fork.py covers the switch",
     "mprotect-exclusive-anon-writable": "exercised only indirectly: it is on in the "
     "'current' variants of the uffd scenarios (unprotect keeps RW on an exclusive page)",
+    "remove-migration-pte-ptl": "its walker is migration's remove_migration_ptes, which the "
+    "model does not have yet (docs/mremap.md says what the entry needs)",
+    "mremap-thp-rmap-lock": "its walker is a THP split (split_huge_page's rmap walk) and "
+    "its mover a huge PMD: neither exists yet (docs/mremap.md says what the entry needs); "
+    "tests/mm/test_mremap.py covers the switch",
 }
 
 __all__ = [
