@@ -300,6 +300,15 @@ def move_soft_dirty_pte(pte: int) -> int:
     return pte_mksoft_dirty(pte) if pte_present(pte) else pte
 
 
+def flush_tlb_batched_pending(mm: MmStruct) -> None:
+    """``flush_tlb_batched_pending`` (mm/rmap.c): flush what reclaim's batched
+    unmap (``TTU_BATCH_FLUSH``) left pending for *mm* before PTEs move, so no
+    stale entry it left survives the move. Nothing in the model batches
+    unmap flushes yet (``mm->tlb_flush_batched`` is never raised), so there
+    is nothing to flush and the read of the counter races with nothing: no
+    visible operation. The reclaim that batches must fill this in."""
+
+
 def vma_has_uffd_without_event_remap(vma: VmAreaStruct) -> bool:
     """``vma_has_uffd_without_event_remap`` (include/linux/userfaultfd_k.h):
     the VMA is registered with a userfaultfd that does not ask for REMAP
@@ -348,8 +357,7 @@ def move_ptes(pmc: PagetableMoveControl, extent: int, old_pmd: tuple[PageTable, 
     one's was deferred to the end of ``move_page_tables``.
 
     Returns 0, or -EAGAIN when the old PMD no longer points to a PTE table
-    (the caller re-reads it). ``flush_tlb_batched_pending`` (reclaim's
-    batched unmap flush) and lazy MMU mode are x86 no-ops here."""
+    (the caller re-reads it). Lazy MMU mode is an x86 no-op."""
     vma = pmc.old
     mm: MmStruct = vma.vm_mm
     need_clear_uffd_wp = vma_has_uffd_without_event_remap(vma)
@@ -373,6 +381,7 @@ def move_ptes(pmc: PagetableMoveControl, extent: int, old_pmd: tuple[PageTable, 
             nested = new.ptl is not old.ptl
             if nested:
                 ptl_lock(new.ptl, nested=True)
+            flush_tlb_batched_pending(mm)
             force_flush = False
             for i in range(extent >> PAGE_SHIFT):
                 oi = old.index + i

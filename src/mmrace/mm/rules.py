@@ -121,12 +121,16 @@ RULES["pmd"] = _rule(
     [{"locks": ["pmd ptl", "mmap R"], "when": "none -> PTE table (pmd_install)"},
      {"locks": ["pmd ptl", "VMA R"], "when": "none -> PTE table (pmd_install)"},
      {"locks": ["pmd ptl", "pte ptl"], "when": "change of a PMD pointing to a PTE table"},
+     {"locks": ["pmd ptl", "mmap W", "VMA W", "rmap W"],
+      "when": "moving the PTE table (mremap's move_normal_pmd; the pgtables moving rule)"},
      {"locks": ["unreachable"], "when": "free_pgtables"}],
     "a PMD entry; pte_offset_map_lock rechecks it under the PTE lock, which is why "
     "replacing a PTE table needs both locks")
 RULES["pud"] = _rule(
     [["mmap R"], ["VMA R"], ["rmap R"], ["RCU"]],
     [{"locks": ["page_table_lock"], "when": "install (__pud_alloc / __pmd_alloc)"},
+     {"locks": ["page_table_lock", "mmap W", "VMA W", "rmap W"],
+      "when": "moving the PMD table (mremap's move_normal_pud; the pgtables moving rule)"},
      {"locks": ["unreachable"], "when": "free_pgtables"}],
     "PGD and PUD entries (P4D is folded), installed with check / allocate / lock / recheck")
 RULES["pgtables"] = _rule(
