@@ -79,6 +79,7 @@ from mmrace.mm.pgtable import (
     LEVEL_PTE,
     PMD_SIZE,
     PageTable,
+    flush_pmd_tlb_range,
     mk_huge_pmd,
     mm_dec_nr_ptes,
     mm_inc_nr_ptes,
@@ -91,6 +92,7 @@ from mmrace.mm.pgtable import (
     pmd_mkclean,
     pmd_mkdirty,
     pmd_mkold,
+    pmd_mksoft_dirty,
     pmd_mkuffd_wp,
     pmd_mkwrite,
     pmd_mkyoung,
@@ -108,6 +110,7 @@ from mmrace.mm.pgtable import (
     pmdp_get,
     pmdp_get_lockless,
     pmdp_huge_clear_flush,
+    pmdp_huge_get_and_clear,
     pmdp_huge_get_and_clear_full,
     pmdp_invalidate,
     pmdp_invalidate_ad,
@@ -533,6 +536,67 @@ def vma_adjust_trans_huge(vma: VmAreaStruct, start: int, end: int,
     split_huge_pmd_if_needed(vma, end)
     if next_vma is not None:
         split_huge_pmd_if_needed(next_vma, end)
+
+
+# --- moving a huge PMD (mremap) ------------------------------------------------------------------
+
+
+def pmd_move_must_withdraw(new_ptl: Spinlock, old_ptl: Spinlock, vma: VmAreaStruct) -> bool:
+    """``pmd_move_must_withdraw``: the deposited table follows the PMD when
+    the two entries are under different PMD locks (the kernel keeps the
+    deposit per PMD page) and the VMA is anonymous."""
+    return new_ptl is not old_ptl and vma_is_anonymous(vma)
+
+
+def _move_deposit(mm: MmStruct, vma: VmAreaStruct, old_pmd: PageTable, oi: int,
+                  new_pmd: PageTable, ni: int, new_ptl: Spinlock, old_ptl: Spinlock) -> None:
+    """Move the deposited PTE table with the huge PMD. The model keys a
+    deposit by PMD entry, not by PMD page, so it moves one within a table too
+    (invisible bookkeeping: the deposit is touched only under the PMD lock,
+    which is held)."""
+    if pmd_move_must_withdraw(new_ptl, old_ptl, vma) or (
+            old_pmd is new_pmd and oi in old_pmd.deposited):
+        pgtable_trans_huge_deposit(mm, new_pmd, ni,
+                                   pgtable_trans_huge_withdraw(mm, old_pmd, oi))
+
+
+@kfunc
+def move_huge_pmd(vma: VmAreaStruct, old_addr: int, new_addr: int,
+                  old_pmd: tuple[PageTable, int], new_pmd: tuple[PageTable, int]) -> bool:
+    """``move_huge_pmd``: mremap of a whole PMD-mapped THP. The destination
+    entry must be empty (False otherwise: the caller falls back, or a
+    racing collapse installed a table there). Under the old PMD lock
+    (``__pmd_trans_huge_lock``: False if the entry is no longer huge) and,
+    nested, the new one: ``pmdp_huge_get_and_clear``, the deposited table
+    moved with it (``pmd_move_must_withdraw``), soft-dirty set, uffd-wp
+    cleared for a VMA whose userfaultfd takes no REMAP events,
+    ``set_pmd_at`` at the new place, and the old range flushed before the
+    locks are dropped if the entry was present. The folio's rmap does not
+    change: the destination VMA's pgoff puts it at the new address."""
+    mm = vma.vm_mm
+    ot, oi = old_pmd
+    nt, ni = new_pmd
+    if not pmd_none(pmdp_get(nt, ni)):
+        return False
+    old_ptl = __pmd_trans_huge_lock(ot, oi, vma)
+    if old_ptl is None:
+        return False
+    new_ptl = nt.ptl if nt.ptl is not None else mm.page_table_lock  # pmd_lockptr
+    if new_ptl is not old_ptl:
+        ptl_lock(new_ptl, nested=True)
+    pmd = pmdp_huge_get_and_clear(mm, old_addr, ot, oi)
+    force_flush = pmd_present(pmd)
+    _move_deposit(mm, vma, ot, oi, nt, ni, new_ptl, old_ptl)
+    pmd = pmd_mksoft_dirty(pmd)  # move_soft_dirty_pmd
+    if vma.vm_userfaultfd_ctx is not None:  # vma_has_uffd_without_event_remap
+        pmd = pmd_clear_uffd_wp(pmd)
+    set_pmd_at(mm, new_addr, nt, ni, pmd)
+    if force_flush:
+        flush_pmd_tlb_range(vma, old_addr, old_addr + HPAGE_PMD_SIZE)
+    if new_ptl is not old_ptl:
+        ptl_unlock(new_ptl)
+    ptl_unlock(old_ptl)
+    return True
 
 
 # --- change_protection ---------------------------------------------------------------------------

@@ -172,6 +172,10 @@ def pte_swp_mkuffd_wp(pte: int) -> int:
     return pte | _PAGE_SWP_UFFD_WP
 
 
+def pte_swp_clear_uffd_wp(pte: int) -> int:
+    return pte & ~_PAGE_SWP_UFFD_WP
+
+
 def pte_swp_exclusive(pte: int) -> bool:
     return bool(pte & _PAGE_SWP_EXCLUSIVE)
 

@@ -36,6 +36,7 @@ from mmrace.mm.locks import Spinlock, spin_lock, spin_unlock
 from mmrace.mm.mm_types import (
     PAGE_MASK,
     PAGE_SIZE,
+    VM_SHARED,
     VM_UFFD_MINOR,
     VM_UFFD_MISSING,
     VM_UFFD_WP,
@@ -45,6 +46,8 @@ from mmrace.mm.mm_types import (
 from mmrace.mm.mm_types import (
     UserfaultfdCtx as _UffdIdentity,
 )
+from mmrace.mm.mmap_lock import vma_start_write
+from mmrace.mm.vma import vm_flags_reset, vma_set_page_prot
 from mmrace.sync.completion import Completion, complete, wait_for_completion
 
 EPERM, ENOENT, EAGAIN, ENOMEM, EFAULT, EEXIST, EINVAL = 1, 2, 11, 12, 14, 17, 22
@@ -440,6 +443,39 @@ def userfaultfd_writeprotect(ctx: UserfaultfdCtx, start: int, length: int, mode:
         raise errno_error(-ret, "UFFDIO_WRITEPROTECT")
     if not enable_wp and not mode & UFFDIO_WRITEPROTECT_MODE_DONTWAKE:
         wake_userfault(ctx, start, length)
+
+
+# --- mremap (the REMAP event is for the events issue) -------------------------------
+
+
+@kfunc
+def mremap_userfaultfd_prep(vma: VmAreaStruct, vm_ctx: Any) -> None:
+    """``mremap_userfaultfd_prep``: called by mremap for the VMA the pages
+    moved into, with the mmap lock held for write. A context with
+    ``UFFD_FEATURE_EVENT_REMAP`` would be recorded in *vm_ctx* (a
+    ``vm_userfaultfd_ctx`` holder with a ``ctx`` attribute), its
+    ``mmap_changing`` raised and a REMAP event queued by
+    :func:`mremap_userfaultfd_complete`. The model's ``UFFDIO_API`` offers
+    no such feature, so, as the kernel does without it, the new VMA loses
+    its context and its ``VM_UFFD_*`` flags (``userfaultfd_reset_ctx``; a
+    shared uffd-wp VMA gets its ``vm_page_prot`` back)."""
+    if vma.vm_userfaultfd_ctx is None:
+        return
+    vma_start_write(vma)
+    vma.vm_userfaultfd_ctx = None
+    flags = vma.vm_flags
+    vm_flags_reset(vma, flags & ~__VM_UFFD_FLAGS)
+    if flags & VM_SHARED and flags & VM_UFFD_WP:
+        vma_set_page_prot(vma)
+
+
+@kfunc
+def mremap_userfaultfd_complete(vm_ctx: Any, from_: int, to: int, length: int) -> None:
+    """``mremap_userfaultfd_complete``: after mremap dropped the mmap lock,
+    deliver the REMAP event ``from_ -> to`` to the context recorded by
+    :func:`mremap_userfaultfd_prep` (none in the model yet: no context
+    asks for REMAP events, so there is nothing to deliver)."""
+    assert vm_ctx.ctx is None, "UFFD_EVENT_REMAP is not modelled: no context records it"
 
 
 def new_userfaultfd(mm: MmStruct, name: str = "uffd") -> UserfaultfdCtx:
