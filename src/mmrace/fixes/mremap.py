@@ -69,9 +69,9 @@ REMOVE_MIGRATION_PTE_PTL = register_fix(
         "remove_migration_pte no longer peeks at the PTE (is_swap_pte) before taking the "
         "page-table lock: move_ptes, which then took no anon_vma lock, could move the "
         "migration entry between the walker's look at the new place and its look at "
-        "the old one, so it was found at neither and the page stayed locked behind it. "
-        "Read by migration's remove_migration_pte, which the model does not have yet: "
-        "switching it changes nothing until migration exists",
+        "the old one, so it was found at neither and left behind for a page migration "
+        "then unlocked and freed (kernel BUG in migration_entry_to_page). Read by "
+        "remove_migration_pte: its page_vma_mapped_walk uses PVMW_SYNC",
         release="3.1",
         commit="486cf46f3f9b",
     )

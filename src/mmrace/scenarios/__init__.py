@@ -75,11 +75,10 @@ NOT_COVERED: dict[str, str] = {
     "tests/mm/test_rules_eras.py",
     "vma-slab-typesafe-rcu": "an era switch (the read of vm_mm under RCU before 6.15); "
     "tests/mm/test_rules_eras.py",
-    "remove-migration-pte-ptl": "its walker is migration's remove_migration_ptes, which the "
-    "model does not have yet (docs/mremap.md says what the entry needs)",
-    "mremap-thp-rmap-lock": "its walker is a THP split (split_huge_page's rmap walk) and "
-    "its mover a huge PMD: neither exists yet (docs/mremap.md says what the entry needs); "
-    "tests/mm/test_mremap.py covers the switch",
+    "mremap-thp-rmap-lock": "its walker is 3.14's split_huge_page of an anonymous THP, "
+    "which BUG'd on a PMD its rmap walk missed; the model has no anonymous split, and "
+    "today's split fails safely (-EAGAIN) on a missed PMD (docs/mremap.md); "
+    "tests/mm/test_mremap.py covers the switch and move_huge_pmd",
 }
 
 __all__ = [

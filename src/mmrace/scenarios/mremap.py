@@ -10,9 +10,9 @@ one fix: the mover, the truncation, and a CPU of the process that still
 uses the mapping through its TLB after ``ftruncate`` returned (it must
 fault, not reach a freed page).
 
-The migration and THP-split entries of the same family
-(``remove-migration-pte-ptl``, ``mremap-thp-rmap-lock``) are not here yet;
-``docs/mremap.md`` describes them.
+``mremap-migration-entry``: the walker is migration's
+``remove_migration_ptes`` (``move_pages``), which before 3.1 peeked at each
+PTE without its lock.
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ from typing import Any
 from mmrace.engine import WAIT, Var, visible
 from mmrace.mm.mm_types import PAGE_SIZE
 from mmrace.mm.mman import (
+    MAP_ANONYMOUS,
     MAP_FIXED,
+    MAP_PRIVATE,
     MAP_SHARED,
     MREMAP_FIXED,
     MREMAP_MAYMOVE,
@@ -30,6 +32,7 @@ from mmrace.mm.mman import (
     PROT_WRITE,
 )
 from mmrace.mm.pgtable import PMD_SIZE, pmd_index, walk_to_pmd
+from mmrace.oracles.memory import wrong_data
 from mmrace.scenarios.api import Explore, Kernel, scenario
 from mmrace.user import Thread
 
@@ -38,6 +41,7 @@ MOVE = MREMAP_MAYMOVE | MREMAP_FIXED
 OLD = 0x7E0000000000  # PMD aligned
 NEW = 0x7E0000400000  # PMD aligned, another PMD entry of the same PMD table
 NEAR = OLD + 8 * PAGE_SIZE  # in the same PTE table as OLD
+FAR = 0x7F0000000000  # another PMD table: a new VMA, its own PTE table
 
 
 def _after(flag: Var[int], what: str) -> None:
@@ -175,9 +179,70 @@ def mremap_pmd_move_truncate(kernel: Kernel) -> Any:
     return None
 
 
+@scenario(
+    name="mremap-migration-entry",
+    summary="mremap moves a migration entry past remove_migration_ptes, which peeks at each "
+    "place without the page-table lock: it looks at the old place after the entry left "
+    "and at the new one before it arrived, and leaves it behind for an unlocked page",
+    references=(
+        "486cf46f3f9b mm: fix race between mremap and removing migration entry (3.1)",
+        "Pawel Sikora's report: kernel BUG at include/linux/swapops.h "
+        "(migration_entry_to_page: the page of a migration entry is not locked)",
+    ),
+    base=Kernel(release="3.0"),
+    fixes=("remove-migration-pte-ptl",),
+    expect={
+        "current": "clean",
+        "base": "bug",
+        "base+remove-migration-pte-ptl": "clean",
+        "current-remove-migration-pte-ptl": "bug",
+    },
+    notes={
+        "base": "move_ptes moves the entry holding both page-table locks but no anon_vma "
+        "lock (the destination is a new VMA, visited after the source); the walker's "
+        "lockless peeks miss it at both places",
+        "base+remove-migration-pte-ptl": "the walker takes each page-table lock before it "
+        "looks: it waits for move_ptes and finds the entry at its old or its new place",
+        "current-remove-migration-pte-ptl": "today's move_ptes still takes no rmap lock "
+        "for a new VMA: only the walker's page-table lock closes the race",
+    },
+    # mremap stopped inside move_ptes between ptep_get_and_clear and
+    # set_pte_at while the migration's remove_migration_ptes runs. Every
+    # variant is cheap at K=3 (under 500 executions): all run by default.
+    explore=K3,
+)
+def mremap_migration_entry(kernel: Kernel) -> Any:
+    """A private anonymous page; cpu1 migrates it (``move_pages``: its PTE
+    becomes a migration entry, the data are copied, the entry is replaced
+    by the new page), cpu0 moves it with mremap to a new VMA and, once
+    move_pages returned, reads it at the new address: it must read what was
+    written, not fault on a migration entry left behind."""
+    s = kernel.system(cpus=2)
+    p = s.process()
+    a = p.mmap(OLD, PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED)
+    p.poke(a, 1)
+    migrated: Var[int] = Var(0, "move_pages-returned")
+
+    def mover(t: Thread) -> None:
+        t.mremap(a, PAGE_SIZE, PAGE_SIZE, MOVE, FAR)
+        _after(migrated, "move_pages")
+        got = t.load(FAR)
+        if got != 1:
+            raise wrong_data(f"the moved page holds {got}, not 1")
+
+    def migrator(t: Thread) -> None:
+        t.migrate(a)
+        migrated.store(1)
+
+    p.thread(mover, cpu=0, name="cpu0")
+    p.thread(migrator, cpu=1, name="cpu1")
+    return None
+
+
 CATALOG = (
     mremap_flush_truncate,
     mremap_pmd_move_truncate,
+    mremap_migration_entry,
 )
 
 __all__ = ["CATALOG"]
