@@ -36,7 +36,8 @@ def faults_setup(pages: int) -> float:
             do_user_addr_fault(p.mm, a + i * PAGE_SIZE, True)
         out["t"] = time.perf_counter() - t0
 
-    explore(program, max_executions=1, shrink=False)
+    r = explore(program, max_executions=1, shrink=False, max_steps=10**8)
+    assert r.violation is None, r.violation.message
     return pages / out["t"]
 
 
@@ -79,7 +80,8 @@ def fork_time(pages: int) -> float:
         p.fork()
         out["t"] = time.perf_counter() - t0
 
-    explore(program, max_executions=1, shrink=False)
+    r = explore(program, max_executions=1, shrink=False, max_steps=10**8)
+    assert r.violation is None, r.violation.message
     return out["t"]
 
 
