@@ -10,7 +10,7 @@ And for mremap (issue 13):
   table) and misaligned by one page (``move_ptes`` moves the 512 PTEs);
 * the visible operations one ``move_ptes`` of one present PTE costs, from a
   simulated thread (one CPU: no shootdown IPI; each other CPU in
-  ``mm_cpumask`` adds one).
+  ``mm_cpumask`` adds one), and one ``move_huge_pmd`` of a PMD-mapped THP.
 
 Everything else runs as set-up code of one execution (no scheduling), so the
 figures are the model's own cost per operation. Run:
@@ -102,7 +102,7 @@ def mremap_moves_per_s(pages: int, moves: int, misalign: int) -> float:
         out["t"] = time.perf_counter() - t0
         assert p.peek(a + (pages - 1) * PAGE_SIZE) == pages - 1
 
-    r = explore(program, max_executions=1, shrink=False)
+    r = explore(program, max_executions=1, shrink=False, max_steps=10**8)
     if r.violation is not None:
         raise SystemExit(r.violation.message)
     return moves / out["t"]
@@ -142,6 +142,36 @@ def move_ptes_operations(cpus: int = 1) -> int:
     return counted["n"]
 
 
+def move_huge_pmd_operations() -> int:
+    """Visible operations inside one ``move_huge_pmd`` of a PMD-mapped THP
+    (one CPU, the mover the only thread)."""
+    counted = {"n": 0}
+    real = mremap_mod.move_huge_pmd
+
+    def counting(*args: Any) -> bool:
+        before = len(current_execution().events)
+        ret = real(*args)
+        counted["n"] += len(current_execution().events) - before
+        return ret
+
+    def program() -> None:
+        p = System(cpus=1, thp="always").process()
+        a = p.mmap(0x7E0000000000, PMD_SIZE, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED)
+        p.poke(a, 1)
+        spawn(p.mremap, a, PMD_SIZE, PMD_SIZE, MREMAP_MAYMOVE | MREMAP_FIXED,
+              0x7E0000000000 + 64 * PMD_SIZE, name="mover")
+
+    mremap_mod.move_huge_pmd = counting  # type: ignore[assignment]
+    try:
+        r = explore(program, max_executions=1, shrink=False)
+    finally:
+        mremap_mod.move_huge_pmd = real
+    if r.violation is not None:
+        raise SystemExit(r.violation.message)
+    return counted["n"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="100,1000,10000")
@@ -163,6 +193,8 @@ def main() -> None:
           "by move_ptes)")
     print(f"move_ptes of one present PTE: {move_ptes_operations(1)} visible operations "
           f"(one CPU; {move_ptes_operations(2)} with a second CPU in mm_cpumask)")
+    print(f"move_huge_pmd of a PMD-mapped THP: {move_huge_pmd_operations()} visible "
+          "operations (one CPU)")
 
 
 if __name__ == "__main__":
