@@ -614,3 +614,25 @@ def test_move_ptes_costs_three_visible_operations_per_present_pte(
     two = _move_ptes_events(2, monkeypatch)
     assert two - one == 3  # ptep_get, ptep_get_and_clear, set_pte_at
     assert one == 12  # one CPU: no shootdown IPI (one more per other CPU in mm_cpumask)
+
+
+def test_a_swapped_out_page_moves_as_its_swap_entry() -> None:
+    """move_ptes moves a swap entry like a present PTE (made soft-dirty, the
+    swap-entry way: move_soft_dirty_pte); the page swaps back in at the new
+    address with its data."""
+    from mmrace.mm.swapops import is_swap_pte, pte_swp_soft_dirty
+
+    def program() -> None:
+        p = System().process()
+        a = p.mmap(OLD + P, 2 * P, RW, ANON | MAP_FIXED)
+        p.poke(a, 11)
+        p.poke(a + P, 12)
+        assert p.reclaim(a) == 1
+        assert p.mremap(a, 2 * P, 2 * P, MOVE, NEW + 2 * P) == NEW + 2 * P
+        moved = peek_pte(p.mm, NEW + 2 * P)
+        assert is_swap_pte(moved) and pte_swp_soft_dirty(moved)
+        assert p.peek(NEW + 2 * P) == 11 and p.peek(NEW + 3 * P) == 12
+        assert segv(p, a)
+        thp_accounting([p])  # counts the swap cache too
+
+    run1(program)
