@@ -78,7 +78,8 @@ NOT_COVERED: dict[str, str] = {
     "mremap-thp-rmap-lock": "its walker is 3.14's split_huge_page of an anonymous THP, "
     "which BUG'd on a PMD its rmap walk missed; the model has no anonymous split, and "
     "today's split fails safely (-EAGAIN) on a missed PMD (docs/mremap.md); "
-    "tests/mm/test_mremap.py covers the switch and move_huge_pmd",
+    "tests/mm/test_mremap_race.py shows a tmpfs THP split missing the moving PMD "
+    "without the switch",
 }
 
 __all__ = [
