@@ -550,7 +550,7 @@ def test_move_huge_pmd() -> None:
         npmd, ni = walk_to_pmd(p.mm, NEW)
         entry = npmd.entries[ni]
         assert pmd_trans_huge(entry) and pte_soft_dirty(entry)
-        assert pmd.entries.get(mi, 0) == 0 and ni in npmd.deposited
+        assert pmd.entries.get(mi, 0) == 0 and npmd.deposited[ni].base == NEW
         assert mi not in pmd.deposited
         assert p.peek(NEW + 5 * P) == 7 and segv(p, a)
         thp_accounting([p])

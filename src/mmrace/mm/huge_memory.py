@@ -541,23 +541,18 @@ def vma_adjust_trans_huge(vma: VmAreaStruct, start: int, end: int,
 # --- moving a huge PMD (mremap) ------------------------------------------------------------------
 
 
-def pmd_move_must_withdraw(new_ptl: Spinlock, old_ptl: Spinlock, vma: VmAreaStruct) -> bool:
-    """``pmd_move_must_withdraw``: the deposited table follows the PMD when
-    the two entries are under different PMD locks (the kernel keeps the
-    deposit per PMD page) and the VMA is anonymous."""
-    return new_ptl is not old_ptl and vma_is_anonymous(vma)
-
-
-def _move_deposit(mm: MmStruct, vma: VmAreaStruct, old_pmd: PageTable, oi: int,
-                  new_pmd: PageTable, ni: int, new_ptl: Spinlock, old_ptl: Spinlock) -> None:
-    """Move the deposited PTE table with the huge PMD. The model keys a
-    deposit by PMD entry, not by PMD page, so it moves one within a table too
-    (invisible bookkeeping: the deposit is touched only under the PMD lock,
-    which is held)."""
-    if pmd_move_must_withdraw(new_ptl, old_ptl, vma) or (
-            old_pmd is new_pmd and oi in old_pmd.deposited):
-        pgtable_trans_huge_deposit(mm, new_pmd, ni,
-                                   pgtable_trans_huge_withdraw(mm, old_pmd, oi))
+def _move_deposit(mm: MmStruct, old_pmd: PageTable, oi: int, new_pmd: PageTable,
+                  ni: int) -> None:
+    """The deposited PTE table follows the huge PMD. The kernel moves it only
+    when ``pmd_move_must_withdraw`` (the two entries under different PMD
+    locks, an anonymous VMA): its deposit list lives per PMD page, or per mm
+    without split PMD locks. The model keys a deposit by PMD entry, so it
+    always moves one that exists (file THPs have none on x86). Invisible
+    bookkeeping: the deposit is touched only under the PMD locks, held."""
+    if oi in old_pmd.deposited:
+        pgtable = pgtable_trans_huge_withdraw(mm, old_pmd, oi)
+        pgtable.base = new_pmd.addr_of(ni)  # model bookkeeping: the range it will map
+        pgtable_trans_huge_deposit(mm, new_pmd, ni, pgtable)
 
 
 @kfunc
@@ -568,7 +563,7 @@ def move_huge_pmd(vma: VmAreaStruct, old_addr: int, new_addr: int,
     racing collapse installed a table there). Under the old PMD lock
     (``__pmd_trans_huge_lock``: False if the entry is no longer huge) and,
     nested, the new one: ``pmdp_huge_get_and_clear``, the deposited table
-    moved with it (``pmd_move_must_withdraw``), soft-dirty set, uffd-wp
+    moved with it, soft-dirty set, uffd-wp
     cleared for a VMA whose userfaultfd takes no REMAP events,
     ``set_pmd_at`` at the new place, and the old range flushed before the
     locks are dropped if the entry was present. The folio's rmap does not
@@ -586,7 +581,7 @@ def move_huge_pmd(vma: VmAreaStruct, old_addr: int, new_addr: int,
         ptl_lock(new_ptl, nested=True)
     pmd = pmdp_huge_get_and_clear(mm, old_addr, ot, oi)
     force_flush = pmd_present(pmd)
-    _move_deposit(mm, vma, ot, oi, nt, ni, new_ptl, old_ptl)
+    _move_deposit(mm, ot, oi, nt, ni)
     pmd = pmd_mksoft_dirty(pmd)  # move_soft_dirty_pmd
     if vma.vm_userfaultfd_ctx is not None:  # vma_has_uffd_without_event_remap
         pmd = pmd_clear_uffd_wp(pmd)

@@ -334,6 +334,9 @@ def _rebase(table: PageTable, base: int) -> None:
     for i in sorted(table.entries):
         e = table.entries[i]
         if table.level == LEVEL_PMD and pmd_trans_huge(e):
+            deposit = table.deposited.get(i)
+            if deposit is not None:
+                deposit.base = base + i * span
             continue
         _rebase(table_of(e), base + i * span)
 
