@@ -636,3 +636,22 @@ def test_a_swapped_out_page_moves_as_its_swap_entry() -> None:
         thp_accounting([p])  # counts the swap cache too
 
     run1(program)
+
+
+def test_a_thp_inside_a_moved_pmd_table_moves_with_its_deposit() -> None:
+    """A 1 GiB move of an anonymous mapping moves its whole PMD table
+    (move_normal_pud), a PMD-mapped THP in it and the deposited table too:
+    the THP still splits at its new address."""
+    def program() -> None:
+        p = System(thp="always").process()
+        src, dst = 0x7E0000000000, 0x7E0000000000 + 4 * PUD_SIZE
+        a = p.mmap(src, PUD_SIZE, RW, ANON | MAP_FIXED)
+        p.poke(a + PMD_SIZE + 3 * P, 4)
+        assert p.mremap(a, PUD_SIZE, PUD_SIZE, MOVE, dst) == dst
+        pmd, mi = walk_to_pmd(p.mm, dst + PMD_SIZE)
+        assert pmd_trans_huge(pmd.entries[mi]) and pmd.deposited[mi].base == dst + PMD_SIZE
+        p.munmap(dst + PMD_SIZE, P)  # splits the huge PMD
+        assert p.peek(dst + PMD_SIZE + 3 * P) == 4
+        thp_accounting([p])
+
+    run1(program)
