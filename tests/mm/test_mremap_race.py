@@ -73,16 +73,15 @@ def stale_store_program(kernel: str | None) -> Any:
 
 
 def test_store_through_stale_entry_while_moving_is_not_lost() -> None:
-    """Every interleaving (DPOR without a bound: about 3,000 executions)."""
+    """Every interleaving (DPOR without a bound: 37 executions)."""
     r = explore(stale_store_program(None), strategy="dpor", max_seconds=300)
     assert r.violation is None, r.violation and r.violation.message
     assert r.complete and r.executions > 1
 
 
-@pytest.mark.slow
 def test_store_through_stale_entry_while_moving_is_not_lost_4_18() -> None:
     """Also before "mremap: properly flush TLB before releasing the page":
-    a late flush loses nothing while nobody frees the page."""
+    a late flush loses nothing while nobody frees the page (10 executions)."""
     r = explore(stale_store_program("4.18"), strategy="dpor", max_seconds=600)
     assert r.violation is None, r.violation and r.violation.message
     assert r.complete
