@@ -11,6 +11,7 @@ consult them.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -68,6 +69,7 @@ from mmrace.user import (
     PAGE_SIZE,
     PROT_READ,
     PROT_WRITE,
+    UFFDIO_REGISTER_MODE_MISSING,
     System,
     vma_find,
 )
@@ -530,6 +532,17 @@ def vma_read_then_rmap(release: str | None) -> Program:
     return _thread(release, body)
 
 
+def vma_read_then_anon_vma_write(release: str | None) -> Program:
+    """The state UFFDIO_MOVE may be in (VMA read lock, anon_vma lock for
+    write, no mmap lock), outside move_pages: the exception does not
+    cover it."""
+    def body(mm: Any, a: int) -> None:
+        vma = lock_vma_under_rcu(mm, a)
+        assert vma is not None
+        anon_vma_lock_write(vma.anon_vma)
+    return _thread(release, body)
+
+
 def vm_flags_set_read_locked(release: str | None) -> Program:
     def body(mm: Any, a: int) -> None:
         mmap_read_lock(mm)
@@ -570,15 +583,37 @@ def _rmap_read(release: str | None) -> Program:
     return _thread(release, body)
 
 
+def uffd_move(release: str | None) -> Program:
+    """UFFDIO_MOVE of one page in a thread (EINVAL before 6.8): from 6.9 it
+    takes the source's anon_vma lock for write under two VMA read locks,
+    the documented exception ``uffd_move_lock``."""
+    def program() -> None:
+        system = System(kernel=release)
+        p = system.process()
+        src = p.mmap(0, P, RW, ANON)
+        dst = p.mmap(0, P, RW, ANON)
+        p.poke(src, 1)
+        uffd = p.userfaultfd()
+        uffd.register(dst, P, UFFDIO_REGISTER_MODE_MISSING)
+
+        def body() -> None:
+            try:
+                uffd.move(dst, src, P)
+            except OSError as e:
+                assert e.errno == errno.EINVAL, e  # no UFFDIO_MOVE before 6.8
+        spawn(body, name="T")
+    return program
+
+
 CLEAN = ["fault", "munmap", "file_paths", "mprotect_and_fork", "stack_growth", "numa_scan",
          "swap_readahead", "field_writes", "huge_pmd", "retract", "i_mmap_then_anon_vma",
-         "rmap_read", "mremap_tables"]
+         "rmap_read", "mremap_tables", "uffd_move"]
 BUILDERS: dict[str, Callable[[str | None], Program]] = {
     "fault": fault, "munmap": munmap, "file_paths": file_paths,
     "mprotect_and_fork": mprotect_and_fork, "stack_growth": stack_growth,
     "numa_scan": numa_scan, "swap_readahead": swap_readahead, "field_writes": field_writes,
     "huge_pmd": huge_pmd, "retract": retract, "i_mmap_then_anon_vma": i_mmap_then_anon_vma_order,
-    "rmap_read": _rmap_read, "mremap_tables": mremap_tables,
+    "rmap_read": _rmap_read, "mremap_tables": mremap_tables, "uffd_move": uffd_move,
 }
 RELEASES: list[str | None] = [None, "6.10", "6.5", "6.4", "6.1", "6.0", "5.10"]
 
@@ -595,6 +630,8 @@ BREACHES: list[Witness] = [
     Witness("ptl then vma_start_write", None, order_ptl_then_vma_write, "lock-order"),
     Witness("VMA read lock then mmap_lock", None, vma_read_then_mmap, "lock-order"),
     Witness("VMA read lock then rmap lock", None, vma_read_then_rmap, "locking-rule"),
+    Witness("VMA read lock then anon_vma write lock outside move_pages", None,
+            vma_read_then_anon_vma_write, "locking-rule"),
     Witness("vm_flags_set under the read lock", None, vm_flags_set_read_locked,
             "locking-rule"),
 ]

@@ -110,8 +110,8 @@ def test_unknown_oracle_name_is_a_value_error() -> None:
     r = explore(program, max_executions=1)
     assert r.violation is not None and r.violation.kind == "crash"
     assert "unknown oracle 'lost-writes'" in r.violation.title
-    with pytest.raises(ValueError, match="known: lost-write, use-after-free"):
+    with pytest.raises(ValueError, match="known: lost-write, use-after-free, uffd-view, rmap"):
         from mmrace.oracles import oracle_names
 
         oracle_names(["nope"])
-    assert set(ORACLES) == {"lost-write", "use-after-free"}
+    assert set(ORACLES) == {"lost-write", "use-after-free", "uffd-view", "rmap"}

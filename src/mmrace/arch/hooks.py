@@ -9,7 +9,11 @@ must not call :func:`~mmrace.engine.visible`). Hook names in use:
 * ``"user-access"`` ``(cpu, entry, write, word, value)``: a user load or
   store through TLB entry *entry*, about to be performed on its frame;
 * ``"pte-clear-flush"`` ``(mm, addr, old_pte, frame)``: ``ptep_clear_flush``
-  cleared a present PTE mapping *frame* (before its flush).
+  cleared a present PTE mapping *frame* (before its flush);
+* ``"uffd-event-raise"``, ``"uffd-event-read"`` ``(ctx, ewq)``,
+  ``"uffd-ioctl-begin"`` ``(ctx, op)``, ``"uffd-ioctl-effect"``
+  ``(ctx, op, addr)``: userfaultfd events and ioctls, for a context whose
+  monitor expects a consistent view (:mod:`mmrace.mm.fs_userfaultfd`).
 """
 
 from __future__ import annotations

@@ -178,6 +178,7 @@ WP_FAULT_FLUSH_PENDING = register_fix(
 
 from mmrace.fixes import gup_cow as _gup_cow  # noqa: E402,F401  (GUP/COW eras)
 from mmrace.fixes import rust_mm as _rust_mm  # noqa: E402,F401  (seed 003's switches)
+from mmrace.fixes import userfaultfd as _userfaultfd  # noqa: E402,F401  (userfaultfd eras)
 
 __all__ = [
     "CLEAR_REFS_WRITE_LOCK",

@@ -8,9 +8,17 @@ under the per-VMA lock while its PTEs are being write-protected; the
 parent's TLB is flushed (``flush_tlb_mm``) before its mmap lock is
 released.
 
+userfaultfd (``dup_userfaultfd``, before the VMA's pages are copied): a
+registered VMA keeps its registration in the child only with
+``UFFD_FEATURE_EVENT_FORK`` (under a new context for the child, announced
+to the parent's monitor by a FORK event once both mmap locks are dropped,
+``dup_userfaultfd_complete``: fork returns only after the monitor read it);
+without it the child's VMA loses its context and ``VM_UFFD_*`` flags, and
+``copy_present_pte`` drops the uffd-wp bit of its PTEs.
+
 Left out: ``__mt_dup`` (the child's tree is built VMA by VMA), accounting
-and ``VM_ACCOUNT`` charges, uprobes, userfaultfd fork events, khugepaged
-and KSM registration, mempolicy duplication, failure unwinding.
+and ``VM_ACCOUNT`` charges, uprobes, khugepaged and KSM registration,
+mempolicy duplication, failure unwinding.
 
 The mm's lifetime lives here too, as in kernel/fork.c and
 include/linux/sched/mm.h: ``mmgrab``/``mmdrop`` count references to the
@@ -26,6 +34,7 @@ use-after-free.
 from __future__ import annotations
 
 from mmrace.engine import READ, RMW, ViolationError, current_execution, current_thread, visible
+from mmrace.mm.fs_userfaultfd import dup_userfaultfd, dup_userfaultfd_complete
 from mmrace.mm.internal import kfunc
 from mmrace.mm.locks import kfree
 from mmrace.mm.memory import copy_page_range
@@ -39,6 +48,7 @@ from mmrace.mm.mmap_lock import (
 )
 from mmrace.mm.pgtable import flush_tlb_mm
 from mmrace.mm.rmap import anon_vma_fork, i_mmap_lock_write, i_mmap_unlock_write
+from mmrace.mm.userfaultfd_k import UserfaultfdForkCtx
 from mmrace.mm.vma import VmaIterator, for_each_vma, vm_area_dup
 
 
@@ -47,7 +57,9 @@ def dup_mmap(mm: MmStruct, oldmm: MmStruct) -> int:
     """``dup_mmap``: copy *oldmm*'s VMAs into the new *mm* (skipping
     ``VM_DONTCOPY``; ``VM_WIPEONFORK`` VMAs get no anon_vma and no pages),
     link them into the anon_vma trees (``anon_vma_fork``) and the files'
-    i_mmap trees, and copy the page tables (``copy_page_range``)."""
+    i_mmap trees, and copy the page tables (``copy_page_range``); then
+    deliver the userfaultfd FORK events (``dup_userfaultfd_complete``)."""
+    uf: list[UserfaultfdForkCtx] = []
     mmap_write_lock(oldmm)
     mmap_write_lock(mm)  # mmap_write_lock_nested(mm, SINGLE_DEPTH_NESTING)
     mm.total_vm = oldmm.total_vm
@@ -62,6 +74,7 @@ def dup_mmap(mm: MmStruct, oldmm: MmStruct) -> int:
             continue
         tmp = vm_area_dup(mpnt, mm)
         tmp._f_vm_mm = mm
+        dup_userfaultfd(tmp, uf)
         if flags & VM_WIPEONFORK:
             tmp._f_anon_vma = None
         else:
@@ -85,6 +98,7 @@ def dup_mmap(mm: MmStruct, oldmm: MmStruct) -> int:
     mmap_write_unlock(mm)
     flush_tlb_mm(oldmm)
     mmap_write_unlock(oldmm)
+    dup_userfaultfd_complete(uf)
     return 0
 
 

@@ -44,7 +44,6 @@ from mmrace.engine import RMW, ViolationError, current_execution, current_thread
 from mmrace.mm.internal import errno_error, kernel_config, kfunc
 from mmrace.mm.locks import rcu_read_lock, rcu_read_unlock
 from mmrace.mm.memory import (
-    FAULT_FLAG_REMOTE,
     FAULT_FLAG_UNSHARE,
     FAULT_FLAG_WRITE,
     VM_FAULT_ERROR,
@@ -56,6 +55,7 @@ from mmrace.mm.memory import (
     vm_normal_page,
 )
 from mmrace.mm.mm_types import (
+    FAULT_FLAG_REMOTE,
     PAGE_MASK,
     PAGE_SHIFT,
     VM_IO,
@@ -120,7 +120,7 @@ from mmrace.mm.pgtable import (
     table_of,
     walk_to_pmd,
 )
-from mmrace.mm.userfaultfd import userfaultfd_pte_wp
+from mmrace.mm.userfaultfd_k import userfaultfd_pte_wp
 from mmrace.mm.vma import find_vma
 from mmrace.sync import raw_read_seqcount, read_seqcount_retry
 

@@ -28,6 +28,7 @@ folios, PUD-sized pages, DAX, NUMA hinting, mmu notifiers.
 from __future__ import annotations
 
 from mmrace.engine import WRITE, execution_local
+from mmrace.mm.fs_userfaultfd import handle_userfault
 from mmrace.mm.internal import kernel_config, kfunc
 from mmrace.mm.locks import Spinlock
 from mmrace.mm.memory import (
@@ -140,7 +141,11 @@ from mmrace.mm.rmap import (
     folio_remove_rmap_pmd,
     folio_try_dup_anon_rmap_pmd,
 )
-from mmrace.mm.userfaultfd import handle_userfault, userfaultfd_missing, userfaultfd_wp
+from mmrace.mm.userfaultfd_k import (
+    userfaultfd_missing,
+    userfaultfd_wp,
+    vma_has_uffd_without_event_remap,
+)
 
 HPAGE_PMD_NR = 1 << HPAGE_PMD_ORDER
 HPAGE_PMD_SIZE = PMD_SIZE
@@ -583,8 +588,8 @@ def move_huge_pmd(vma: VmAreaStruct, old_addr: int, new_addr: int,
     force_flush = pmd_present(pmd)
     _move_deposit(mm, ot, oi, nt, ni)
     pmd = pmd_mksoft_dirty(pmd)  # move_soft_dirty_pmd
-    if vma.vm_userfaultfd_ctx is not None:  # vma_has_uffd_without_event_remap
-        pmd = pmd_clear_uffd_wp(pmd)
+    if vma_has_uffd_without_event_remap(vma):
+        pmd = pmd_clear_uffd_wp(pmd)  # clear_uffd_wp_pmd
     set_pmd_at(mm, new_addr, nt, ni, pmd)
     if force_flush:
         flush_pmd_tlb_range(vma, old_addr, old_addr + HPAGE_PMD_SIZE)

@@ -76,8 +76,8 @@ class Held:
     RCU depth is a property), which is what the rule checker caches its
     verdicts against."""
 
-    __slots__ = ("mmap", "names", "vma_read", "rwsem", "rmap", "spin", "numab", "_rcu",
-                 "version", "cache", "rules_off", "setup")
+    __slots__ = ("mmap", "names", "vma_read", "rwsem", "rmap", "spin", "numab", "paths",
+                 "_rcu", "version", "cache", "rules_off", "setup")
 
     def __init__(self) -> None:
         self.version = 0
@@ -88,6 +88,9 @@ class Held:
         self.rmap: dict[int, Any] = {}  # rmap rwsem serial -> its address_space / anon_vma
         self.spin: dict[int, Any] = _Tracked(self)  # spinlock serial -> lock
         self.numab: dict[int, Any] = _Tracked(self)  # mm serial -> mm (task_numa_work)
+        # documented-exception code paths this thread is in -> nesting depth
+        # (mm/rules.py EXCEPTIONS; rules_check.exception_path_enter)
+        self.paths: dict[str, int] = _Tracked(self)
         self._rcu = 0  # RCU read-side nesting (as seen by the mm model)
         self.cache: dict[Any, Any] = {}  # the rule checker's verdicts (rules_check.py)
         self.rules_off = False  # mm.rules_off of the execution, when this was made

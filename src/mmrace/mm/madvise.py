@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mmrace.mm import huge_memory
+from mmrace.mm.fs_userfaultfd import userfaultfd_remove
 from mmrace.mm.internal import errno_error, kfunc
 from mmrace.mm.khugepaged import madvise_collapse_range
 from mmrace.mm.memory import vm_normal_page, vma_is_anonymous
@@ -101,7 +102,7 @@ from mmrace.mm.pgtable import (
 )
 from mmrace.mm.swap_state import folio_free_swap, free_swap_and_cache
 from mmrace.mm.swapops import non_swap_entry, pte_to_swp_entry
-from mmrace.mm.vma import find_vma, find_vma_prev, vm_flags_reset, vma_modify_flags
+from mmrace.mm.vma import find_vma, find_vma_prev, vm_flags_reset, vma_lookup, vma_modify_flags
 from mmrace.mm.vmscan import folio_isolate_lru, reclaim_pages
 
 EINVAL, ENOMEM = 22, 12
@@ -168,8 +169,11 @@ def _new_flags(vma: VmAreaStruct, behavior: int) -> int:
 def madvise_dontneed(mm: MmStruct, start: int, end: int) -> int:
     """``madvise_dontneed_free`` -> ``zap_page_range_single`` for each VMA in
     the range, under the mmap read lock (zapping needs only a stable VMA).
-    VM_LOCKED and VM_PFNMAP VMAs give EINVAL. Left out: the per-VMA-lock
-    variant of recent kernels."""
+    VM_LOCKED and VM_PFNMAP VMAs give EINVAL. A VMA registered with a
+    userfaultfd that asked for ``UFFD_FEATURE_EVENT_REMOVE`` first sends
+    the REMOVE event (``userfaultfd_remove``, which drops the mmap lock and
+    waits for the monitor to read it); the VMA is then looked up again.
+    Left out: the per-VMA-lock variant of recent kernels."""
     from mmrace.mm.memory import zap_page_range_single
     from mmrace.mm.mm_types import VM_LOCKED, VM_PFNMAP
     from mmrace.mm.mmap_lock import mmap_read_lock, mmap_read_unlock
@@ -188,6 +192,17 @@ def madvise_dontneed(mm: MmStruct, start: int, end: int) -> int:
             mmap_read_unlock(mm)
             raise errno_error(EINVAL)
         s, e = max(addr, vma.vm_start), min(end, vma.vm_end)
+        if not userfaultfd_remove(vma, s, e):
+            # The REMOVE event was read with the mmap lock dropped: look again.
+            mmap_read_lock(mm)
+            vma = vma_lookup(mm, s)
+            if vma is None:
+                mmap_read_unlock(mm)
+                raise errno_error(ENOMEM)
+            if vma.vm_flags & (VM_LOCKED | VM_PFNMAP):
+                mmap_read_unlock(mm)
+                raise errno_error(EINVAL)
+            e = min(e, vma.vm_end)
         zap_page_range_single(vma, s, e - s)
         addr = e
     mmap_read_unlock(mm)
@@ -361,10 +376,26 @@ def madvise_free_single_vma(vma: VmAreaStruct, start: int, end: int) -> None:
 @kfunc
 def madvise_free(mm: MmStruct, start: int, end: int) -> int:
     """MADV_FREE (``madvise_dontneed_free`` with MADV_FREE) under the mmap
-    read lock. Left out: the per-VMA-lock variant of recent kernels."""
+    read lock. As for MADV_DONTNEED, a VMA registered with a userfaultfd
+    that asked for ``UFFD_FEATURE_EVENT_REMOVE`` first sends the REMOVE
+    event (``userfaultfd_remove`` drops the mmap lock and waits for the
+    monitor); the lock is then retaken and the VMA looked up again (ENOMEM
+    if it is gone). Left out: the per-VMA-lock variant of recent kernels."""
+
+    def one(vma: VmAreaStruct, s: int, e: int) -> None:
+        if vma.vm_flags & (VM_LOCKED | VM_PFNMAP):  # madvise_dontneed_free_valid_vma
+            raise errno_error(EINVAL)
+        if not userfaultfd_remove(vma, s, e):
+            mmap_read_lock(mm)
+            found = vma_lookup(mm, s)
+            if found is None:
+                raise errno_error(ENOMEM)
+            vma, e = found, min(e, found.vm_end)
+        madvise_free_single_vma(vma, s, e)
+
     mmap_read_lock(mm)
     try:
-        _for_each_vma_in(mm, start, end, madvise_free_single_vma)
+        _for_each_vma_in(mm, start, end, one)
     finally:
         mmap_read_unlock(mm)
     return 0

@@ -26,10 +26,35 @@ from mmrace.engine import ViolationError
 from mmrace.mm.internal import errno_error, held, kernel_config, kfunc
 from mmrace.mm.locks import rcu_read_lock, rcu_read_unlock
 from mmrace.mm.mm_types import (
+    FAULT_FLAG_ALLOW_RETRY,
+    FAULT_FLAG_DEFAULT,
+    FAULT_FLAG_INSTRUCTION,
+    FAULT_FLAG_INTERRUPTIBLE,
+    FAULT_FLAG_KILLABLE,
+    FAULT_FLAG_MKWRITE,
+    FAULT_FLAG_ORIG_PTE_VALID,
+    FAULT_FLAG_REMOTE,
+    FAULT_FLAG_RETRY_NOWAIT,
+    FAULT_FLAG_TRIED,
+    FAULT_FLAG_UNSHARE,
+    FAULT_FLAG_USER,
+    FAULT_FLAG_VMA_LOCK,
+    FAULT_FLAG_WRITE,
     PAGE_MASK,
     PAGE_SHIFT,
     PAGE_SIZE,
     VM_EXEC,
+    VM_FAULT_COMPLETED,
+    VM_FAULT_ERROR,
+    VM_FAULT_FALLBACK,
+    VM_FAULT_LOCKED,
+    VM_FAULT_MAJOR,
+    VM_FAULT_NOPAGE,
+    VM_FAULT_OOM,
+    VM_FAULT_RETRY,
+    VM_FAULT_SIGBUS,
+    VM_FAULT_SIGSEGV,
+    VM_FAULT_WRITE,
     VM_GROWSDOWN,
     VM_LOCKED,
     VM_MAYSHARE,
@@ -37,6 +62,7 @@ from mmrace.mm.mm_types import (
     VM_PFNMAP,
     VM_READ,
     VM_SHARED,
+    VM_UFFD_MINOR,
     VM_UFFD_MISSING,
     VM_UFFD_WP,
     VM_WRITE,
@@ -92,6 +118,7 @@ from mmrace.mm.pgtable import (
     pmdp_get,
     pte_alloc,
     pte_clear,
+    pte_clear_uffd_wp,
     pte_index,
     pte_mkdirty,
     pte_mksoft_dirty,
@@ -146,6 +173,7 @@ from mmrace.mm.swapops import (
     make_readable_migration_entry,
     non_swap_entry,
     pte_marker_uffd_wp,
+    pte_swp_clear_uffd_wp,
     pte_swp_exclusive,
     pte_swp_flags,
     pte_swp_mkexclusive,
@@ -156,35 +184,6 @@ from mmrace.mm.swapops import (
 )
 from mmrace.mm.vma import vm_flags_set
 from mmrace.sync import write_seqcount_begin, write_seqcount_end
-
-# --- fault flags and results (include/linux/mm_types.h) ----------------------------
-
-FAULT_FLAG_WRITE = 1 << 0
-FAULT_FLAG_MKWRITE = 1 << 1
-FAULT_FLAG_ALLOW_RETRY = 1 << 2
-FAULT_FLAG_RETRY_NOWAIT = 1 << 3
-FAULT_FLAG_KILLABLE = 1 << 4
-FAULT_FLAG_TRIED = 1 << 5
-FAULT_FLAG_USER = 1 << 6
-FAULT_FLAG_REMOTE = 1 << 7
-FAULT_FLAG_INSTRUCTION = 1 << 8
-FAULT_FLAG_INTERRUPTIBLE = 1 << 9
-FAULT_FLAG_UNSHARE = 1 << 10
-FAULT_FLAG_ORIG_PTE_VALID = 1 << 11
-FAULT_FLAG_VMA_LOCK = 1 << 12
-FAULT_FLAG_DEFAULT = FAULT_FLAG_ALLOW_RETRY | FAULT_FLAG_KILLABLE | FAULT_FLAG_INTERRUPTIBLE
-
-VM_FAULT_OOM = 0x1
-VM_FAULT_SIGBUS = 0x2
-VM_FAULT_MAJOR = 0x4
-VM_FAULT_WRITE = 0x8  # do_wp_page broke COW or reused the page (GUP's FOLL_COW, until 6.0)
-VM_FAULT_SIGSEGV = 0x40
-VM_FAULT_NOPAGE = 0x100
-VM_FAULT_LOCKED = 0x200
-VM_FAULT_RETRY = 0x400
-VM_FAULT_FALLBACK = 0x800
-VM_FAULT_COMPLETED = 0x4000
-VM_FAULT_ERROR = VM_FAULT_OOM | VM_FAULT_SIGBUS | VM_FAULT_SIGSEGV
 
 EFAULT = 14
 
@@ -414,11 +413,13 @@ def finish_fault(vmf: VmFault) -> int:
 def should_fault_around(vmf: VmFault) -> bool:
     """``should_fault_around``: the file has ``->map_pages`` (the page
     cache's, or shmem's; a driver's own ``->fault`` has none), the VMA is
-    not registered with uffd, and ``fault_around_bytes`` is above a page."""
+    not registered for uffd-wp or minor faults (``uffd_disable_fault_around``:
+    fault-around would map cached pages without telling the monitor), and
+    ``fault_around_bytes`` is above a page."""
     ops = vmf.vma.vm_ops
     if ops is not None and getattr(ops, "map_pages", None) is None:
         return False
-    if vmf.vma.vm_flags & (VM_UFFD_MISSING | VM_UFFD_WP):
+    if vmf.vma.vm_flags & (VM_UFFD_WP | VM_UFFD_MINOR):  # uffd_disable_fault_around
         return False
     return filemap.fault_around_pages() > 1
 
@@ -1428,7 +1429,10 @@ def copy_present_pte(dst_vma: VmAreaStruct, src_vma: VmAreaStruct, dst: PteMap,
     refcount and mapcount); for a private writable mapping write-protect
     both parent and child. An exclusive anon page that may be pinned is
     copied instead (``folio_try_dup_anon_rmap_pte`` fails; the
-    ``fork-copy-pinned`` fix), leaving the parent's PTE writable."""
+    ``fork-copy-pinned`` fix), leaving the parent's PTE writable. The
+    child's PTE keeps the uffd-wp bit only if the child's VMA is still
+    registered for uffd-wp (``dup_userfaultfd`` with
+    ``UFFD_FEATURE_EVENT_FORK``)."""
     src_mm = src_vma.vm_mm
     dst_mm = dst_vma.vm_mm
     folio = vm_normal_page(src_vma, addr, pte)
@@ -1457,6 +1461,8 @@ def copy_present_pte(dst_vma: VmAreaStruct, src_vma: VmAreaStruct, dst: PteMap,
     if src_vma.vm_flags & VM_SHARED:
         pte = pte & ~0x40  # pte_mkclean for shared mappings
     pte = pte & ~0x20  # pte_mkold
+    if not dst_vma.vm_flags & VM_UFFD_WP:  # !userfaultfd_wp(dst_vma)
+        pte = pte_clear_uffd_wp(pte)  # the child is not tracked: no uffd-wp faults
     set_pte_at(dst_mm, addr, dst.table, idx, pte)
 
 
@@ -1472,7 +1478,9 @@ def copy_nonpresent_pte(dst_vma: VmAreaStruct, src_vma: VmAreaStruct, dst: PteMa
     """``copy_nonpresent_pte``: a swap entry is shared with the child
     (``swap_duplicate``; the exclusive marker is dropped from both); a
     writable migration entry in a COW mapping becomes readable in both, so
-    the page is write-protected once migration completes."""
+    the page is write-protected once migration completes. The child's
+    entry keeps the uffd-wp bit only if its VMA is still registered for
+    uffd-wp (as ``copy_present_pte``)."""
     src_mm = src_vma.vm_mm
     dst_mm = dst_vma.raw("vm_mm")
     entry = pte_to_swp_entry(pte)
@@ -1495,6 +1503,8 @@ def copy_nonpresent_pte(dst_vma: VmAreaStruct, src_vma: VmAreaStruct, dst: PteMa
         pte = swp_entry_to_pte(make_readable_migration_entry(entry.offset)) | (
             pte_swp_flags(pte) & ~pte_swp_mkexclusive(0))
         set_pte_at(src_mm, addr, src.table, idx, pte)
+    if not dst_vma.vm_flags & VM_UFFD_WP:  # !userfaultfd_wp(dst_vma)
+        pte = pte_swp_clear_uffd_wp(pte)
     set_pte_at(dst_mm, addr, dst.table, idx, pte)
 
 
@@ -1577,9 +1587,35 @@ def copy_page_range(dst_vma: VmAreaStruct, src_vma: VmAreaStruct) -> int:
     return 0
 
 
+# The fault flags and results are defined in mm_types.py, as in the kernel's
+# include/linux/mm_types.h (fs/userfaultfd.c's event code needs them without
+# the fault path); callers keep importing them from here.
 __all__ = [
+    "FAULT_FLAG_ALLOW_RETRY",
+    "FAULT_FLAG_DEFAULT",
+    "FAULT_FLAG_INSTRUCTION",
+    "FAULT_FLAG_INTERRUPTIBLE",
+    "FAULT_FLAG_KILLABLE",
+    "FAULT_FLAG_MKWRITE",
+    "FAULT_FLAG_ORIG_PTE_VALID",
+    "FAULT_FLAG_REMOTE",
+    "FAULT_FLAG_RETRY_NOWAIT",
+    "FAULT_FLAG_TRIED",
+    "FAULT_FLAG_UNSHARE",
+    "FAULT_FLAG_USER",
+    "FAULT_FLAG_VMA_LOCK",
     "FAULT_FLAG_WRITE",
+    "VM_FAULT_COMPLETED",
+    "VM_FAULT_ERROR",
+    "VM_FAULT_FALLBACK",
+    "VM_FAULT_LOCKED",
+    "VM_FAULT_MAJOR",
+    "VM_FAULT_NOPAGE",
+    "VM_FAULT_OOM",
     "VM_FAULT_RETRY",
+    "VM_FAULT_SIGBUS",
+    "VM_FAULT_SIGSEGV",
+    "VM_FAULT_WRITE",
     "do_user_addr_fault",
     "handle_mm_fault",
     "unmap_vmas",

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from mmrace.mm.fs_userfaultfd import userfaultfd_unmap_complete
 from mmrace.mm.internal import errno_error, kernel_config, kfunc
 from mmrace.mm.mm_types import (
     PAGE_MASK,
@@ -68,6 +69,7 @@ from mmrace.mm.mmap_lock import (
 )
 from mmrace.mm.pgtable import ptl_lock, ptl_unlock
 from mmrace.mm.rmap import __anon_vma_prepare, anon_vma_lock_write, anon_vma_unlock_write
+from mmrace.mm.userfaultfd_k import UserfaultfdUnmapCtx
 from mmrace.mm.vma import (
     VmaIterator,
     VmaMergeStruct,
@@ -312,28 +314,33 @@ def ksys_mmap_pgoff(mm: MmStruct, addr: int, length: int, prot: int, flags: int,
 
 
 @kfunc
-def do_vmi_munmap(mm: MmStruct, start: int, length: int, unlock: bool) -> int:
-    """``do_vmi_munmap``: checks, then ``do_vmi_align_munmap``."""
+def do_vmi_munmap(mm: MmStruct, start: int, length: int, unlock: bool,
+                  uf: list[UserfaultfdUnmapCtx] | None = None) -> int:
+    """``do_vmi_munmap``: checks, then ``do_vmi_align_munmap`` (*uf*: the
+    userfaultfd UNMAP events to prepare)."""
     if offset_in_page(start) or start > mm.task_size or length > mm.task_size - start:
         raise errno_error(EINVAL)
     end = start + PAGE_ALIGN(length)
     if end == start:
         raise errno_error(EINVAL)
-    return do_vmi_align_munmap(mm, start, end, unlock)
+    return do_vmi_align_munmap(mm, start, end, unlock, uf)
 
 
 @kfunc
 def __vm_munmap(mm: MmStruct, start: int, length: int, unlock: bool = True) -> int:
     """``__vm_munmap``: the munmap syscall. Detaches under the write lock and
-    tears down under the downgraded read lock."""
+    tears down under the downgraded read lock; with the lock dropped, sends
+    the userfaultfd UNMAP events (``userfaultfd_unmap_complete``)."""
+    uf: list[UserfaultfdUnmapCtx] = []
     mmap_write_lock(mm)
     try:
-        ret = do_vmi_munmap(mm, start, length, unlock)
+        ret = do_vmi_munmap(mm, start, length, unlock, uf)
     except OSError:
         mmap_write_unlock(mm)
         raise
     if not unlock:
         mmap_write_unlock(mm)
+    userfaultfd_unmap_complete(mm, uf)
     return ret
 
 

@@ -21,11 +21,10 @@ Every transition is checked against the lock-state table, the mmap lock's
 R/D/W exclusivity and the documented lock order (``mm/rules_check.py``).
 
 Left out: lockdep annotations of the VMA lock (the rule checker covers them),
-the mmap_lock tracepoints, ``vma_start_read_locked``, killable waits for the
-VMA write lock, the rw_semaphore VMA lock of 6.4 to 6.14 (the refcount
-scheme stands for both), and SLAB_TYPESAFE_BY_RCU reuse of freed VMAs (a
-freed VMA stays readable under RCU until a grace period, see
-``vm_area_free``).
+the mmap_lock tracepoints, killable waits for the VMA write lock, the
+rw_semaphore VMA lock of 6.4 to 6.14 (the refcount scheme stands for both),
+and SLAB_TYPESAFE_BY_RCU reuse of freed VMAs (a freed VMA stays readable
+under RCU until a grace period, see ``vm_area_free``).
 """
 
 from __future__ import annotations
@@ -489,3 +488,30 @@ def lock_vma_under_rcu(mm: MmStruct, address: int) -> VmAreaStruct | None:
     h.rcu -= 1
     rcu_read_unlock()
     return vma  # type: ignore[no-any-return]
+
+
+@kfunc
+def vma_start_read_locked(vma: VmAreaStruct) -> bool:
+    """``vma_start_read_locked`` (``_nested``): read-lock *vma* while holding
+    the mmap lock, which excludes every VMA writer (``vma_start_write`` and
+    ``vma_mark_detached`` need it for write), so no ``vm_lock_seq`` check is
+    needed and only the reference count can fail: a detached VMA.
+
+    One visible operation, as :func:`vma_start_read`'s increment: a write of
+    this task's reader slot that reads the lock state (attach reference,
+    writer's offset), so it commutes with other readers' references and is
+    ordered against whatever changes or reads the whole count. Left out:
+    ``VMA_REF_LIMIT`` (no model program holds 2**30 references) and the
+    lockdep subclass of the ``_nested`` variant."""
+    mmap_assert_locked(vma.raw("vm_mm"))
+    lock = vma.vm_lock
+    slot = lock.readers.current()
+    visible(slot, WRITE, "refcount_inc_not_zero_limited(vm_refcnt)", also=((lock, READ),))
+    if not lock.attached or lock.excluding:
+        return False
+    slot.count += 1
+    held().vma_read[vma.serial] = vma
+    add_thread_describer(_describe_vma_locks)
+    add_thread_exit_check(_check_vma_locks_at_exit)
+    check_lock_state("vma_start_read_locked", vma=vma)
+    return True

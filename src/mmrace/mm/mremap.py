@@ -43,9 +43,12 @@ the userfaultfd unmap events of the munmaps, exec_vm/stack_vm/data_vm, and
 
 from __future__ import annotations
 
-from typing import Any
-
 from mmrace.mm import mmap as mmap_mod
+from mmrace.mm.fs_userfaultfd import (
+    mremap_userfaultfd_complete,
+    mremap_userfaultfd_fail,
+    mremap_userfaultfd_prep,
+)
 from mmrace.mm.huge_memory import HPAGE_PMD_SIZE, move_huge_pmd, split_huge_pmd
 from mmrace.mm.internal import errno_error, kernel_config, kfunc
 from mmrace.mm.mm_types import (
@@ -129,7 +132,7 @@ from mmrace.mm.swapops import (
     pte_swp_clear_uffd_wp,
     pte_swp_mksoft_dirty,
 )
-from mmrace.mm.userfaultfd import mremap_userfaultfd_complete, mremap_userfaultfd_prep
+from mmrace.mm.userfaultfd_k import VmUserfaultfdCtx, vma_has_uffd_without_event_remap
 from mmrace.mm.vma import (
     copy_vma,
     find_vma_intersection,
@@ -154,15 +157,6 @@ NORMAL_PMD, HPAGE_PMD, NORMAL_PUD, HPAGE_PUD = 0, 1, 2, 3
 def page_align(length: int) -> int:
     """``PAGE_ALIGN`` of an unsigned long: wraps to 0 past the top."""
     return PAGE_ALIGN(length) & ULONG_MASK
-
-
-class VmUserfaultfdCtx:
-    """``struct vm_userfaultfd_ctx``: the context a REMAP event goes to."""
-
-    __slots__ = ("ctx",)
-
-    def __init__(self) -> None:
-        self.ctx: Any = None
 
 
 class VmaRemapStruct:
@@ -314,13 +308,6 @@ def flush_tlb_batched_pending(mm: MmStruct) -> None:
     unmap flushes yet (``mm->tlb_flush_batched`` is never raised), so there
     is nothing to flush and the read of the counter races with nothing: no
     visible operation. The reclaim that batches must fill this in."""
-
-
-def vma_has_uffd_without_event_remap(vma: VmAreaStruct) -> bool:
-    """``vma_has_uffd_without_event_remap`` (include/linux/userfaultfd_k.h):
-    the VMA is registered with a userfaultfd that does not ask for REMAP
-    events (none can in the model): its uffd-wp state is dropped on a move."""
-    return vma.vm_userfaultfd_ctx is not None
 
 
 def _rebase(table: PageTable, base: int) -> None:
@@ -1051,6 +1038,22 @@ def mremap_at(vrm: VmaRemapStruct) -> int:
     return expand_vma(vrm)
 
 
+def notify_uffd(vrm: VmaRemapStruct, failed: bool) -> None:
+    """``notify_uffd`` (mm/mremap.c of 6.17; 6.16 called
+    ``mremap_userfaultfd_complete`` with the result either way, which sends
+    nothing for an error): after the mmap lock is dropped, send the REMAP
+    event ``addr -> new_addr`` of ``old_len`` bytes that
+    ``mremap_userfaultfd_prep`` raised, and wait until the monitor read
+    it; on failure ``mremap_userfaultfd_fail`` lowers ``mmap_changing``
+    instead. (The munmaps' UNMAP events are left out: see the module
+    docstring.) In the model nothing fails after the prep, so the failure
+    path only runs when the prep did not."""
+    if failed:
+        mremap_userfaultfd_fail(vrm.uf)
+    else:
+        mremap_userfaultfd_complete(vrm.uf, vrm.addr, vrm.new_addr, vrm.old_len)
+
+
 @kfunc
 def do_mremap(vrm: VmaRemapStruct) -> int:
     """``do_mremap``: check the arguments, take the mmap lock for write
@@ -1080,7 +1083,7 @@ def do_mremap(vrm: VmaRemapStruct) -> int:
             hook = mmap_mod.mm_populate_hook
             if hook is not None:
                 hook(mm, vrm.new_addr + vrm.old_len, vrm.delta)
-    mremap_userfaultfd_complete(vrm.uf, vrm.addr, res, vrm.old_len)
+    notify_uffd(vrm, res < 0)
     return res
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from mmrace.mm.internal import held, kfunc
-from mmrace.mm.locks import down_read, down_write, up_read, up_write
+from mmrace.mm.locks import down_read, down_write, down_write_trylock, up_read, up_write
 from mmrace.mm.rules_check import check_lock_state
 
 
@@ -100,9 +100,10 @@ def anon_vma_unlock_read(anon_vma: Any) -> None:
 
 # --- anon_vma lifetime and chains ------------------------------------------------------
 
-from mmrace.engine import RMW, WRITE  # noqa: E402
+from mmrace.engine import READ, RMW, WRITE  # noqa: E402
 from mmrace.mm.locks import kfree  # noqa: E402
 from mmrace.mm.mm_types import PAGE_SHIFT, AnonVma, AnonVmaChain  # noqa: E402
+from mmrace.mm.page_alloc import folio_mapped  # noqa: E402
 
 
 def _avc_anon_vma(avc: Any) -> AnonVma:
@@ -836,3 +837,36 @@ def try_to_migrate(folio: Any, flags: int = 0) -> None:
     rmap_walk(folio, RmapWalkControl(one, "try_to_migrate"),
               locked=bool(flags & TTU_RMAP_LOCKED))
 
+
+# --- UFFDIO_MOVE helpers ---------------------------------------------------------------------
+
+
+@kfunc
+def anon_vma_trylock_write(anon_vma: Any) -> bool:
+    """``anon_vma_trylock_write``: the root's rwsem for write, if free."""
+    if down_write_trylock(anon_vma.rwsem):
+        _took(anon_vma.rwsem, "W", anon_vma)
+        return True
+    return False
+
+
+@kfunc
+def folio_get_anon_vma(folio: Any) -> AnonVma | None:
+    """``folio_get_anon_vma``: a reference on the anon_vma of a mapped
+    anonymous folio (``READ_ONCE(folio->mapping)``, then
+    ``atomic_inc_not_zero`` of its refcount), or None when the folio is not
+    anonymous, not mapped, or its anon_vma is going away. Left out: the RCU
+    read section (the model frees an anon_vma at once, and a freed one is
+    reported as a use-after-free by ``access``)."""
+    folio.access(READ, "READ_ONCE(folio->mapping)")
+    anon_vma = folio.mapping if folio.anon else None
+    if anon_vma is None or not folio_mapped(folio):
+        return None
+    anon_vma.access(RMW, "atomic_inc_not_zero(anon_vma->refcount)")
+    if anon_vma.refcount == 0:
+        return None
+    anon_vma.refcount += 1
+    if not folio_mapped(folio):
+        put_anon_vma(anon_vma)
+        return None
+    return anon_vma  # type: ignore[no-any-return]

@@ -607,12 +607,18 @@ above: (held, then taken, why). Trylocks are exempt."""
 @dataclass(frozen=True)
 class DocumentedException:
     """A documented exception to the rules above; *modelled* says whether the
-    model has the code path (and *enforced_by* what checks it)."""
+    model has the code path (and *enforced_by* what checks it). *states*
+    are the (mmap, VMA, rmap) lock states, outside the lock-state table,
+    that a task inside the code path (``rules_check.exception_path_enter``
+    with *name*) may be in; *switch* the fix that brings the code path to
+    a release (empty: every release that has it)."""
 
     name: str
     text: str
     modelled: bool
     enforced_by: str = ""
+    states: tuple[tuple[str, str, str], ...] = ()
+    switch: str = ""
 
 
 EXCEPTIONS: list[DocumentedException] = [
@@ -621,8 +627,10 @@ EXCEPTIONS: list[DocumentedException] = [
                "the source with a second, nested VMA read lock "
                "(vma_start_read_locked_nested under the mmap read lock on the fallback "
                "path), then takes the source's anon_vma lock for write while holding "
-               "only VMA read locks -- a state outside the lock-state table",
-               modelled=False),
+               "only VMA read locks -- a state outside the lock-state table (mmap -, "
+               "VMA R, rmap W), allowed only inside move_pages",
+               modelled=True, enforced_by="mmrace.mm.rules_check.check_lock_state",
+               states=(("-", "R", "W"),), switch="uffd-per-vma-locks"),
     DocumentedException("non-VMA walks",
                "walk_kernel_page_table_range walks kernel page tables under init_mm's "
                "mmap lock (read at least); walk_page_range_debug (ptdump) walks user "

@@ -38,6 +38,7 @@ from mmrace.mm.internal import Held, all_held, held, kernel_config
 from mmrace.mm.locks import kobject_access
 from mmrace.mm.rules import (
     CONDITIONS,
+    EXCEPTIONS,
     FORBIDDEN_NESTING,
     LOCK_ORDER,
     LOCK_ORDER_EDGES,
@@ -751,11 +752,45 @@ _STATE_ROWS = _state_rows()
 _STATE_IDS = [f"lock-state.{i}" for i in range(len(LOCK_STATES))]
 
 
+# The modelled documented exceptions by the lock state each allows.
+_STATE_EXCEPTIONS: dict[tuple[str, str, str], list[str]] = {}
+for _e in EXCEPTIONS:
+    if _e.modelled:
+        for _st in _e.states:
+            _STATE_EXCEPTIONS.setdefault(_st, []).append(_e.name)
+_PATHS = {e.name for e in EXCEPTIONS if e.modelled and e.states}
+
+
+def exception_path_enter(name: str) -> None:
+    """The calling task enters the code path of the documented exception
+    *name* (``mm/rules.py`` EXCEPTIONS): until it leaves, the lock states
+    that exception lists are valid for it. Nothing else is relaxed."""
+    if name not in _PATHS:
+        raise ValueError(f"no modelled documented exception {name!r}")
+    h = held()
+    h.paths[name] = h.paths.get(name, 0) + 1
+
+
+def exception_path_leave(name: str) -> None:
+    """The calling task leaves the code path of exception *name*."""
+    h = held()
+    depth = h.paths.get(name, 0) - 1
+    if depth > 0:
+        h.paths[name] = depth
+    else:
+        h.paths.pop(name, None)
+
+
 def _check_state(h: Held, state: tuple[str, str, str], what: str, vma: Any) -> None:
     i = _STATE_ROWS.get(state)
     if i is not None:
         _CONSULTED.add(_STATE_IDS[i])
         return
+    if h.paths:
+        for name in _STATE_EXCEPTIONS.get(state, ()):
+            if name in h.paths:
+                _CONSULTED.add(f"exception.{name}")
+                return
     name = vma.name if vma is not None else "a VMA"
     _breach("state", f"locking rule: invalid lock state {'/'.join(state)} of {name}",
             f"after {what}, {name} is in lock state mmap {state[0]}, VMA {state[1]}, rmap "
@@ -928,6 +963,8 @@ __all__ = [
     "check_vma_write",
     "consulted",
     "entry_read_fast",
+    "exception_path_enter",
+    "exception_path_leave",
     "install_lock_order",
     "locking_rules_off",
     "register_lock_level",

@@ -513,7 +513,9 @@ def _vma_lock(doc: Document) -> None:
              "and still covers the address, then leaves the RCU section. Any failure -- "
              "the VMA is being written, is detached, or changed -- returns NULL and the "
              "caller takes the mmap read lock instead. Code that already holds the mmap "
-             "read lock uses `vma_start_read_locked` (not modelled)."),
+             "read lock uses `vma_start_read_locked`, which can fail only on the "
+             "reference count, since the mmap lock keeps writers out (userfaultfd's "
+             "`uffd_lock_vma` and `uffd_move_lock` fall back to it)."),
         Para("Writing is pessimistic and needs the mmap write lock: `vma_start_write` marks "
              "readers out, waits for the current ones to leave and records the VMA as "
              "write-locked. There is no `vma_end_write`: releasing or downgrading the mmap "
@@ -612,6 +614,12 @@ def _index(doc: Document) -> None:
                           "mmrace.mm.rules_check.check_mmap_lock_nesting"))
     doc.index.append(("atomicity.atomic-rmw", "no plain store over a present entry drops "
                       "accessed/dirty bits", "mmrace.mm.pgtable.check_entry_write"))
+    for e in EXCEPTIONS:
+        if e.modelled and e.states and (not e.switch or cfg.has(e.switch)):
+            shown = ", ".join("/".join(st) for st in e.states)
+            doc.index.append((f"exception.{e.name}",
+                              f"documented exception {e.name}: lock state {shown} "
+                              "inside its code path", e.enforced_by))
     doc.add(Heading(2, "Rule index"),
             Para("Every rule this document states, under the identity the checker records "
                  "when it consults it (`mmrace.mm.rules_check.consulted`), with the code "

@@ -17,9 +17,19 @@ is zeroed there and split (``split_folio``: unmap it everywhere -- a PMD
 mapping is split, i.e. cleared -- freeze its refcount, and cut it into
 512 small folios), so that the pages past the cut can go.
 
+userfaultfd minor faults (5.14, ``uffdio-continue``): a fault in a VMA
+registered ``UFFDIO_REGISTER_MODE_MINOR`` at an offset the page cache
+already holds goes to the monitor (``handle_userfault(vmf, VM_UFFD_MINOR)``)
+instead of being mapped, and ``UFFDIO_CONTINUE`` maps the cached page
+(``shmem_get_folio`` with ``SGP_NOALLOC``: :func:`shmem_get_folio_noalloc`).
+``System.memfd_create`` makes such a file (a :class:`ShmemFile`).
+
 Left out: swap for shmem (shmem folios are not reclaimed), ``fallocate``
 preallocation, ``huge=`` sysfs override (``shmem_enabled``), mTHP sizes,
-``memfd`` seals, xattrs, quota, the ``SGP_*`` modes beyond a plain fault.
+``memfd`` seals, xattrs, quota, the ``SGP_*`` modes beyond a plain fault
+and ``SGP_NOALLOC``, userfaultfd MISSING faults on shmem
+(``shmem_mfill_atomic_pte``: registering shmem for MISSING is refused as
+not modelled; WP is modelled, with markers on empty entries).
 """
 
 from __future__ import annotations
@@ -29,10 +39,21 @@ from typing import Any
 
 from mmrace.engine import RMW, WRITE, visible
 from mmrace.mm import huge_memory
-from mmrace.mm.filemap import filemap_map_pages
+from mmrace.mm.filemap import filemap_get_folio, filemap_map_pages
+from mmrace.mm.fs_userfaultfd import handle_userfault
 from mmrace.mm.internal import errno_error, kfunc
-from mmrace.mm.memory import VM_FAULT_LOCKED, VM_FAULT_SIGBUS, VmFault
-from mmrace.mm.mm_types import PAGE_SHIFT, PAGE_SIZE, VM_HUGEPAGE, File, VmOperations
+from mmrace.mm.memory import VmFault
+from mmrace.mm.mm_types import (
+    PAGE_SHIFT,
+    PAGE_SIZE,
+    VM_FAULT_LOCKED,
+    VM_FAULT_SIGBUS,
+    VM_HUGEPAGE,
+    VM_UFFD_MINOR,
+    File,
+    VmAreaStruct,
+    VmOperations,
+)
 from mmrace.mm.page_alloc import (
     HPAGE_PMD_ORDER,
     WORD_SIZE,
@@ -63,6 +84,7 @@ from mmrace.mm.rmap import (
     try_to_unmap,
 )
 from mmrace.mm.truncate import unmap_mapping_range
+from mmrace.mm.userfaultfd_k import userfaultfd_minor
 
 SHMEM_HUGE = ("never", "always", "within_size", "advise")
 HPAGE_PMD_NR = 1 << HPAGE_PMD_ORDER
@@ -151,18 +173,55 @@ def shmem_get_folio(file: ShmemFile, index: int, vma: Any = None, address: int =
 
 @kfunc
 def shmem_fault(vmf: VmFault) -> tuple[int, Folio | None]:
-    """``shmem_fault``: SIGBUS beyond EOF, else the folio for the offset,
-    locked, with a reference (``VM_FAULT_LOCKED``); a folio that left the
-    cache while the fault waited for its lock is looked up again (the
-    ``folio->mapping`` check of ``shmem_get_folio_gfp``)."""
-    file = vmf.vma.vm_file
+    """``shmem_fault``: SIGBUS beyond EOF; in a VMA registered for
+    userfaultfd minor faults, a page the cache already holds goes to the
+    monitor (``shmem_get_folio_gfp``'s lockless ``filemap_get_entry``, then
+    ``handle_userfault(vmf, VM_UFFD_MINOR)``: the fault returns with the
+    fault lock dropped); else the folio for the offset, locked, with a
+    reference (``VM_FAULT_LOCKED``); a folio that left the cache while the
+    fault waited for its lock is looked up again (the ``folio->mapping``
+    check of ``shmem_get_folio_gfp``, which starts over from its lookup)."""
+    vma = vmf.vma
+    file = vma.vm_file
     if vmf.pgoff >= (file.size + PAGE_SIZE - 1) >> PAGE_SHIFT:
         return VM_FAULT_SIGBUS, None
     while True:
-        folio = shmem_get_folio(file, vmf.pgoff, vmf.vma, vmf.address)
+        if userfaultfd_minor(vma):
+            cached = filemap_get_folio(file.f_mapping, vmf.pgoff)
+            if cached is not None:
+                folio_put(cached)
+                return handle_userfault(vmf, VM_UFFD_MINOR), None
+        folio = shmem_get_folio(file, vmf.pgoff, vma, vmf.address)
         folio_lock(folio)
         if folio.mapping is file.f_mapping:
             return VM_FAULT_LOCKED, folio
+        # Truncated, or replaced by a collapse, while we waited for the lock.
+        folio_unlock(folio)
+        folio_put(folio)
+
+
+def vma_is_shmem(vma: VmAreaStruct) -> bool:
+    """``vma_is_shmem``: the VMA maps a tmpfs/memfd file."""
+    return isinstance(vma.vm_file, ShmemFile)
+
+
+@kfunc
+def shmem_get_folio_noalloc(file: ShmemFile, index: int) -> Folio | int | None:
+    """``shmem_get_folio(inode, index, 0, &folio, SGP_NOALLOC)``: the cached
+    folio at *index* (a large folio for any of its pages), locked and
+    referenced -- looked up again if it left the cache while we waited for
+    its lock; None if the cache has none (nothing is allocated:
+    ``UFFDIO_CONTINUE`` maps only what the page cache has); ``-EINVAL``
+    beyond EOF."""
+    if index >= (file.size + PAGE_SIZE - 1) >> PAGE_SHIFT:
+        return -_errno.EINVAL
+    while True:
+        folio = filemap_get_folio(file.f_mapping, index)
+        if folio is None:
+            return None
+        folio_lock(folio)
+        if folio.mapping is file.f_mapping:
+            return folio
         # Truncated, or replaced by a collapse, while we waited for the lock.
         folio_unlock(folio)
         folio_put(folio)
@@ -414,6 +473,8 @@ __all__ = [
     "ShmemFile",
     "shmem_fallocate",
     "shmem_get_folio",
+    "shmem_get_folio_noalloc",
     "shmem_setattr_size",
     "split_folio",
+    "vma_is_shmem",
 ]

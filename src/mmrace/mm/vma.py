@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from mmrace.mm.fs_userfaultfd import userfaultfd_unmap_prep
 from mmrace.mm.internal import held, kfunc
 from mmrace.mm.locks import kfree_rcu
 from mmrace.mm.mm_types import (
@@ -53,6 +54,7 @@ from mmrace.mm.rmap import (
     i_mmap_unlock_write,
     unlink_anon_vmas,
 )
+from mmrace.mm.userfaultfd_k import UserfaultfdUnmapCtx
 
 sysctl_max_map_count = 65530
 
@@ -696,13 +698,17 @@ def _neighbours(mm: MmStruct, start: int, end: int) -> tuple[int, int]:
 
 
 @kfunc
-def do_vmi_align_munmap(mm: MmStruct, start: int, end: int, unlock: bool) -> int:
+def do_vmi_align_munmap(mm: MmStruct, start: int, end: int, unlock: bool,
+                        uf: list[UserfaultfdUnmapCtx] | None = None) -> int:
     """``do_vmi_align_munmap``: split the VMAs at the edges, write-lock and
     detach every VMA in ``[start, end)`` under the mmap write lock, then (if
     *unlock*) downgrade and tear down under the read lock, as the kernel does.
-    Returns 0; with *unlock* the mmap lock is released on return.
+    Returns 0; with *unlock* the mmap lock is released on return. With *uf*
+    (munmap's list), each VMA registered with a userfaultfd that asked for
+    ``UFFD_FEATURE_EVENT_UNMAP`` prepares an UNMAP event
+    (``userfaultfd_unmap_prep``), sent once the lock is dropped.
 
-    Left out: userfaultfd unmap events, locked_vm accounting."""
+    Left out: locked_vm accounting."""
     from mmrace.mm.mmap_lock import mmap_read_unlock, mmap_write_downgrade
 
     mmap_assert_write_locked(mm)
@@ -721,6 +727,8 @@ def do_vmi_align_munmap(mm: MmStruct, start: int, end: int, unlock: bool) -> int
                 split_vma(mm, v, end, False)
             vma_start_write(v)
             detach.append(v)
+            if uf is not None:
+                userfaultfd_unmap_prep(v, start, end, uf)
             vmi.index = v.vm_end
         vma_iter_clear(mm, start, end)
         for v in detach:

@@ -10,6 +10,12 @@ ORACLES: dict[str, str] = {
     "use-after-free": "the explanation of a user access through a stale TLB entry into a "
     "freed page (the entry, when its PTE changed, when the page was freed); with it off "
     "the model's own object-lifetime check still reports the access, tersely",
+    "uffd-view": "a userfaultfd fill or move ioctl that took effect in the range of an "
+    "event its non-cooperative monitor had not read, or had read after the ioctl began "
+    "(only for descriptors whose monitor called expect_consistent_view(); off, that call "
+    "does nothing)",
+    "rmap": "a mapped anonymous page that its rmap (anon_vma, index) does not lead to "
+    "(rmap_mismatch, a scenario's final check; off, it finds nothing)",
 }
 
 

@@ -33,9 +33,10 @@ def _catalog() -> dict[str, Scenario]:
         from mmrace.scenarios.khugepaged import CATALOG as KHUGEPAGED
         from mmrace.scenarios.mremap import CATALOG as MREMAP
         from mmrace.scenarios.thp_reclaim import CATALOG as THP_RECLAIM
+        from mmrace.scenarios.userfaultfd import CATALOG as UFFD
 
         _CATALOG = {sc.name: sc for sc in (*CATALOG, *GUP_COW, *BINDER, *THP_RECLAIM,
-                                           *KHUGEPAGED, *MREMAP)}
+                                           *KHUGEPAGED, *UFFD, *MREMAP)}
     return _CATALOG
 
 
@@ -63,6 +64,10 @@ NOT_COVERED: dict[str, str] = {
     "foll-force-anon-exclusive": "what a user saw change needs a dirty read-only PTE of a "
     "shared page (UFFDIO_CONTINUE on shmem, CVE-2022-2590), which the model cannot make; "
     "tests/mm/test_gup_eras.py covers both eras",
+    "uffdio-move": "a feature (the ioctl exists or not), not a fix: the uffd-move-pin entry "
+    "runs on 6.8, which has it; tests/mm/test_uffd_ioctls.py checks that 6.7 refuses it",
+    "uffdio-continue": "a feature (shmem minor faults and UFFDIO_CONTINUE exist or not): "
+    "tests/mm/test_uffd_ioctls.py checks both sides of 5.14",
     "mprotect-exclusive-anon-writable": "exercised only indirectly: it is on in the "
     "'current' variants of the uffd scenarios (unprotect keeps RW on an exclusive page)",
     "madv-collapse": "not a race: MADV_COLLAPSE exists (EINVAL before 6.1) and khugepaged "

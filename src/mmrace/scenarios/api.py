@@ -34,7 +34,8 @@ Its **variants** are derived from the metadata:
 
 Every variant has an expected outcome: ``clean`` or a violation kind
 (``lost-write``, ``use-after-free``, ``wrong-data``, ``deadlock``,
-``lock-order``, ``locking-rule``, ``invariant``, ``assertion``, ``livelock``). A clean
+``lock-order``, ``locking-rule``, ``invariant``, ``assertion``, ``livelock``,
+``uffd-view``). A clean
 outcome is only claimed when the bounded exploration completed; otherwise
 the outcome is ``budget-exhausted``, which never matches ``clean``.
 """
@@ -60,6 +61,7 @@ VIOLATION_KINDS = (
     "assertion",
     "livelock",
     "bug",
+    "uffd-view",
     "lock-held-at-exit",
 )
 OUTCOMES = ("clean", *VIOLATION_KINDS)

@@ -39,6 +39,7 @@ from mmrace.mm.mremap import sys_mremap
 from mmrace.mm.shmem import ShmemFile
 from mmrace.oracles import install_oracles, oracle_names
 from mmrace.user.page_refs import PageRefCalls
+from mmrace.user.userfaultfd import Userfaultfd
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,15 @@ class System:
             self.create_file(name, size)
         proc = self.processes[0] if self.processes else self.process()
         return proc.open(name)
+
+    def memfd_create(self, name: str, size: int = 1 << 20, huge: str = "never") -> int:
+        """``memfd_create(2)`` + ``ftruncate``: a shmem file (a
+        :class:`~mmrace.mm.shmem.ShmemFile`, ``huge=`` *huge*) of *size*
+        bytes, open in a new fd of the first process (others ``open`` it
+        as ``memfd:NAME``). Its mappings fault through ``shmem_fault``,
+        which knows userfaultfd minor faults."""
+        self.create_file(f"memfd:{name}", size, shmem=True, huge=huge)
+        return self.open_file(f"memfd:{name}")
 
     def create_file(self, path: str, size: int = 1 << 20,
                     vm_ops: VmOperations | None = None, special: int = 0,
@@ -387,16 +397,28 @@ class Process(PageRefCalls):
     # -- GUP-fast, reclaim, migration (mm/gup.c, mm/vmscan.c, mm/migrate.c) --------
 
     def gup_fast(self, addr: int, npages: int = 1, write: bool = False,
-                 pin: bool = True) -> list[Any]:
+                 pin: bool = True, longterm: bool = False,
+                 fast_only: bool = False) -> list[Any]:
         """``pin_user_pages_fast`` (*pin*) or ``get_user_pages_fast``: the
         lockless walk with interrupts off on this thread's CPU, falling
-        back to the slow path for what it cannot take. Returns one folio
-        per page (release with :meth:`unpin` or :meth:`put_pages`); raises
-        ``OSError(EFAULT)`` if no page could be had."""
-        from mmrace.mm.gup import FOLL_WRITE, get_user_pages_fast, pin_user_pages_fast
+        back to the slow path for what it cannot take -- unless *fast_only*
+        (``FOLL_FAST_ONLY``: the lockless half alone, which may return
+        fewer pages, none included). *longterm* adds ``FOLL_LONGTERM`` (an
+        RDMA or io_uring buffer). Returns one folio per page (release with
+        :meth:`unpin` or :meth:`put_pages`); raises ``OSError(EFAULT)`` if
+        the slow path could not take even one page."""
+        from mmrace.mm.gup import (
+            FOLL_FAST_ONLY,
+            FOLL_LONGTERM,
+            FOLL_WRITE,
+            get_user_pages_fast,
+            pin_user_pages_fast,
+        )
 
         fn = pin_user_pages_fast if pin else get_user_pages_fast
-        return fn(self.mm, addr, npages, FOLL_WRITE if write else 0)
+        flags = ((FOLL_WRITE if write else 0) | (FOLL_LONGTERM if longterm else 0)
+                 | (FOLL_FAST_ONLY if fast_only else 0))
+        return fn(self.mm, addr, npages, flags)
 
     def put_pages(self, folios: list[Any]) -> None:
         """``put_page`` of each ``FOLL_GET`` reference."""
@@ -491,14 +513,15 @@ class Process(PageRefCalls):
     # -- userfaultfd, clear_refs, pagemap ------------------------------------------
 
     def userfaultfd(self, features: int = 0) -> Userfaultfd:
-        """``userfaultfd(2)`` followed by the ``UFFDIO_API`` handshake: a
-        handle with ``register``, ``writeprotect`` and ``read``."""
-        from mmrace.mm.userfaultfd import new_userfaultfd, userfaultfd_api
+        """``userfaultfd(2)`` followed by the ``UFFDIO_API`` handshake with
+        *features* (``UFFD_FEATURE_*``): a handle with the ioctls,
+        ``read``, ``poll`` and ``close`` (:mod:`mmrace.user.userfaultfd`)."""
+        from mmrace.mm.fs_userfaultfd import new_userfaultfd, userfaultfd_api
 
         self._nr_uffd = getattr(self, "_nr_uffd", 0) + 1
         ctx = new_userfaultfd(self.mm, f"uffd{self.pid}.{self._nr_uffd}")
         userfaultfd_api(ctx, features=features)
-        return Userfaultfd(ctx)
+        return Userfaultfd(ctx, self)
 
     def clear_refs(self, value: int) -> None:
         """A write of *value* to ``/proc/PID/clear_refs`` (4: clear
@@ -543,39 +566,3 @@ class Process(PageRefCalls):
     def maps_text(self) -> str:
         """``/proc/PID/maps`` as text."""
         return "".join(f"{e}\n" for e in self.maps())
-
-
-class Userfaultfd:
-    """A userfaultfd file descriptor (after ``UFFDIO_API``)."""
-
-    def __init__(self, ctx: Any) -> None:
-        self.ctx = ctx
-
-    def register(self, addr: int, length: int, mode: int) -> None:
-        """``UFFDIO_REGISTER`` with ``UFFDIO_REGISTER_MODE_MISSING`` and/or
-        ``UFFDIO_REGISTER_MODE_WP``."""
-        from mmrace.mm.userfaultfd import userfaultfd_register
-
-        userfaultfd_register(self.ctx, addr, length, mode)
-
-    def writeprotect(self, addr: int, length: int, protect: bool, wake: bool = True) -> None:
-        """``UFFDIO_WRITEPROTECT``: protect, or un-protect (waking the faults
-        waiting in the range unless *wake* is False: ``MODE_DONTWAKE``)."""
-        from mmrace.mm.userfaultfd import (
-            UFFDIO_WRITEPROTECT_MODE_DONTWAKE,
-            UFFDIO_WRITEPROTECT_MODE_WP,
-            userfaultfd_writeprotect,
-        )
-
-        mode = UFFDIO_WRITEPROTECT_MODE_WP if protect else 0
-        if not protect and not wake:
-            mode |= UFFDIO_WRITEPROTECT_MODE_DONTWAKE
-        userfaultfd_writeprotect(self.ctx, addr, length, mode)
-
-    def read(self) -> Any:
-        """Blocking ``read()``: the next fault message (``.address``,
-        ``.flags``)."""
-        from mmrace.mm.userfaultfd import userfaultfd_ctx_read
-
-        return userfaultfd_ctx_read(self.ctx)
-

@@ -133,6 +133,7 @@ def start_thread(process: Process, fn: Callable[[Thread], Any], cpu: int,
         th = current_thread()
         assert th is not None
         t.sim = th
+        th.locals["user.mm"] = process.mm  # current->mm (UFFDIO_MOVE checks it)
         t.cpu = bind_cpu(th, cpu)
         try:
             fn(t)
