@@ -288,6 +288,28 @@ def retract(release: str | None) -> Program:
     return program
 
 
+def mremap_tables(release: str | None) -> Program:
+    """mremap of a file mapping and of an anonymous one, each a whole PMD
+    table (move_normal_pmd) and a PTE run (move_ptes), with the rmap locks
+    of the era: before 5.14 a whole table moved without them."""
+    def program() -> None:
+        system = System(kernel=release)
+        p = system.process()
+        fd = system.open_file("f", 2 * PMD)
+
+        def work() -> None:
+            f = p.mmap(0, 2 * PMD, RW, MAP_SHARED, fd)
+            base = (f + PMD - 1) & ~(PMD - 1)
+            p.poke(base, 1)
+            p.poke(base + PMD - P, 2)
+            p.mremap(base, PMD, PMD, 3, 0x500000000000)  # MREMAP_MAYMOVE | MREMAP_FIXED
+            a = p.mmap(0, 2 * P, RW, ANON)
+            p.poke(a, 3)
+            p.mremap(a, 2 * P, 2 * P, 3, 0x510000000000)
+        spawn(work, name="mremap")
+    return program
+
+
 # --- rule breaches (each must be reported) ------------------------------------------------
 
 
@@ -585,13 +607,13 @@ def uffd_move(release: str | None) -> Program:
 
 CLEAN = ["fault", "munmap", "file_paths", "mprotect_and_fork", "stack_growth", "numa_scan",
          "swap_readahead", "field_writes", "huge_pmd", "retract", "i_mmap_then_anon_vma",
-         "rmap_read", "uffd_move"]
+         "rmap_read", "mremap_tables", "uffd_move"]
 BUILDERS: dict[str, Callable[[str | None], Program]] = {
     "fault": fault, "munmap": munmap, "file_paths": file_paths,
     "mprotect_and_fork": mprotect_and_fork, "stack_growth": stack_growth,
     "numa_scan": numa_scan, "swap_readahead": swap_readahead, "field_writes": field_writes,
     "huge_pmd": huge_pmd, "retract": retract, "i_mmap_then_anon_vma": i_mmap_then_anon_vma_order,
-    "rmap_read": _rmap_read, "uffd_move": uffd_move,
+    "rmap_read": _rmap_read, "mremap_tables": mremap_tables, "uffd_move": uffd_move,
 }
 RELEASES: list[str | None] = [None, "6.10", "6.5", "6.4", "6.1", "6.0", "5.10"]
 

@@ -1,9 +1,11 @@
-"""Random mmap/munmap/mprotect/mlock sequences against a page-granular
-reference model of the address space.
+"""Random mmap/munmap/mprotect/mlock/mremap sequences against a
+page-granular reference model of the address space.
 
 With no faults (so no anon_vmas), the kernel's merge rules make adjacent
 compatible VMAs always merge: the VMA layout must be exactly the maximal runs
-of pages with equal flags and continuous pgoff.
+of pages with equal flags and continuous pgoff. An unfaulted anonymous VMA
+that mremap moves takes the pgoff of its new address, so a page's pgoff is
+always its page number here.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 import greenlet
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from mmrace.engine import explore
 from mmrace.mm.mm_types import (
@@ -35,6 +37,9 @@ from mmrace.user import (
     MAP_FIXED,
     MAP_PRIVATE,
     MLOCK_ONFAULT,
+    MREMAP_DONTUNMAP,
+    MREMAP_FIXED,
+    MREMAP_MAYMOVE,
     PAGE_SIZE,
     PROT_EXEC,
     PROT_READ,
@@ -198,6 +203,136 @@ class AddressSpace(RuleBasedStateMachine):
             flags = flags | VM_DONTCOPY if dontfork else flags & ~VM_DONTCOPY
             self.pages[p] = (flags, pgoff)
         assert err == expected
+
+    def _run(self, first: int) -> tuple[int, int]:
+        """The VMA containing page *first*: its maximal run of pages."""
+        flags, _ = self.pages[first]
+
+        def same(p: int) -> bool:
+            return p in self.pages and (self.pages[p][0] ^ flags) & ~VM_SOFTDIRTY == 0
+
+        lo = first
+        while same(lo - 1):
+            lo -= 1
+        hi = first + 1
+        while same(hi):
+            hi += 1
+        return lo, hi
+
+    def _ref_mremap(self, first: int, old_n: int, new_n: int, flags: int,
+                    dest: int) -> tuple[int, Any]:
+        """mremap on the reference, in the kernel's order of checks. Returns
+        ``(errno, None)`` or ``(0, place)`` where *place* is the page the
+        mapping ends at, None when the kernel chooses it (then
+        :meth:`_ref_move` finishes the job with the address it returned)."""
+        implies = flags & (MREMAP_FIXED | MREMAP_DONTUNMAP)
+        if new_n == 0:
+            return 22, None
+        if implies and (not flags & MREMAP_MAYMOVE
+                        or (flags & MREMAP_DONTUNMAP and old_n != new_n)):
+            return 22, None
+        if first not in self.pages:
+            return 14, None
+        if not implies:
+            if new_n == old_n:
+                return 0, first
+            if new_n < old_n:
+                for p in range(first + new_n, first + old_n):
+                    self.pages.pop(p, None)
+                return 0, first
+            if old_n == 0:
+                return 22, None  # a private mapping cannot be duplicated
+            _lo, hi = self._run(first)
+            if old_n > hi - first:
+                return 14, None
+            grow = range(hi, hi + new_n - old_n)
+            if hi - first == old_n and not any(p in self.pages for p in grow):
+                flags_, _ = self.pages[first]
+                for p in grow:
+                    self.pages[p] = (flags_, p)
+                return 0, first
+            if not flags & MREMAP_MAYMOVE:
+                return 12, None
+            return 0, None
+        if dest < first + old_n and first < dest + new_n:
+            return 22, None
+        if flags & MREMAP_FIXED:
+            for p in range(dest, dest + new_n):
+                self.pages.pop(p, None)
+        if new_n < old_n:
+            for p in range(first + new_n, first + old_n):
+                self.pages.pop(p, None)
+            old_n = new_n
+        if old_n == 0:
+            return 22, None  # a private mapping cannot be duplicated
+        _lo, hi = self._run(first)
+        if old_n > hi - first:
+            return 14, None
+        if flags & MREMAP_FIXED:
+            return 0, dest
+        return 0, None
+
+    def _ref_move(self, first: int, old_n: int, new_n: int, dontunmap: bool,
+                  dest: int) -> None:
+        """The move itself: the new pages take the source VMA's flags (and
+        their own page number as pgoff); the source pages go, or stay (with
+        MREMAP_DONTUNMAP, which must not change the source's flags here)."""
+        flags_, _ = self.pages[first]
+        assert not any(p in self.pages for p in range(dest, dest + new_n)), "not free"
+        if not dontunmap:
+            for p in range(first, first + old_n):
+                self.pages.pop(p)
+        for p in range(dest, dest + new_n):
+            self.pages[p] = (flags_, p)
+
+    @rule(page=pages_st, old_n=st.integers(0, 6), new_n=st.integers(0, 8),
+          mode=st.sampled_from([0, MREMAP_MAYMOVE, MREMAP_MAYMOVE | MREMAP_FIXED,
+                                MREMAP_MAYMOVE | MREMAP_DONTUNMAP,
+                                MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP,
+                                MREMAP_FIXED]),
+          dest=pages_st, mapped=st.booleans(), fit=st.booleans())
+    @precondition(lambda self: bool(self.pages))
+    def mremap(self, page: int, old_n: int, new_n: int, mode: int, dest: int,
+               mapped: bool, fit: bool) -> None:
+        first = BASE // PAGE_SIZE + page
+        if mapped:
+            # mostly a mapped page, and a range within its VMA: else almost
+            # every call is EFAULT
+            keys = sorted(self.pages)
+            first = keys[page % len(keys)]
+            if fit:
+                old_n = min(old_n, self._run(first)[1] - first)
+                if mode & MREMAP_DONTUNMAP:
+                    new_n = old_n
+        dest_first = BASE // PAGE_SIZE + dest
+        if mode & MREMAP_DONTUNMAP and first in self.pages:
+            lo, _ = self._run(first)
+            if self.pages[lo][0] & (VM_LOCKED | VM_LOCKONFAULT | VM_ACCOUNT):
+                # DONTUNMAP clears these flags on the whole old VMA without
+                # merging it again: a layout the maximal-run reference
+                # cannot describe (tests/mm/test_mremap.py covers it).
+                return
+        expected, place = self._ref_mremap(first, old_n, new_n, mode, dest_first)
+
+        def call() -> tuple[int, int]:
+            try:
+                return 0, self.proc.mremap(first * PAGE_SIZE, old_n * PAGE_SIZE,
+                                           new_n * PAGE_SIZE, mode, dest_first * PAGE_SIZE)
+            except OSError as e:
+                return int(e.errno or -1), 0
+
+        err, got = self.s.call(call)
+        assert err == expected, (err, expected)
+        if err:
+            return  # (the invariant checks that nothing else changed)
+        if place is not None and place == first and not mode & MREMAP_FIXED:
+            assert got == first * PAGE_SIZE
+            return
+        if place is not None:
+            assert got == place * PAGE_SIZE
+        got_first = got // PAGE_SIZE
+        src_n = min(old_n, new_n)
+        self._ref_move(first, src_n, new_n, bool(mode & MREMAP_DONTUNMAP), got_first)
 
     # -- the check -------------------------------------------------------------------
 

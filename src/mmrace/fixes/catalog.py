@@ -194,5 +194,6 @@ __all__ = [
 ]
 
 from mmrace.fixes import khugepaged as _khugepaged  # noqa: E402,F401  (issue 16: retraction eras)
+from mmrace.fixes import mremap as _mremap  # noqa: E402,F401  (the mremap fixes)
 from mmrace.fixes import rules_eras as _rules_eras  # noqa: E402,F401  (the locking rules' eras)
 from mmrace.fixes import thp_reclaim as _thp_reclaim  # noqa: E402,F401  (issue 15's switches)

@@ -80,6 +80,7 @@ from mmrace.mm.pgtable import (
     LEVEL_PTE,
     PMD_SIZE,
     PageTable,
+    flush_pmd_tlb_range,
     mk_huge_pmd,
     mm_dec_nr_ptes,
     mm_inc_nr_ptes,
@@ -92,6 +93,7 @@ from mmrace.mm.pgtable import (
     pmd_mkclean,
     pmd_mkdirty,
     pmd_mkold,
+    pmd_mksoft_dirty,
     pmd_mkuffd_wp,
     pmd_mkwrite,
     pmd_mkyoung,
@@ -109,6 +111,7 @@ from mmrace.mm.pgtable import (
     pmdp_get,
     pmdp_get_lockless,
     pmdp_huge_clear_flush,
+    pmdp_huge_get_and_clear,
     pmdp_huge_get_and_clear_full,
     pmdp_invalidate,
     pmdp_invalidate_ad,
@@ -138,7 +141,11 @@ from mmrace.mm.rmap import (
     folio_remove_rmap_pmd,
     folio_try_dup_anon_rmap_pmd,
 )
-from mmrace.mm.userfaultfd_k import userfaultfd_missing, userfaultfd_wp
+from mmrace.mm.userfaultfd_k import (
+    userfaultfd_missing,
+    userfaultfd_wp,
+    vma_has_uffd_without_event_remap,
+)
 
 HPAGE_PMD_NR = 1 << HPAGE_PMD_ORDER
 HPAGE_PMD_SIZE = PMD_SIZE
@@ -534,6 +541,62 @@ def vma_adjust_trans_huge(vma: VmAreaStruct, start: int, end: int,
     split_huge_pmd_if_needed(vma, end)
     if next_vma is not None:
         split_huge_pmd_if_needed(next_vma, end)
+
+
+# --- moving a huge PMD (mremap) ------------------------------------------------------------------
+
+
+def _move_deposit(mm: MmStruct, old_pmd: PageTable, oi: int, new_pmd: PageTable,
+                  ni: int) -> None:
+    """The deposited PTE table follows the huge PMD. The kernel moves it only
+    when ``pmd_move_must_withdraw`` (the two entries under different PMD
+    locks, an anonymous VMA): its deposit list lives per PMD page, or per mm
+    without split PMD locks. The model keys a deposit by PMD entry, so it
+    always moves one that exists (file THPs have none on x86). Invisible
+    bookkeeping: the deposit is touched only under the PMD locks, held."""
+    if oi in old_pmd.deposited:
+        pgtable = pgtable_trans_huge_withdraw(mm, old_pmd, oi)
+        pgtable.base = new_pmd.addr_of(ni)  # model bookkeeping: the range it will map
+        pgtable_trans_huge_deposit(mm, new_pmd, ni, pgtable)
+
+
+@kfunc
+def move_huge_pmd(vma: VmAreaStruct, old_addr: int, new_addr: int,
+                  old_pmd: tuple[PageTable, int], new_pmd: tuple[PageTable, int]) -> bool:
+    """``move_huge_pmd``: mremap of a whole PMD-mapped THP. The destination
+    entry must be empty (False otherwise: the caller falls back, or a
+    racing collapse installed a table there). Under the old PMD lock
+    (``__pmd_trans_huge_lock``: False if the entry is no longer huge) and,
+    nested, the new one: ``pmdp_huge_get_and_clear``, the deposited table
+    moved with it, soft-dirty set, uffd-wp
+    cleared for a VMA whose userfaultfd takes no REMAP events,
+    ``set_pmd_at`` at the new place, and the old range flushed before the
+    locks are dropped if the entry was present. The folio's rmap does not
+    change: the destination VMA's pgoff puts it at the new address."""
+    mm = vma.vm_mm
+    ot, oi = old_pmd
+    nt, ni = new_pmd
+    if not pmd_none(pmdp_get(nt, ni)):
+        return False
+    old_ptl = __pmd_trans_huge_lock(ot, oi, vma)
+    if old_ptl is None:
+        return False
+    new_ptl = nt.ptl if nt.ptl is not None else mm.page_table_lock  # pmd_lockptr
+    if new_ptl is not old_ptl:
+        ptl_lock(new_ptl, nested=True)
+    pmd = pmdp_huge_get_and_clear(mm, old_addr, ot, oi)
+    force_flush = pmd_present(pmd)
+    _move_deposit(mm, ot, oi, nt, ni)
+    pmd = pmd_mksoft_dirty(pmd)  # move_soft_dirty_pmd
+    if vma_has_uffd_without_event_remap(vma):
+        pmd = pmd_clear_uffd_wp(pmd)  # clear_uffd_wp_pmd
+    set_pmd_at(mm, new_addr, nt, ni, pmd)
+    if force_flush:
+        flush_pmd_tlb_range(vma, old_addr, old_addr + HPAGE_PMD_SIZE)
+    if new_ptl is not old_ptl:
+        ptl_unlock(new_ptl)
+    ptl_unlock(old_ptl)
+    return True
 
 
 # --- change_protection ---------------------------------------------------------------------------

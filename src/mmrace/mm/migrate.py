@@ -29,8 +29,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mmrace.engine import RMW, visible
-from mmrace.mm.internal import kfunc
+from mmrace.engine import RMW, ViolationError, visible
+from mmrace.mm.internal import kernel_config, kfunc
 from mmrace.mm.memory import vm_normal_page
 from mmrace.mm.mm_types import MmStruct, VmAreaStruct
 from mmrace.mm.mmap_lock import mmap_read_lock, mmap_read_unlock
@@ -120,13 +120,29 @@ def migration_entry_wait(mm: MmStruct, pmd: PageTable, mi: int, address: int) ->
     if not is_swap_pte(pte) or not is_migration_entry(pte_to_swp_entry(pte)):
         pte_unmap_unlock(pm)
         return
-    folio = pfn_folio(swp_offset_pfn(pte_to_swp_entry(pte)))
-    if not folio.locked:  # not possible while the entry exists; be safe
-        pte_unmap_unlock(pm)
-        return
+    folio = pfn_swap_entry_folio(pte_to_swp_entry(pte))
     woken = folio_wait_locked_prepare(folio)
     pte_unmap_unlock(pm)
     folio_wait_locked_finish(folio, woken)
+
+
+def pfn_swap_entry_folio(entry: Any) -> Folio:
+    """``pfn_swap_entry_folio`` (include/linux/swapops.h): the folio a
+    migration entry stands for, which migration keeps locked for as long as
+    any of its entries exists -- the kernel BUGs if it is not (before 5.x
+    the same check was ``migration_entry_to_page``'s ``BUG_ON``). The lock
+    bit is read without a visible operation: while the entry exists nobody
+    may unlock the folio, so a rule-abiding unlock cannot race with this
+    read, and one that broke the rule is what the check reports."""
+    folio = pfn_folio(swp_offset_pfn(entry))
+    if is_migration_entry(entry) and not folio.locked:
+        raise ViolationError(
+            "bug", "kernel BUG in pfn_swap_entry_folio: migration entry of an unlocked folio",
+            f"kernel BUG at include/linux/swapops.h: a migration entry for {folio.name}, "
+            "which is not locked: the migration that made the entry has finished (its "
+            "remove_migration_ptes missed this entry), so the folio it names may be freed "
+            "and reused")
+    return folio
 
 
 # --- putting the PTEs back -------------------------------------------------------------------
@@ -135,12 +151,18 @@ def migration_entry_wait(mm: MmStruct, pmd: PageTable, mi: int, address: int) ->
 @kfunc
 def remove_migration_pte(folio: Folio, vma: VmAreaStruct, addr: int, src: Folio) -> bool:
     """``remove_migration_pte``: every migration entry for *src* in *vma*
-    (found by ``page_vma_mapped_walk`` with PVMW_MIGRATION, PTL held)
+    (found by ``page_vma_mapped_walk`` with PVMW_SYNC | PVMW_MIGRATION: each
+    entry looked at under its PTL; before ``remove-migration-pte-ptl``, 3.1,
+    peeked at first without it)
     becomes a PTE mapping the same page of *folio*: writable if the entry
     was, exclusive unless it was a plain readable one, soft-dirty and
     uffd-wp carried over; the folio gains a mapping and a reference."""
     mm = vma.raw("vm_mm")
-    pvmw = PageVmaMappedWalk(src, vma, addr, PVMW_SYNC | PVMW_MIGRATION)
+    # Before "mm: fix race between mremap and removing migration entry"
+    # (3.1) the entry was peeked at without the PTL (is_swap_pte before the
+    # lock): the walk without PVMW_SYNC does that (map_pte's lockless check).
+    sync = PVMW_SYNC if kernel_config(mm).has("remove-migration-pte-ptl") else 0
+    pvmw = PageVmaMappedWalk(src, vma, addr, sync | PVMW_MIGRATION)
     while page_vma_mapped_walk(pvmw):
         assert pvmw.pte is not None
         table, index = pvmw.pte.table, pvmw.pte_index

@@ -1,5 +1,5 @@
-"""The mmap/mprotect/madvise/mlock constants (include/uapi/asm-generic/
-mman-common.h and mman.h, x86-64 values)."""
+"""The mmap/mprotect/madvise/mlock/mremap constants (include/uapi/asm-generic/
+mman-common.h, mman.h and linux/mman.h, x86-64 values)."""
 
 from __future__ import annotations
 
@@ -57,5 +57,9 @@ MADV_DONTNEED_LOCKED = 24
 MADV_COLLAPSE = 25
 
 MLOCK_ONFAULT = 0x01
+
+MREMAP_MAYMOVE = 1
+MREMAP_FIXED = 2
+MREMAP_DONTUNMAP = 4
 
 __all__ = [name for name in dir() if name.isupper()] + ["PAGE_SHIFT", "PAGE_SIZE"]

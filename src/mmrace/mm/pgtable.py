@@ -293,6 +293,7 @@ pmd_mkold = pte_mkold
 pmd_mkuffd_wp = pte_mkuffd_wp
 pmd_clear_uffd_wp = pte_clear_uffd_wp
 pmd_clear_soft_dirty = pte_clear_soft_dirty
+pmd_mksoft_dirty = pte_mksoft_dirty
 
 
 def mk_huge_pmd(pfn: int, prot: int) -> int:

@@ -322,8 +322,11 @@ _add(Rule("pmd", "pgtable", PGTABLE_READ,
            A("pmd ptl", "mmap W", when="table", until="6.1",
              until_fix="khugepaged-retract-locks",
              via="khugepaged's retract_page_tables / collapse_pte_mapped_thp before "
-                 "'mm/khugepaged: Take the right locks for page table retraction'; "
-                 "mremap's move_normal_pmd without rmap locks before 5.14"),
+                 "'mm/khugepaged: Take the right locks for page table retraction'"),
+           A("pmd ptl", "mmap W", "VMA W", when="table", until="5.14",
+             via="mremap's move_normal_pmd before 'mm/mremap: hold the rmap lock in write "
+                 "mode when moving page table entries.': the rmap locks only when "
+                 "need_rmap_locks"),
            A("pmd ptl", "mmap W", "VMA W", "rmap W", when="table",
              via="mremap's move_normal_pmd (take_rmap_locks); khugepaged's anonymous "
                  "collapse_huge_page (pmdp_collapse_flush)"),
@@ -351,7 +354,11 @@ _add(Rule("pmd", "pgtable", PGTABLE_READ,
                 "points to a table stays put.",
                 "Since 6.6 retraction holds only i_mmap_rwsem for read plus the PMD and "
                 "PTE locks and frees the table by RCU; readers revalidate the PMD "
-                "(pte_offset_map_lock's pmd_same recheck).")))
+                "(pte_offset_map_lock's pmd_same recheck).",
+                "Before 5.14 mremap moved a whole PTE table (move_normal_pmd; from 5.11 "
+                "also a PMD table, move_normal_pud) under the mmap write lock and the "
+                "PMD lock, taking the rmap locks only when need_rmap_locks: a walker "
+                "holding only an rmap lock could be inside the table as it moved.")))
 _add(Rule("pud", "pgtable", PGTABLE_READ,
           (A("page_table_lock", "mmap R", when="fill",
              via="__pud_alloc / __pmd_alloc (check, allocate, lock, recheck)"),
@@ -359,6 +366,9 @@ _add(Rule("pud", "pgtable", PGTABLE_READ,
            A("page_table_lock", "mmap W", "VMA W", "rmap W", when="table",
              via="moving page tables above the PMD level (mremap's move_normal_pud, "
                  "take_rmap_locks)"),
+           A("page_table_lock", "mmap W", "VMA W", when="table", until="5.14",
+             via="mremap's move_normal_pud (5.11 to 5.13) took the rmap locks only when "
+                 "need_rmap_locks"),
            A("unreachable", when="table", via="free_pgtables")),
           "a PGD or PUD entry (P4D is folded): installed under mm->page_table_lock; "
           "moving tables above the PMD level needs every lock (mmap, VMA and rmap)",

@@ -284,6 +284,15 @@ def userfaultfd_armed(vma: VmAreaStruct) -> bool:
     return bool(vma.vm_flags & __VM_UFFD_FLAGS)
 
 
+def vma_has_uffd_without_event_remap(vma: VmAreaStruct) -> bool:
+    """``vma_has_uffd_without_event_remap``: *vma* is registered with a
+    userfaultfd that does not take REMAP events, so a move (mremap) must
+    clear the uffd-wp bits of what it moves: the monitor will not learn
+    where the pages went."""
+    ctx = vma_uffd_ctx(vma)
+    return ctx is not None and not ctx.features & UFFD_FEATURE_EVENT_REMAP
+
+
 def userfaultfd_pte_wp(vma: VmAreaStruct, pte: int) -> bool:
     """``userfaultfd_pte_wp``: a uffd-wp VMA and the PTE's uffd-wp bit."""
     return userfaultfd_wp(vma) and pte_uffd_wp(pte)

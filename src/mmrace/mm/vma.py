@@ -754,6 +754,83 @@ def do_vmi_align_munmap(mm: MmStruct, start: int, end: int, unlock: bool,
     return 0
 
 
+# --- mremap's VMA operations ------------------------------------------------------
+
+
+@kfunc
+def vma_merge_extend(mm: MmStruct, vma: VmAreaStruct, delta: int) -> VmAreaStruct | None:
+    """``vma_merge_extend``: grow *vma* by *delta* bytes at its end, as a new
+    range ``[vm_end, vm_end + delta)`` merged into *vma* (and into the next
+    VMA as well when the grown VMA then touches a compatible one). Returns
+    the VMA that now covers the range, or None when no merge is possible
+    (a ``VM_SPECIAL`` VMA): mremap then fails with ENOMEM."""
+    end = vma.vm_end
+    nxt = vma_next(VmaIterator(mm, end))  # vma_iter_next_rewind
+    vmg = VmaMergeStruct(mm, vma, None, nxt, end, end + delta,
+                         vma.vm_pgoff + vma_pages(vma), vma.vm_flags, vma.vm_file,
+                         vma.anon_vma, vma.vm_policy, vma.vm_userfaultfd_ctx, vma.anon_name)
+    return vma_merge_new_range(vmg)
+
+
+@kfunc
+def copy_vma(vma: VmAreaStruct, addr: int, len_: int,
+             pgoff: int) -> tuple[VmAreaStruct | None, VmAreaStruct, bool]:
+    """``copy_vma``: the VMA ``[addr, addr + len_)`` that mremap moves *vma*'s
+    pages into: the range merged into a neighbour (``vma_merge_new_range``)
+    or a new VMA (``vm_area_dup`` + ``anon_vma_clone`` + ``vma_link``, which
+    write-locks it and puts it in the file's i_mmap tree). Returns
+    ``(new_vma, vma, need_rmap_locks)``: *vma* is replaced by the merged VMA
+    when the source itself was merged into it (only an unfaulted anonymous
+    VMA, whose pgoff follows its address, can be). ``need_rmap_locks``
+    says whether an rmap walk could visit the destination before the
+    source (the kernel's test: the merged VMA's pgoff is not above the
+    source's); a new VMA is always visited after it, so moving its entries
+    needs no rmap lock.
+
+    The model's rmap trees are visited in VMA-serial order, not by pgoff as
+    the kernel's interval trees are; where a merged VMA is older than the
+    source the two orders can disagree, so the model also takes the rmap
+    locks then (more locking than the kernel, never less: it cannot hide a
+    race the kernel has). A merge into a VMA without an anon_vma gives it
+    the source's (``dup_anon_vma``, as 6.17's ``copied_from`` does), so the
+    moved pages stay reachable by rmap.
+
+    Left out: mempolicy duplication, uprobes, hugetlb reservations,
+    allocation failures (the kernel's NULL return)."""
+    mm: MmStruct = vma.vm_mm
+    vma_start = vma.vm_start
+    if vma.vm_file is None and vma.vm_ops is None and vma.anon_vma is None:
+        # An unfaulted anonymous VMA takes the pgoff of its new place, so
+        # that it can merge there.
+        pgoff = addr >> PAGE_SHIFT
+    nxt, prev = find_vma_prev(mm, addr)
+    if nxt is not None and nxt.vm_start < addr + len_:
+        return None, vma, False  # the destination was unmapped first: cannot happen
+    vmg = VmaMergeStruct(mm, prev, None, nxt, addr, addr + len_, pgoff, vma.vm_flags,
+                         vma.vm_file, vma.anon_vma, vma.vm_policy, vma.vm_userfaultfd_ctx,
+                         vma.anon_name)
+    new_vma = vma_merge_new_range(vmg)
+    if new_vma is not None:
+        if new_vma.vm_start <= vma_start < new_vma.vm_end:
+            vma = new_vma  # the source was merged into the destination
+        if vma.anon_vma is not None and new_vma.anon_vma is None:
+            dup_anon_vma(new_vma, vma)
+        need_rmap_locks = (new_vma.vm_pgoff <= vma.vm_pgoff
+                           or new_vma.serial < vma.serial)  # model walk order, see above
+        return new_vma, vma, need_rmap_locks
+    new_vma = vm_area_dup(vma)
+    new_vma._f_vm_start = addr
+    new_vma._f_vm_end = addr + len_
+    new_vma._f_vm_pgoff = pgoff
+    if vma.anon_vma is not None:
+        anon_vma_clone(new_vma, vma)
+    ops = new_vma.raw("vm_ops")
+    if ops is not None and ops.open is not None:
+        ops.open(new_vma)
+    vma_link(mm, new_vma)
+    return new_vma, vma, False
+
+
 def vma_assert_stable(vma: VmAreaStruct) -> None:
     """The caller keeps *vma* stable (mmap lock, VMA lock or rmap lock)."""
     h = held()

@@ -53,6 +53,7 @@ from mmrace.mm.mm_types import (
 from mmrace.mm.mman import MAP_ANONYMOUS
 from mmrace.mm.mmap import ksys_mmap_pgoff, sys_brk, vm_munmap
 from mmrace.mm.mprotect import do_mprotect_pkey
+from mmrace.mm.mremap import sys_mremap
 from mmrace.mm.page_alloc import WORD_SIZE, folio_read_word, folio_write_word, pfn_to_obj
 from mmrace.mm.pgtable import peek_pte, pte_pfn, pte_present, pte_special, pte_write
 from mmrace.mm.shmem import ShmemFile, shmem_fallocate, shmem_setattr_size
@@ -241,6 +242,12 @@ class Process(PageRefCalls):
     def mprotect(self, addr: int, length: int, prot: int) -> None:
         """``mprotect(2)``."""
         do_mprotect_pkey(self.mm, addr, length, prot)
+
+    def mremap(self, old_addr: int, old_len: int, new_len: int, flags: int,
+               new_addr: int = 0) -> int:
+        """``mremap(2)`` with ``MREMAP_MAYMOVE``, ``MREMAP_FIXED`` and
+        ``MREMAP_DONTUNMAP``: returns the mapping's (new) address."""
+        return sys_mremap(self.mm, old_addr, old_len, new_len, flags, new_addr)
 
     def madvise(self, addr: int, length: int, advice: int) -> None:
         """``madvise(2)``."""
