@@ -31,10 +31,15 @@ from mmrace.engine.frontier import CheckpointError
 from mmrace.engine.interrupt import StopRequest
 from mmrace.engine.units import PoolError
 from mmrace.fixes import FIXES, FixError, all_fixes, all_policies, parse_release
+from mmrace.mm.rules import render_rules, rules_table
+from mmrace.mm.rules_doc import render
 from mmrace.report.explain import render_explained, trace_json
+from mmrace.report.html import IndexRow, render_html, render_index
+from mmrace.report.perfetto import perfetto_trace
 from mmrace.report.text import render_result
 from mmrace.scenarios import Explore, Kernel, Scenario, ScenarioError, all_scenarios, get, scale
-from mmrace.scenarios.run import VariantRun, replay_token, run_all
+from mmrace.scenarios.patch import patched
+from mmrace.scenarios.run import VariantRun, replay_token, run_all, token_context
 
 
 class UsageError(Exception):
@@ -186,8 +191,6 @@ def _release_arg(text: str | None) -> str | None:
 
 
 def _cmd_rules(args: argparse.Namespace) -> int:
-    from mmrace.mm.rules import render_rules, rules_table
-
     release = _release_arg(args.kernel)
     table = rules_table(release)
     fields = [row["field"] for row in table]
@@ -202,8 +205,6 @@ def _cmd_rules(args: argparse.Namespace) -> int:
 
 
 def _cmd_doc(args: argparse.Namespace) -> int:
-    from mmrace.mm.rules_doc import render
-
     release = _release_arg(args.kernel)
     fmt = args.format
     if fmt is None:
@@ -334,9 +335,6 @@ def _closing(pool: Any) -> Any:
 
 
 def _explore_scenario(sc: Scenario, kernel: Kernel, args: argparse.Namespace) -> int:
-    from mmrace.scenarios.patch import patched
-    from mmrace.scenarios.run import token_context
-
     variant = sc.with_kernel(kernel)
     st = sc.explore
     strategy = args.strategy or ("replay" if args.token is not None else st.strategy)
@@ -495,8 +493,6 @@ def _page_name(r: VariantRun) -> str:
 def _write_check_html(directory: Path, runs: Sequence[VariantRun]) -> None:
     """One report page per violating variant, and ``index.html`` with every
     variant (violating ones linked to their page)."""
-    from mmrace.report.html import IndexRow, render_html, render_index
-
     rows: list[IndexRow] = []
     for r in runs:
         page = None
@@ -667,12 +663,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                          if result.violation else [])
         text = json.dumps(data, indent=1)
     elif fmt == "perfetto":
-        from mmrace.report.perfetto import perfetto_trace
-
         text = json.dumps(perfetto_trace(result, title=header, all_ops=args.all_ops))
     elif fmt == "html":
-        from mmrace.report.html import render_html
-
         text = render_html(result, title=header)
     elif result.violation is None:
         text = f"{header}\nno violation in this execution"

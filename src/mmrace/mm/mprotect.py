@@ -47,15 +47,35 @@ from mmrace.mm.mman import PROT_EXEC, PROT_GROWSDOWN, PROT_GROWSUP, PROT_READ, P
 from mmrace.mm.mmap import PAGE_ALIGN, calc_vm_prot_bits, offset_in_page, ulong
 from mmrace.mm.mmap_lock import mmap_write_lock, mmap_write_unlock, vma_start_write
 from mmrace.mm.mmu_gather import MmuGather, tlb_finish_mmu, tlb_gather_mmu
-from mmrace.mm.page_alloc import pfn_folio
+from mmrace.mm.page_alloc import PageAnonExclusive, pfn_folio
 from mmrace.mm.pgtable import (
+    PMD_SIZE,
     pmd_alloc,
+    pmd_none,
+    pmd_trans_huge,
+    pmdp_get,
     pte_alloc,
     pte_clear,
+    pte_clear_uffd_wp,
+    pte_dirty,
+    pte_mkuffd_wp,
+    pte_mkwrite,
+    pte_modify,
     pte_none,
+    pte_offset_map_lock,
+    pte_pfn,
+    pte_present,
+    pte_soft_dirty,
+    pte_uffd_wp,
+    pte_unmap_unlock,
+    pte_write,
+    ptep_get,
+    ptep_modify_prot_commit,
+    ptep_modify_prot_start,
     pud_alloc,
     set_pte_at,
     vm_prot_to_pte,
+    walk_to_pmd,
 )
 from mmrace.mm.swapops import (
     PTE_MARKER_UFFD_WP,
@@ -68,6 +88,7 @@ from mmrace.mm.swapops import (
     pte_to_swp_entry,
     swp_entry_to_pte,
 )
+from mmrace.mm.userfaultfd_k import userfaultfd_wp
 from mmrace.mm.vma import (
     find_vma,
     find_vma_prev,
@@ -205,8 +226,6 @@ def vma_wants_manual_pte_write_upgrade(vma: VmAreaStruct) -> bool:
     """``vma_wants_manual_pte_write_upgrade``: a writable VMA whose
     ``vm_page_prot`` is write-protected (private, or write-notify) may have
     PTEs made writable by hand (``MM_CP_TRY_CHANGE_WRITABLE``)."""
-    from mmrace.mm.vma import vma_wants_writenotify
-
     flags = vma.vm_flags
     if not flags & VM_WRITE:
         return False
@@ -222,11 +241,6 @@ def can_change_pte_writable(vma: VmAreaStruct, addr: int, pte: int) -> bool:
     would reuse it); in a shared one only if already dirty. Before the
     ``mprotect-exclusive-anon-writable`` fix only the shared-dirty case
     existed (``dirty_accountable``)."""
-    from mmrace.mm.memory import vm_normal_page
-    from mmrace.mm.page_alloc import PageAnonExclusive
-    from mmrace.mm.pgtable import pte_dirty, pte_soft_dirty, pte_uffd_wp
-    from mmrace.mm.userfaultfd import userfaultfd_wp
-
     flags = vma.vm_flags
     if not flags & VM_WRITE:
         return False
@@ -244,8 +258,6 @@ def can_change_pte_writable(vma: VmAreaStruct, addr: int, pte: int) -> bool:
 
 
 def pte_pfn_idx(folio: Any, pte: int) -> int:
-    from mmrace.mm.pgtable import pte_pfn
-
     return int(pte_pfn(pte) - folio.pfn)
 
 
@@ -253,8 +265,6 @@ def tlb_flush_pte_range(tlb: MmuGather, addr: int, size: int) -> None:
     """``tlb_flush_pte_range``: add ``[addr, addr + size)`` to the range the
     gather will flush (the model's ``mmu_gather`` tracks it through
     ``tlb_remove_tlb_entry``)."""
-    from mmrace.mm import mmu_gather
-
     fn = getattr(mmu_gather, "tlb_flush_pte_range", None)
     if fn is not None:
         fn(tlb, addr, size)
@@ -279,21 +289,6 @@ def change_pte_range(tlb: MmuGather, vma: VmAreaStruct, pmd: Any, mi: int, addr:
     Switches: ``uffd-wp-resolve-skip`` (proposal) leaves PTEs without the
     uffd-wp bit alone on resolve; ``uffd-wp-resolve-preserve-write``
     (proposal) keeps an RW bit that is already set on resolve."""
-    from mmrace.mm.pgtable import (
-        pte_clear_uffd_wp,
-        pte_mkuffd_wp,
-        pte_mkwrite,
-        pte_modify,
-        pte_offset_map_lock,
-        pte_present,
-        pte_uffd_wp,
-        pte_unmap_unlock,
-        pte_write,
-        ptep_get,
-        ptep_modify_prot_commit,
-        ptep_modify_prot_start,
-    )
-
     mm = vma.vm_mm
     cfg = kernel_config(mm)
     uffd_wp = bool(cp_flags & MM_CP_UFFD_WP)
@@ -405,8 +400,6 @@ def change_protection_range(tlb: MmuGather, vma: VmAreaStruct, start: int, end: 
     """``change_protection_range`` / ``change_pmd_range``: walk the PMDs of
     ``[start, end)`` (no allocation) and change each PTE table's part.
     Huge PMDs are skipped (THP is not modelled)."""
-    from mmrace.mm.pgtable import PMD_SIZE, pmd_none, pmd_trans_huge, pmdp_get, walk_to_pmd
-
     mm = vma.vm_mm
     pages = 0
     addr = start
@@ -460,6 +453,14 @@ def change_protection(tlb: MmuGather, vma: VmAreaStruct, start: int, end: int,
     assert (cp_flags & MM_CP_UFFD_WP_ALL) != MM_CP_UFFD_WP_ALL
     return change_protection_range(tlb, vma, start, end, vma.vm_page_prot, cp_flags)
 
-# change_huge_pmd (mm/huge_memory.py) reads this module's MM_CP_* flags:
-# imported last (the seam of that cycle).
-from mmrace.mm import huge_memory  # noqa: E402
+
+
+# change_huge_pmd (mm/huge_memory.py) reads this module's MM_CP_* flags, and
+# the fault, VMA and gather code import this module: they are imported last
+# (the seam of those cycles).
+from mmrace.mm import (  # noqa: E402
+    huge_memory,
+    mmu_gather,
+)
+from mmrace.mm.memory import vm_normal_page  # noqa: E402
+from mmrace.mm.vma import vma_wants_writenotify  # noqa: E402

@@ -25,13 +25,14 @@ from collections.abc import Iterator
 from typing import Any
 
 from mmrace.mm.fs_userfaultfd import userfaultfd_unmap_prep
-from mmrace.mm.internal import held, kfunc
+from mmrace.mm.internal import errno_error, held, kfunc
 from mmrace.mm.locks import kfree_rcu
 from mmrace.mm.mm_types import (
     PAGE_SHIFT,
     VM_SHARED,
     VM_SOFTDIRTY,
     VM_SPECIAL,
+    VM_UFFD_WP,
     VM_WRITE,
     MmStruct,
     VmAreaStruct,
@@ -41,6 +42,8 @@ from mmrace.mm.mm_types import (
 from mmrace.mm.mmap_lock import (
     mmap_assert_locked,
     mmap_assert_write_locked,
+    mmap_read_unlock,
+    mmap_write_downgrade,
     vma_assert_write_locked,
     vma_mark_attached,
     vma_mark_detached,
@@ -134,8 +137,6 @@ def vma_wants_writenotify(vma: VmAreaStruct, vm_page_prot: int) -> bool:
     faults while soft-dirty tracking is on (``VM_SOFTDIRTY`` clear) or while
     it is registered for userfaultfd write-protect. Left out: page_mkwrite,
     pfn_mkwrite and dirty accounting of file systems."""
-    from mmrace.mm.mm_types import VM_UFFD_WP
-
     flags = vma.vm_flags
     if (flags & (VM_WRITE | VM_SHARED)) != (VM_WRITE | VM_SHARED):
         return False
@@ -330,8 +331,6 @@ def __split_vma(mm: MmStruct, vma: VmAreaStruct, addr: int, new_below: bool) -> 
     OSError(ENOMEM) at the map count limit, or the errno ``may_split`` gives.
 
     Left out: anon_vma_clone failures, mempolicy duplication."""
-    from mmrace.mm.internal import errno_error
-
     if mm.map_count >= sysctl_max_map_count:
         raise errno_error(ENOMEM, "map count limit")
     ops = vma.vm_ops
@@ -672,8 +671,6 @@ def free_pgtables(mm: MmStruct, vmas: list[VmAreaStruct], tlb: Any = None,
     the neighbouring VMAs; 0 for *ceiling* is the top of the address space).
     Once unlinked the VMA is unreachable, so upper entries are cleared
     without page-table locks, as the kernel does."""
-    from mmrace.mm.pgtable import free_pgd_range
-
     for vma in vmas:
         unlink_anon_vmas(vma)
         unlink_file_vma(vma)
@@ -709,16 +706,12 @@ def do_vmi_align_munmap(mm: MmStruct, start: int, end: int, unlock: bool,
     (``userfaultfd_unmap_prep``), sent once the lock is dropped.
 
     Left out: locked_vm accounting."""
-    from mmrace.mm.mmap_lock import mmap_read_unlock, mmap_write_downgrade
-
     mmap_assert_write_locked(mm)
     vma = find_vma_intersection(mm, start, end)
     detach: list[VmAreaStruct] = []
     if vma is not None:
         if vma.vm_start < start:
             if end < vma.vm_end and mm.map_count >= sysctl_max_map_count:
-                from mmrace.mm.internal import errno_error
-
                 raise errno_error(ENOMEM, "map count limit")
             split_vma(mm, vma, start, True)
         vmi = VmaIterator(mm, start)
@@ -740,9 +733,6 @@ def do_vmi_align_munmap(mm: MmStruct, start: int, end: int, unlock: bool,
         mmap_write_downgrade(mm)
     if detach:
         # vms_clear_ptes: zap, then free the tables, in one mmu_gather batch.
-        from mmrace.mm.memory import unmap_vmas
-        from mmrace.mm.mmu_gather import tlb_finish_mmu, tlb_gather_mmu
-
         tlb = tlb_gather_mmu(mm)
         unmap_vmas(tlb, detach, start, end)
         free_pgtables(mm, detach, tlb, floor, ceiling)
@@ -866,3 +856,9 @@ __all__ = [
 # THP splitting on boundary changes (mm/huge_memory.py) calls back into the
 # fault and rmap code that imports this module: imported last (the seam).
 from mmrace.mm import huge_memory  # noqa: E402
+
+# munmap's teardown (unmap_vmas, the gather, free_pgd_range) lives in modules
+# that import this one: imported once this module is complete (the seam).
+from mmrace.mm.memory import unmap_vmas  # noqa: E402
+from mmrace.mm.mmu_gather import tlb_finish_mmu, tlb_gather_mmu  # noqa: E402
+from mmrace.mm.pgtable import free_pgd_range  # noqa: E402
