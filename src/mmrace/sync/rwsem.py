@@ -40,7 +40,7 @@ the handoff bit, and the reader wake-up limit of 256.
 
 from __future__ import annotations
 
-from mmrace.engine import READ, RMW, WAIT, WRITE, SharedObject, SimThread, visible
+from mmrace.engine import READ, RMW, WAIT, WRITE, Event, SharedObject, SimThread, visible
 from mmrace.sync import lockdep
 from mmrace.sync._task import (
     TaskState,
@@ -161,6 +161,24 @@ def _drain(sem: RwSemaphore, slots: list[Slot], label: str) -> None:
     sem.draining = []
 
 
+def _queue_and_wait(sem: RwSemaphore, w: Waiter, ev: Event | None, killable: bool,
+                    label: str) -> bool:
+    """Queue *w* (its acquiring operation *ev* shows it) and sleep until it is
+    granted. A killable acquirer with a fatal signal pending backs out
+    instead, unless it was granted meanwhile: True when it backed out."""
+    sem.queue.append(w)
+    if ev is not None:
+        ev.detail = "queued"
+    if killable and pending(w.ts):
+        visible(sem, RMW, label + " (interrupted)")
+        if not w.granted:
+            _dequeue(sem, w)
+            return True
+    else:
+        visible(sem, WAIT, label, w.is_granted)
+    return False
+
+
 def _down_read(sem: RwSemaphore, label: str, subclass: int, killable: bool) -> int:
     ts = task()
     might_sleep(ts, f"{label}({sem.name})")
@@ -180,17 +198,8 @@ def _down_read(sem: RwSemaphore, label: str, subclass: int, killable: bool) -> i
         slot.count += 1
         push_held(ts, sem, key, True, False)
         return 0
-    w = Waiter(ts, False)
-    sem.queue.append(w)
-    if ev is not None:
-        ev.detail = "queued"
-    if killable and pending(ts):
-        visible(sem, RMW, label + " (interrupted)")
-        if not w.granted:
-            _dequeue(sem, w)
-            return -EINTR
-    else:
-        visible(sem, WAIT, label, w.is_granted)
+    if _queue_and_wait(sem, Waiter(ts, False), ev, killable, label):
+        return -EINTR
     push_held(ts, sem, key, True, False)
     return 0
 
@@ -215,18 +224,8 @@ def _down_write(sem: RwSemaphore, label: str, subclass: int, killable: bool) -> 
         busy = []
     if sem.writer is None and not sem.readers and not sem.queue:
         sem.writer = ts
-    else:
-        w = Waiter(ts, True)
-        sem.queue.append(w)
-        if ev is not None:
-            ev.detail = "queued"
-        if killable and pending(ts):
-            visible(sem, RMW, label + " (interrupted)")
-            if not w.granted:
-                _dequeue(sem, w)
-                return -EINTR
-        else:
-            visible(sem, WAIT, label, w.is_granted)
+    elif _queue_and_wait(sem, Waiter(ts, True), ev, killable, label):
+        return -EINTR
     if killable:
         if busy and pending(ts):
             # It would sleep until the readers leave: back out instead.
