@@ -73,7 +73,7 @@ def measure(nvmas: int, pairs: int, lookups: int) -> dict[str, Any]:
         mmap_read_unlock(mm)
         out["lookups_per_s"] = lookups / dt
 
-    r = explore(program, max_executions=1)
+    r = explore(program, max_executions=1, shrink=False, max_steps=10**9)
     if r.violation is not None:
         raise SystemExit(r.violation.message)
     return out
