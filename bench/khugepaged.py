@@ -10,20 +10,20 @@ one operation per folio and step (``per_folio_steps``, what the batching
 is checked against). The 512 PTEs cost one operation per scan and one per
 clear; batched, the steps on every small folio (the scans' look, the
 anonymous isolation, the copy, the release and free) are one operation
-each. What still grows with the pages is shmem's per-folio loop:
-the locked lookup with the isolation, the refcount check, and for a
-mapped page its ``try_to_unmap`` (the rmap walk, ~20 operations) --
-compare the "shmem unmapped" column, whose pages are only in the page
-cache.
+each. What still grows with the pages is shmem's per-folio loop: the
+locked lookup (with the isolation and, for a page no process maps, the
+refcount check), and for a mapped page its ``try_to_unmap`` (the rmap
+walk, ~20 operations) and a refcount check after it -- compare the
+"shmem unmapped" column, whose pages are only in the page cache.
 
 Figures on the reference machine (provisional, loaded):
 
 =====  ============  ==============  ===============  ==============
 pages  anonymous     shmem           shmem unmapped   PTE-mapped THP
 =====  ============  ==============  ===============  ==============
-1      68 (71)       56 (61)         36 (41)          46
-33     68 (295)      760 (1,021)     100 (361)        46
-512    68 (3,648)    11,294 (15,387) 1,054 (5,147)    46
+1      68 (71)       56 (61)         35 (41)          46
+33     68 (295)      760 (1,021)     67 (361)         46
+512    68 (3,648)    11,294 (15,387) 542 (5,147)      46
 =====  ============  ==============  ===============  ==============
 
 Run: ``.venv/bin/python bench/khugepaged.py`` (``--ops`` or ``--catalog``

@@ -47,10 +47,10 @@ can tell one operation from 512 (``_folios_op``; each call site says why):
 the scans' look at the folios, the anonymous isolation, the copy, the
 release of the old folios. An anonymous collapse of 512 pages costs 68
 visible operations. A shmem collapse still makes, per folio, its locked
-lookup (with the LRU isolation), the ``try_to_unmap`` of a mapped folio
-(the shared rmap walk, about 20 operations) and the refcount check under
-the xarray lock: those interleave with lookups, faults and truncation as
-the kernel's loop does. ``per_folio_steps()`` restores one operation per
+lookup (with the LRU isolation, and for an unmapped folio the refcount
+check), and for a mapped folio its ``try_to_unmap`` (the shared rmap walk,
+about 20 operations) and the refcount check under the xarray lock: those
+interleave with lookups, faults and truncation as the kernel's loop does. ``per_folio_steps()`` restores one operation per
 folio and step, the model the batching is checked against
 (``tests/mm/test_khugepaged_batch.py``).
 
@@ -1465,9 +1465,17 @@ def _collapse_file_take(mapping: Any, folio: Folio, start: int) -> ScanResult:
     # same effect before the lookup as after it.
     if not (folio_isolate_lru_in_op(folio) if _batched() else folio_isolate_lru(folio)):
         return S.SCAN_DEL_PAGE_LRU
-    if folio._mapcount:  # folio_mapped: the lock keeps new mappings out
+    mapped = bool(folio._mapcount)  # folio_mapped: the lock keeps new mappings out
+    if mapped:
         try_to_unmap(folio, TTU_IGNORE_MLOCK | TTU_BATCH_FLUSH)
-    visible(mapping, RMW, "xas_lock, folio_ref_count", also=((folio, READ),))
+    # Batched, an unmapped folio's refcount check under the xarray lock is
+    # part of the lookup's operation too (it covers the mapping and the
+    # folio): in between the collapse only reads fields the folio lock
+    # keeps stable, and a reference or an xarray change made there by
+    # another thread has the same effect made before the lookup. With an
+    # rmap walk in between, the check stays an operation of its own.
+    if mapped or not _batched():
+        visible(mapping, RMW, "xas_lock, folio_ref_count", also=((folio, READ),))
     if folio._refcount != 3:
         folio_putback_lru(folio)
         return S.SCAN_PAGE_COUNT
