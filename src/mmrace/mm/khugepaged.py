@@ -50,8 +50,9 @@ visible operations. A shmem collapse still makes, per folio, its locked
 lookup (with the LRU isolation, and for an unmapped folio the refcount
 check), and for a mapped folio its ``try_to_unmap`` (the shared rmap walk,
 about 20 operations) and the refcount check under the xarray lock: those
-interleave with lookups, faults and truncation as the kernel's loop does. ``per_folio_steps()`` restores one operation per
-folio and step, the model the batching is checked against
+interleave with lookups, faults and truncation as the kernel's loop does.
+``per_folio_steps()`` restores one operation per folio and step, the
+model the batching is checked against
 (``tests/mm/test_khugepaged_batch.py``).
 
 Left out: the mm_slot list and scan cursor (a scenario names the mm and
