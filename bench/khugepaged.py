@@ -5,9 +5,26 @@ variant of the khugepaged catalog entries.
 
 Each operation figure is the number of visible operations (scheduling
 points) the collapse costs when run in one simulated thread (set-up code
-is free). The 512 PTEs themselves cost one operation per scan and one per
-clear; what grows with the number of pages is each small folio's own
-observable steps (lock, refcount and LRU, copy, release, free).
+is free), with the per-folio steps batched (the model) and, in brackets,
+one operation per folio and step (``per_folio_steps``, what the batching
+is checked against). The 512 PTEs cost one operation per scan and one per
+clear; batched, the steps on every small folio (the scans' look, the
+anonymous isolation, the copy, the release and free) are one operation
+each. What still grows with the pages is shmem's per-folio loop: the
+locked lookup (with the isolation and, for a page no process maps, the
+refcount check), and for a mapped page its ``try_to_unmap`` (the rmap
+walk, ~20 operations) and a refcount check after it -- compare the
+"shmem unmapped" column, whose pages are only in the page cache.
+
+Figures on the reference machine (provisional, loaded):
+
+=====  ============  ==============  ===============  ==============
+pages  anonymous     shmem           shmem unmapped   PTE-mapped THP
+=====  ============  ==============  ===============  ==============
+1      68 (71)       56 (61)         35 (41)          46
+33     68 (295)      760 (1,021)     67 (361)         46
+512    68 (3,648)    11,294 (15,387) 542 (5,147)      46
+=====  ============  ==============  ===============  ==============
 
 Run: ``.venv/bin/python bench/khugepaged.py`` (``--ops`` or ``--catalog``
 for one half).
@@ -22,12 +39,13 @@ from collections.abc import Callable
 from typing import Any
 
 from mmrace.engine import explore, spawn
-from mmrace.mm.khugepaged import collapse_pte_mapped_thp
+from mmrace.mm.khugepaged import collapse_pte_mapped_thp, per_folio_steps
 from mmrace.mm.mmap_lock import mmap_read_lock, mmap_read_unlock
 from mmrace.scenarios import get
 from mmrace.scenarios.khugepaged import CATALOG
 from mmrace.scenarios.run import run_variant
 from mmrace.user import (
+    MADV_DONTNEED,
     MADV_HUGEPAGE,
     MAP_ANONYMOUS,
     MAP_FIXED,
@@ -86,6 +104,14 @@ def shmem(npages: int) -> tuple[Process, int]:
     return p, a
 
 
+def shmem_unmapped(npages: int) -> tuple[Process, int]:
+    """As :func:`shmem`, the pages then unmapped (``MADV_DONTNEED`` keeps
+    a tmpfs file's page cache): the collapse has no rmap walk to make."""
+    p, a = shmem(npages)
+    p.madvise(a, HUGE, MADV_DONTNEED)
+    return p, a
+
+
 def pte_mapped(npages: int) -> tuple[Process, int]:
     """A shmem large folio, *npages* of its pages mapped by PTEs."""
     s = System(fault_around_bytes=PAGE)
@@ -107,14 +133,24 @@ def retract(state: tuple[Process, int]) -> None:
     mmap_read_unlock(p.mm)
 
 
+def scan(state: tuple[Process, int]) -> None:
+    state[0].khugepaged_scan(state[1])
+
+
 def print_ops() -> None:
-    print("visible operations of one collapse (one thread; set-up free):")
-    print(f"  {'pages':>5}  {'anonymous':>9}  {'shmem':>9}  {'PTE-mapped THP':>14}")
+    print("visible operations of one collapse (one thread; set-up free), "
+          "batched (per folio):")
+    print(f"  {'pages':>5}  {'anonymous':>15}  {'shmem':>15}  {'shmem unmapped':>15}  "
+          f"{'PTE-mapped THP':>14}")
     for n in (1, 33, 512):
-        a = ops(lambda n=n: anon(n), lambda s: s[0].khugepaged_scan(s[1]))
-        f = ops(lambda n=n: shmem(n), lambda s: s[0].khugepaged_scan(s[1]))
+        cols = []
+        for setup in (anon, shmem, shmem_unmapped):
+            batched = ops(lambda n=n, setup=setup: setup(n), scan)
+            with per_folio_steps():
+                fine = ops(lambda n=n, setup=setup: setup(n), scan)
+            cols.append(f"{batched} ({fine})")
         t = ops(lambda n=n: pte_mapped(n), retract)
-        print(f"  {n:>5}  {a:>9}  {f:>9}  {t:>14}")
+        print(f"  {n:>5}  {cols[0]:>15}  {cols[1]:>15}  {cols[2]:>15}  {t:>14}")
     print("  (anonymous and shmem: a khugepaged pass; PTE-mapped THP: "
           "collapse_pte_mapped_thp, the huge PMD installed)")
 

@@ -41,9 +41,19 @@ retraction that cannot take an mm's mmap lock queues the address
 
 The cost of a collapse: the PTE-level work -- scanning 512 entries,
 clearing them, the PTEs of a detached table -- is one visible operation
-each time (see ``ptes_get_locked`` and the comments at each place);
-what other threads can see of each small folio (its lock, refcount, LRU
-flag, contents) stays one operation per folio and step.
+each time (see ``ptes_get_locked`` and the comments at each place). So is
+each step the collapse takes on every small folio in turn where no thread
+can tell one operation from 512 (``_folios_op``; each call site says why):
+the scans' look at the folios, the anonymous isolation, the copy, the
+release of the old folios. An anonymous collapse of 512 pages costs 68
+visible operations. A shmem collapse still makes, per folio, its locked
+lookup (with the LRU isolation, and for an unmapped folio the refcount
+check), and for a mapped folio its ``try_to_unmap`` (the shared rmap walk,
+about 20 operations) and the refcount check under the xarray lock: those
+interleave with lookups, faults and truncation as the kernel's loop does.
+``per_folio_steps()`` restores one operation per folio and step, the
+model the batching is checked against
+(``tests/mm/test_khugepaged_batch.py``).
 
 Left out: the mm_slot list and scan cursor (a scenario names the mm and
 address to scan: :func:`khugepaged_scan`), ``khugepaged_pages_to_scan``
@@ -61,10 +71,12 @@ in every era: copy first, then one store under the xarray lock).
 from __future__ import annotations
 
 import errno as _errno
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import IntEnum
 from typing import Any
 
-from mmrace.engine import READ, RMW, ViolationError, execution_local, visible
+from mmrace.engine import READ, RMW, Event, ViolationError, execution_local, visible
 from mmrace.fixes import KernelConfig
 from mmrace.mm import huge_memory
 from mmrace.mm.internal import errno_error, kernel_config, kfunc
@@ -95,15 +107,21 @@ from mmrace.mm.mmap_lock import (
 from mmrace.mm.mmu_gather import tlb_remove_table_sync_one
 from mmrace.mm.page_alloc import (
     HPAGE_PMD_ORDER,
+    PAGE_READ,
+    Accesses,
     Folio,
     folio_alloc,
+    folio_free_footprint,
     folio_get,
     folio_lock,
     folio_put,
     folio_put_refs,
+    folio_put_refs_in_op,
     folio_try_get,
     folio_unlock,
+    folio_unlock_in_op,
     free_folio,
+    free_folio_in_op,
     visible_contents,
 )
 from mmrace.mm.pgtable import (
@@ -159,7 +177,7 @@ from mmrace.mm.rmap import (
 from mmrace.mm.shmem import ShmemFile, shmem_huge_allowed
 from mmrace.mm.swapops import is_swap_pte
 from mmrace.mm.vma import find_vma, vma_lookup
-from mmrace.mm.vmscan import folio_isolate_lru, folio_putback_lru
+from mmrace.mm.vmscan import folio_isolate_lru, folio_isolate_lru_in_op, folio_putback_lru
 from mmrace.sync import lockdep_assert_held_write
 
 HPAGE_PMD_NR = 1 << HPAGE_PMD_ORDER
@@ -362,6 +380,68 @@ def _folio_snapshot(folio: Folio, label: str) -> None:
     folio.access(READ, label)
 
 
+# --- one operation for a step of every small folio ------------------------------------------
+
+_per_folio_steps = [False]
+
+
+@contextmanager
+def per_folio_steps() -> Iterator[None]:
+    """Within this block, a collapse makes one visible operation per small
+    folio and step (the scan's look, the isolation, the copy, the release)
+    instead of one for all the folios: the finer model the batched steps
+    are checked against (``tests/mm/test_khugepaged_batch.py``) and
+    measured by (``bench/khugepaged.py``). Not for scenarios."""
+    saved = _per_folio_steps[0]
+    _per_folio_steps[0] = True
+    try:
+        yield
+    finally:
+        _per_folio_steps[0] = saved
+
+
+def _batched() -> bool:
+    return not _per_folio_steps[0]
+
+
+def _distinct(folios: list[Folio]) -> list[Folio]:
+    seen: set[int] = set()
+    out: list[Folio] = []
+    for f in folios:
+        if f.serial not in seen:
+            seen.add(f.serial)
+            out.append(f)
+    return out
+
+
+def _folios_op(folios: list[Folio], kind: int, label: str,
+               extra: Accesses = (), speculative: bool = False) -> Event | None:
+    """One visible operation of *kind* on every folio of *folios* (and the
+    *extra* accesses), checked for use-after-free unless *speculative* (a
+    look under RCU: ``struct page`` outlives the folio): a step the
+    collapse takes on each small folio in turn, made at once where no
+    thread can tell the difference (each call site says why)."""
+    first, rest = folios[0], folios[1:]
+    ev = visible(first, kind, label, also=tuple((f, kind) for f in rest) + extra)
+    for f in folios if not speculative else ():
+        f.check_alive(label)
+    if ev is not None:
+        ev.detail = f"{len(folios)} folios"
+    return ev
+
+
+def _contents_read_op(folios: list[Folio], label: str) -> None:
+    """One whole-page read (``copy_mc_*highpage``'s source) of each of
+    *folios* in one visible operation."""
+    first, rest = folios[0], folios[1:]
+    ev = visible(first.contents, PAGE_READ, label,
+                 also=tuple((f.contents, PAGE_READ) for f in rest))
+    for f in folios:
+        f.check_alive(label)
+    if ev is not None:
+        ev.detail = f"{len(folios)} pages"
+
+
 def is_refcount_suitable(folio: Folio) -> bool:
     """``is_refcount_suitable``: nothing but the mappings (and the swap
     cache) holds the folio -- no GUP pin, no other reference. Reads the
@@ -403,6 +483,19 @@ def hpage_collapse_scan_pmd(mm: MmStruct, vma: VmAreaStruct, address: int,
     if none_or_zero and (userfaultfd_armed(vma) or (
             cc.is_khugepaged and none_or_zero > st.max_ptes_none)):
         result = S.SCAN_EXCEED_NONE_PTE
+    if result == S.SCAN_SUCCEED and _batched():
+        # The scan's look at each folio (LRU and lock flags, refcount) is a
+        # hint -- collapse_huge_page checks all of it again under the mmap,
+        # anon_vma and folio locks before changing anything -- and changes
+        # nothing, so no other thread can tell when it happened: one
+        # visible read of every folio the table maps stands for the 512.
+        # (With the PTL held the entries cannot change, so the folios named
+        # before the operation are the ones read.)
+        mapped = [vm_normal_page(vma, address + ((idx - pm.index) << PAGE_SHIFT), ptes[idx])
+                  for idx in sorted(ptes) if not is_swap_pte(ptes[idx])]
+        looked = _distinct([f for f in mapped if f is not None])
+        if looked:
+            _folios_op(looked, READ, "folio_test_lru, folio_test_locked, folio_ref_count")
     seen: set[int] = set()
     for idx in sorted(ptes) if result == S.SCAN_SUCCEED else ():
         pteval = ptes[idx]
@@ -420,7 +513,7 @@ def hpage_collapse_scan_pmd(mm: MmStruct, vma: VmAreaStruct, address: int,
         if folio is None:
             result = S.SCAN_PAGE_NULL
             break
-        if folio.serial not in seen:
+        if folio.serial not in seen and not _batched():
             seen.add(folio.serial)
             _folio_snapshot(folio, "folio_test_lru, folio_test_locked, folio_ref_count")
         if not folio.anon:
@@ -453,13 +546,15 @@ def hpage_collapse_scan_pmd(mm: MmStruct, vma: VmAreaStruct, address: int,
     return result, True
 
 
-def _isolate_one(folio: Folio) -> ScanResult:
+def _isolate_one(folio: Folio, made_op: bool = False) -> ScanResult:
     """``folio_trylock``, ``is_refcount_suitable`` and ``folio_isolate_lru``
     of ``__collapse_huge_page_isolate``, consecutive operations on one
-    folio, as one visible RMW: a thread that takes a reference (a GUP pin)
-    or the lock in between would make one of the three fail, as it does
-    when it comes just before; after, it is too late either way."""
-    folio.access(RMW, "folio_trylock, folio_ref_count, folio_isolate_lru")
+    folio, as one visible RMW (unless the caller *made_op* already, for
+    every folio): a thread that takes a reference (a GUP pin) or the lock
+    in between would make one of the three fail, as it does when it comes
+    just before; after, it is too late either way."""
+    if not made_op:
+        folio.access(RMW, "folio_trylock, folio_ref_count, folio_isolate_lru")
     if folio.locked:
         return S.SCAN_PAGE_LOCK
     if not is_refcount_suitable(folio):
@@ -490,36 +585,47 @@ def __collapse_huge_page_isolate(vma: VmAreaStruct, address: int, table: PageTab
     can still look at it is a GUP-fast walk that read the PMD before (and
     it never writes an entry); every writer needs the mmap, VMA or
     anon_vma lock held here for write. On failure the folios isolated so
-    far are released (``release_pte_pages``)."""
+    far are released (``release_pte_pages``).
+
+    The folios' trylock, refcount check and isolation are one visible RMW
+    of all of them (:func:`_isolate_batch`). The entries are checked first
+    (nothing can change them), then the folios in address order, so the
+    first failure in address order decides, as in the kernel's one loop."""
     st = khugepaged_settings()
     none_or_zero = shared = referenced = 0
     writable = False
-    result = S.SCAN_SUCCEED
+    pte_result = S.SCAN_SUCCEED
+    candidates: list[tuple[int, Folio]] = []
     for i in range(HPAGE_PMD_NR):
         pteval = table.entries.get(i, 0)
         if not pteval:
             none_or_zero += 1
             if userfaultfd_armed(vma) or (cc.is_khugepaged and none_or_zero > st.max_ptes_none):
-                result = S.SCAN_EXCEED_NONE_PTE
+                pte_result = S.SCAN_EXCEED_NONE_PTE
                 break
             continue
         if not pte_present(pteval):
-            result = S.SCAN_PTE_NON_PRESENT
+            pte_result = S.SCAN_PTE_NON_PRESENT
             break
         if pte_uffd_wp(pteval):
-            result = S.SCAN_PTE_UFFD_WP
+            pte_result = S.SCAN_PTE_UFFD_WP
             break
-        a = address + (i << PAGE_SHIFT)
-        folio = vm_normal_page(vma, a, pteval)
+        folio = vm_normal_page(vma, address + (i << PAGE_SHIFT), pteval)
         if folio is None:
-            result = S.SCAN_PAGE_NULL
+            pte_result = S.SCAN_PAGE_NULL
             break
+        candidates.append((pteval, folio))
+    batched = _batched() and bool(candidates)
+    if batched:
+        _isolate_batch([f for _, f in candidates])
+    result = S.SCAN_SUCCEED
+    for pteval, folio in candidates:
         if folio._mapcount > 1:
             shared += 1
             if cc.is_khugepaged and shared > st.max_ptes_shared:
                 result = S.SCAN_EXCEED_SHARED_PTE
                 break
-        r = _isolate_one(folio)
+        r = _isolate_one(folio, made_op=batched)
         if r != S.SCAN_SUCCEED:
             result = r
             break
@@ -528,6 +634,8 @@ def __collapse_huge_page_isolate(vma: VmAreaStruct, address: int, table: PageTab
             referenced += 1
         if pte_write(pteval):
             writable = True
+    if result == S.SCAN_SUCCEED:
+        result = pte_result
     if result == S.SCAN_SUCCEED:
         if not writable:
             result = S.SCAN_PAGE_RO
@@ -540,41 +648,111 @@ def __collapse_huge_page_isolate(vma: VmAreaStruct, address: int, table: PageTab
     return result
 
 
+def _isolate_batch(folios: list[Folio]) -> None:
+    """The visible part of isolating *folios* (``folio_trylock``,
+    ``is_refcount_suitable``, ``folio_isolate_lru`` of each, in address
+    order) as one RMW of them all; the caller then applies
+    :func:`_isolate_one` to each in order, stopping at the first failure.
+
+    Why no thread can tell: the PMD is cleared and flushed, and the mmap,
+    VMA and anon_vma locks are held for write, so a thread can reach these
+    folios only through a reference it already holds -- a GUP-fast walk
+    that read the PMD before the flush (before 6.1's IPI) -- or from the
+    LRU lists (reclaim, compaction: they isolate the folio, which makes
+    the collapse fail, or find it isolated and skip it). Each such step
+    acts on one folio, and what it does depends only on that folio's
+    state; the collapse's step on each folio depends only on that folio.
+    So a racing step on folio j commutes with the collapse's steps on
+    every other folio and lands before or after the batch with the same
+    effect as before or after the collapse's step on j. What the batch
+    cannot show is one thread acting on a folio the collapse passed and
+    then on one it has not reached: the collapse then fails on the second
+    and releases every folio, the same end state as when both acts come
+    first (only the SCAN_* code can differ: both map to EAGAIN for
+    MADV_COLLAPSE)."""
+    _folios_op(_distinct(folios), RMW, "folio_trylock, folio_ref_count, folio_isolate_lru")
+
+
 @kfunc
 def __collapse_huge_page_copy(table: PageTable, folio: Folio, vma: VmAreaStruct,
                               address: int) -> None:
     """``__collapse_huge_page_copy`` + ``__collapse_huge_page_copy_succeeded``:
-    copy each page into the new folio (one visible read of each source:
-    a stale GUP reference could still be writing it; the new folio is
+    copy each page into the new folio (a visible read of each source: a
+    stale GUP reference could still be writing it; the new folio is
     private, and empty entries leave its zeroed pages), then clear the
     entries (one visible RMW of them all: only a GUP-fast walk can still
-    read this table) and release each old folio: unlocked, back on the LRU
-    and its mapping and last reference dropped -- the last three
-    consecutive operations on the folio as one visible RMW, then its
-    freeing."""
+    read this table) and release each old folio: unlocked, back on the LRU,
+    its mapping and last references dropped, and freed.
+
+    The reads of the sources are one operation (:func:`_contents_read_op`),
+    and so is the release of every old folio (:func:`_release_batch`):
+    each is one step on each of several objects, a step on one object
+    depends on nothing the steps on the others change, and -- the table
+    detached, the folios locked and off the LRU -- only a thread holding a
+    reference taken before the flush can act on them meanwhile (see
+    :func:`_isolate_batch`). Its step on one page (a DMA store, putting its
+    reference) lands before or after the batch with the effect it has
+    before or after the collapse's step on that page; a store to one page
+    the copy has read and then to one it has not loses the first store in
+    both models, with the batch the second too (the lost-store outcome is
+    the same; only which pages is finer). ``per_folio_steps`` restores one
+    operation per page and step."""
     mm = vma.vm_mm
     present = sorted(i for i, v in table.entries.items() if v)
+    srcs: list[tuple[int, int, Folio]] = []
     for i in present:
         src = vm_normal_page(vma, address + (i << PAGE_SHIFT), table.entries[i])
         assert src is not None
-        visible_contents(src, READ, "copy_mc_user_highpage (read)")
-        folio.contents.words[i] = dict(src.contents.words[pte_pfn(table.entries[i]) - src.pfn])
-    olds = [(i, table.entries[i]) for i in present]
+        srcs.append((i, table.entries[i], src))
+    batched = _batched() and bool(srcs)
+    if batched:
+        _contents_read_op(_distinct([src for _, _, src in srcs]), "copy_mc_user_highpage (read)")
+    for i, pteval, src in srcs:
+        if not batched:
+            visible_contents(src, READ, "copy_mc_user_highpage (read)")
+        folio.contents.words[i] = dict(src.contents.words[pte_pfn(pteval) - src.pfn])
     ptl = pte_lockptr(mm, table)
     ptl_lock(ptl)
     ptes_clear_locked(mm, table, present, "ptep_clear")
     ptl_unlock(ptl)
     mm.rss += HPAGE_PMD_NR - len(present)
-    for i, pteval in olds:
-        src = vm_normal_page(vma, address + (i << PAGE_SHIFT), pteval)
-        assert src is not None
+    if batched:
+        _release_batch([src for _, _, src in srcs])
+        return
+    for _, _, src in srcs:
         folio_unlock(src)
         src.access(RMW, "folio_putback_lru, folio_remove_rmap_pte, free_page_and_swap_cache")
-        src.isolated = False
-        src._mapcount -= 1
-        src._refcount -= 2
-        if src._refcount == 0:
+        if _release_one(src):
             free_folio(src)
+
+
+def _release_one(src: Folio) -> bool:
+    """The effect of ``release_pte_folio`` (unlocked before: the caller),
+    ``folio_remove_rmap_pte`` and ``free_page_and_swap_cache`` on one old
+    folio, within the caller's visible RMW of it: back on the LRU, one
+    mapping and two references (the mapping's, the isolation's) fewer.
+    Returns whether that was the last reference."""
+    src.isolated = False
+    src._mapcount -= 1
+    src._refcount -= 2
+    return src._refcount == 0
+
+
+def _release_batch(olds: list[Folio]) -> None:
+    """``release_pte_folio``, ``folio_remove_rmap_pte`` and
+    ``free_page_and_swap_cache`` of every old folio of an anonymous
+    collapse in one visible operation: an RMW of each folio, and the
+    write of each one's data that freeing it poisons -- declared for all,
+    since whether a folio is freed depends on references a racing thread
+    may drop before the operation runs."""
+    olds = _distinct(olds)
+    extra = tuple(a for f in olds for a in folio_free_footprint(f)[1:])
+    _folios_op(olds, RMW, "folio_unlock, folio_putback_lru, folio_remove_rmap_pte, "
+               "free_page_and_swap_cache", extra)
+    for src in olds:
+        folio_unlock_in_op(src)
+        if _release_one(src):
+            free_folio_in_op(src)
 
 
 @kfunc
@@ -1200,8 +1378,13 @@ def collapse_file(mm: MmStruct, addr: int, file: ShmemFile, start: int,
         pagelist.append(folio)
         index = folio.index + 1
     if result == S.SCAN_SUCCEED:
+        # The copy reads each old folio, locked, unmapped and off the LRU:
+        # one operation for all of them, as __collapse_huge_page_copy's.
+        if _batched() and pagelist:
+            _contents_read_op(pagelist, "copy_mc_highpage (read)")
         for old in pagelist:
-            visible_contents(old, READ, "copy_mc_highpage (read)")
+            if not _batched():
+                visible_contents(old, READ, "copy_mc_highpage (read)")
             new.contents.words[old.index - start] = dict(old.contents.words[0])
         if holes:
             i_mmap_lock_read(mapping)
@@ -1220,6 +1403,9 @@ def collapse_file(mm: MmStruct, addr: int, file: ShmemFile, start: int,
     retract_page_tables(mapping, start, cc, mm, addr, new)
     result = S.SCAN_SUCCEED if cc.is_khugepaged else S.SCAN_PTE_MAPPED_HUGEPAGE
     folio_unlock(new)
+    if _batched() and pagelist:
+        _collapse_file_release(pagelist)
+        return result
     for old in pagelist:
         old.access(RMW, "folio->mapping = NULL, folio_clear_active")
         old.mapping = None
@@ -1227,6 +1413,35 @@ def collapse_file(mm: MmStruct, addr: int, file: ShmemFile, start: int,
         folio_unlock(old)
         folio_put_refs(old, 3)
     return result
+
+
+def _collapse_file_release(pagelist: list[Folio]) -> None:
+    """The end of a successful ``collapse_file``: each old folio's mapping
+    cleared, PG_active cleared, unlocked, and its three references (the
+    page cache's, the isolation's, ours) put -- freeing it unless someone
+    else holds one -- all in one visible operation (an RMW of each folio,
+    and the poisoning write of each one's data).
+
+    Why no thread can tell: the old folios are out of the page cache (the
+    new folio replaced them under the xarray lock), unmapped everywhere,
+    off the LRU and locked. A thread can only hold one through a reference
+    it took before the replacement: a page-cache lookup or a truncation
+    waiting for its lock, which then finds it truncated (``mapping`` NULL)
+    and lets it go. Each such thread waits on, and then acts on, one folio
+    at a time, and what it does depends only on that folio: its step on
+    folio j lands before or after the batch with the effect it has before
+    or after the collapse's step on j. A thread that found one folio
+    released and another not yet would, in the kernel, block on the
+    second's lock until the collapse's step on it -- where the batch puts
+    it at once."""
+    extra = tuple(a for f in pagelist for a in folio_free_footprint(f)[1:])
+    _folios_op(pagelist, RMW, "folio->mapping = NULL, folio_clear_active, folio_unlock, "
+               "folio_put_refs(3)", extra)
+    for old in pagelist:
+        old.mapping = None
+        old.active = False
+        folio_unlock_in_op(old)
+        folio_put_refs_in_op(old, 3)
 
 
 def _collapse_file_take(mapping: Any, folio: Folio, start: int) -> ScanResult:
@@ -1243,11 +1458,25 @@ def _collapse_file_take(mapping: Any, folio: Folio, start: int) -> ScanResult:
                 else S.SCAN_PAGE_COMPOUND)
     if folio.mapping is not mapping:
         return S.SCAN_TRUNCATED
-    if not folio_isolate_lru(folio):
+    # Batched: the isolation is part of the lookup's operation, which
+    # already made an RMW of this folio -- the checks between read fields
+    # the folio lock keeps stable, and a thread acting on the folio in
+    # between (isolating it, referencing it, waiting for its lock) does
+    # not look at the lock or the reference just taken, so it has the
+    # same effect before the lookup as after it.
+    if not (folio_isolate_lru_in_op(folio) if _batched() else folio_isolate_lru(folio)):
         return S.SCAN_DEL_PAGE_LRU
-    if folio._mapcount:  # folio_mapped: the lock keeps new mappings out
+    mapped = bool(folio._mapcount)  # folio_mapped: the lock keeps new mappings out
+    if mapped:
         try_to_unmap(folio, TTU_IGNORE_MLOCK | TTU_BATCH_FLUSH)
-    visible(mapping, RMW, "xas_lock, folio_ref_count", also=((folio, READ),))
+    # Batched, an unmapped folio's refcount check under the xarray lock is
+    # part of the lookup's operation too (it covers the mapping and the
+    # folio): in between the collapse only reads fields the folio lock
+    # keeps stable, and a reference or an xarray change made there by
+    # another thread has the same effect made before the lookup. With an
+    # rmap walk in between, the check stays an operation of its own.
+    if mapped or not _batched():
+        visible(mapping, RMW, "xas_lock, folio_ref_count", also=((folio, READ),))
     if folio._refcount != 3:
         folio_putback_lru(folio)
         return S.SCAN_PAGE_COUNT
@@ -1296,9 +1525,28 @@ def hpage_collapse_scan_file(mm: MmStruct, addr: int, file: ShmemFile, start: in
     visible(mapping, READ, f"xas_for_each({start:#x})")
     present = 0
     result = S.SCAN_SUCCEED
+    entries: dict[int, Folio] = {}
+    if _batched():
+        # As hpage_collapse_scan_pmd's: a hint that changes nothing, taken
+        # under RCU alone (collapse_file locks and checks each folio again),
+        # so one read of the small folios up to the first large one stands
+        # for the look at each in turn.
+        # The entries are those the xarray walk read, before this look.
+        small: list[Folio] = []
+        for i in range(start, start + HPAGE_PMD_NR):
+            f: Folio | None = mapping.i_pages.get(i)
+            if f is not None:
+                entries[i] = f
+            if f is not None and f.order:
+                break
+            if f is not None:
+                small.append(f)
+        if small:
+            _folios_op(_distinct(small), READ, "folio_test_lru, folio_ref_count",
+                       speculative=True)
     seen: set[int] = set()
     for i in range(start, start + HPAGE_PMD_NR):
-        folio: Folio | None = mapping.i_pages.get(i)
+        folio: Folio | None = entries.get(i) if _batched() else mapping.i_pages.get(i)
         if folio is None or folio.serial in seen:
             continue
         seen.add(folio.serial)
@@ -1310,8 +1558,11 @@ def hpage_collapse_scan_file(mm: MmStruct, addr: int, file: ShmemFile, start: in
                           and (cfg.has("madv-collapse") or cfg.has("retract-pgtable-rcu")))
             result = S.SCAN_PTE_MAPPED_HUGEPAGE if pte_mapped else S.SCAN_PAGE_COMPOUND
             break
-        _folio_snapshot(folio, "folio_test_lru, folio_ref_count")
-        if folio.isolated:
+        if not _batched():
+            visible(folio, READ, "folio_test_lru, folio_ref_count")
+        # Under RCU alone: the folio may have been truncated and freed since
+        # the xarray was read -- a freed folio is on no LRU list.
+        if folio.isolated or folio.freed_at is not None:
             result = S.SCAN_PAGE_LRU
             break
         if folio._refcount != 1 + folio._mapcount:

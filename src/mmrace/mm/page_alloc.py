@@ -43,7 +43,7 @@ from mmrace.engine import (
     visible,
 )
 from mmrace.mm.internal import kfunc
-from mmrace.mm.locks import KObject, kfree
+from mmrace.mm.locks import KObject, kfree, kfree_in_op
 from mmrace.mm.mm_types import PAGE_SIZE
 from mmrace.mm.rules_check import folio_lock_order
 
@@ -299,6 +299,26 @@ def free_folio(folio: Folio) -> None:
     st.freed += 1
 
 
+def folio_free_footprint(folio: Folio) -> Accesses:
+    """The accesses of :func:`free_folio`: the folio written (``kfree``)
+    and its data poisoned (a page write), for a caller that frees it inside
+    an operation of its own (:func:`free_folio_in_op`)."""
+    obj, k, also = folio.contents.page_footprint(WRITE)
+    return ((folio, WRITE), (obj, k), *(also or ()))
+
+
+def free_folio_in_op(folio: Folio) -> None:
+    """The effect of :func:`free_folio` inside a visible operation the
+    caller made, whose footprint includes :func:`folio_free_footprint`
+    (a batch release that frees several folios in one operation)."""
+    if folio._mapcount:
+        raise _refcount_violation(folio, "freeing a mapped folio")
+    kfree_in_op(folio)
+    st = mem_state()
+    st.live.pop(folio.serial, None)
+    st.freed += 1
+
+
 # --- reference counts ------------------------------------------------------------------
 
 
@@ -384,6 +404,16 @@ def folio_put_refs(folio: Folio, nr: int) -> None:
         raise _refcount_violation(folio, "refcount underflow")
     if folio._refcount == 0:
         free_folio(folio)
+
+
+def folio_put_refs_in_op(folio: Folio, nr: int) -> None:
+    """The effect of :func:`folio_put_refs` inside a visible RMW of *folio*
+    the caller made, whose footprint includes :func:`folio_free_footprint`."""
+    folio._refcount -= nr
+    if folio._refcount < 0:
+        raise _refcount_violation(folio, "refcount underflow")
+    if folio._refcount == 0:
+        free_folio_in_op(folio)
 
 
 def folio_put(folio: Folio) -> None:
@@ -532,6 +562,12 @@ def folio_unlock(folio: Folio) -> None:
     """``folio_unlock``: clear PG_locked, or hand it to the first waiter;
     wake every ``folio_wait_locked`` waiter either way."""
     folio.access(RMW, "folio_unlock")
+    folio_unlock_in_op(folio)
+
+
+def folio_unlock_in_op(folio: Folio) -> None:
+    """The effect of :func:`folio_unlock` inside a visible RMW of *folio*
+    the caller made (one operation that releases several folios)."""
     for w in folio.unlock_waiters:
         w[0] = True
     folio.unlock_waiters = []

@@ -60,7 +60,6 @@ from mmrace.mm.page_alloc import (
     Folio,
     FolioContents,
     folio_alloc,
-    folio_get,
     folio_lock,
     folio_mapcount,
     folio_put,
@@ -69,6 +68,7 @@ from mmrace.mm.page_alloc import (
     folio_ref_freeze,
     folio_ref_unfreeze,
     folio_test_flag,
+    folio_try_get,
     folio_unlock,
     mem_state,
     visible_contents,
@@ -357,22 +357,28 @@ def _lookup_lock(mapping: Any, index: int, end: int | None = None) -> Folio | No
     """The first cached folio at an index in ``[index, end)`` (just *index*
     without *end*), referenced and locked, still in *mapping*
     (``shmem_get_partial_folio`` / ``find_lock_entries``: one visible
-    lookup of the xarray, then the folio)."""
-    visible(mapping, RMW, f"find_lock_entries({index:#x})")
-    if end is None:
-        folio: Folio | None = mapping.i_pages.get(index)
-    else:
-        present = [i for i in mapping.i_pages if index <= i < end]
-        folio = mapping.i_pages[min(present)] if present else None
-    if folio is None:
-        return None
-    folio_get(folio)
-    folio_lock(folio)
-    if folio.mapping is not mapping:
+    lookup of the xarray, then the folio). The reference is speculative
+    (``folio_try_get``, under RCU in the kernel): the folio may have left
+    the cache and been freed since the lookup -- a ``collapse_file``
+    replacing it, say -- and then the lookup is made again, as it is when
+    the locked folio turns out truncated (``mapping`` no longer this
+    one)."""
+    while True:
+        visible(mapping, RMW, f"find_lock_entries({index:#x})")
+        if end is None:
+            folio: Folio | None = mapping.i_pages.get(index)
+        else:
+            present = [i for i in mapping.i_pages if index <= i < end]
+            folio = mapping.i_pages[min(present)] if present else None
+        if folio is None:
+            return None
+        if not folio_try_get(folio):
+            continue
+        folio_lock(folio)
+        if folio.mapping is mapping:
+            return folio
         folio_unlock(folio)
         folio_put(folio)
-        return None
-    return folio
 
 
 @kfunc

@@ -69,9 +69,17 @@ def folio_isolate_lru(folio: Folio) -> bool:
     take a reference); False if it is isolated already -- or gone: a freed
     folio is on no LRU list (one visible RMW, never a use-after-free)."""
     ev = visible(folio, RMW, "folio_isolate_lru")
-    if folio.isolated or folio.freed_at is not None or folio._refcount == 0:
+    if not folio_isolate_lru_in_op(folio):
         if ev is not None:
             ev.detail = "not on the LRU"
+        return False
+    return True
+
+
+def folio_isolate_lru_in_op(folio: Folio) -> bool:
+    """The effect of :func:`folio_isolate_lru` within a visible RMW of
+    *folio* the caller already made (its lookup, say)."""
+    if folio.isolated or folio.freed_at is not None or folio._refcount == 0:
         return False
     folio.isolated = True
     folio._refcount += 1

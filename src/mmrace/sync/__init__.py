@@ -126,7 +126,7 @@ from mmrace.sync.seqlock import (
     write_sequnlock,
 )
 from mmrace.sync.signal import EINTR, ERESTARTSYS, fatal_signal_pending, send_fatal_signal
-from mmrace.sync.slab import KObject, kfree, kmem_cache_alloc
+from mmrace.sync.slab import KObject, kfree, kfree_in_op, kmem_cache_alloc
 from mmrace.sync.spinlock import (
     Spinlock,
     irqs_disabled,
@@ -200,6 +200,7 @@ __all__ = [
     "init_rwsem",
     "irqs_disabled",
     "kfree",
+    "kfree_in_op",
     "kfree_rcu",
     "kmem_cache_alloc",
     "local_irq_disable",

@@ -125,27 +125,39 @@ def kfree(obj: KObject) -> None:
     A SLAB_TYPESAFE_BY_RCU object goes back to its cache for reuse instead
     (one visible RMW of the cache, not of the object: readers may go on
     reading it)."""
-    ts = task()
     typesafe = type(obj).SLAB_TYPESAFE_BY_RCU
     if typesafe:
         cache = _cache(type(obj))
         ev = visible(cache, RMW, "kmem_cache_free")
     else:
         ev = visible(obj, WRITE, "kfree")
-    if obj.freed_at is not None or obj.in_cache:
-        raise ViolationError(
-            "use-after-free",
-            f"double-free of {obj.name}",
-            f"BUG: KASAN: double-free of {obj.name}\n"
-            f"freed again: {_where(ts, 'kfree')}\nfirst freed: {obj.freed_at or 'earlier'}",
-        )
     if typesafe:
+        _check_double_free(obj)
         obj.in_cache = True
         cache.free.append(obj)
         if ev is not None:
             ev.detail = obj.name
         return
-    obj.freed_at = _where(ts, "kfree")
+    kfree_in_op(obj)
+
+
+def kfree_in_op(obj: KObject) -> None:
+    """The effect of ``kfree(obj)`` inside a visible operation the caller
+    already made, whose footprint writes *obj* (a batch that frees several
+    objects in one operation). Not for SLAB_TYPESAFE_BY_RCU objects."""
+    assert not type(obj).SLAB_TYPESAFE_BY_RCU, "kfree_in_op of a typesafe-by-RCU object"
+    _check_double_free(obj)
+    obj.freed_at = _where(task(), "kfree")
+
+
+def _check_double_free(obj: KObject) -> None:
+    if obj.freed_at is not None or obj.in_cache:
+        raise ViolationError(
+            "use-after-free",
+            f"double-free of {obj.name}",
+            f"BUG: KASAN: double-free of {obj.name}\n"
+            f"freed again: {_where(task(), 'kfree')}\nfirst freed: {obj.freed_at or 'earlier'}",
+        )
 
 
 def kmem_cache_alloc(cls: type[K], name: str = "", **fields: Any) -> K:
