@@ -367,7 +367,7 @@ def __do_fault(vmf: VmFault) -> int:
     if ops is not None and ops.fault is not None:
         ret, folio = ops.fault(vmf)
     else:
-        ret, folio = filemap_fault(vmf)
+        ret, folio = filemap.filemap_fault(vmf)
     vmf.page_folio = folio
     if folio is not None:
         vmf.page_idx = vmf.pgoff - folio.index  # the page in a large folio
@@ -1605,11 +1605,10 @@ __all__ = [
 
 _ = (Any, PAGE_SIZE)
 
-# The THP, page-cache and migration parts of the fault path live in their
-# kernel files, which call back into this one: they are imported last, as
-# modules, and used through their module objects (the seam of the cycle).
+# The THP, page-cache, migration, stack-growth, rmap and userfaultfd parts of
+# the fault path live in their kernel files, which call back into this one:
+# they are imported once this module is complete (the seam of the cycle).
 from mmrace.mm import filemap, huge_memory, migrate  # noqa: E402
-from mmrace.mm.filemap import filemap_fault  # noqa: E402
 from mmrace.mm.mmap import expand_downwards, expand_stack  # noqa: E402
 from mmrace.mm.rmap import folio_try_dup_anon_rmap_pte  # noqa: E402
 from mmrace.mm.userfaultfd import (  # noqa: E402
