@@ -32,6 +32,7 @@ bits, ``ptdesc`` accounting, ``pte_offset_map_ro_nolock``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from mmrace.arch import FAULT_NOT_PRESENT, FAULT_PROT, TLB_FLUSH_ALL, TlbEntry, set_page_walker
@@ -707,16 +708,31 @@ def pte_clear(mm: MmStruct, addr: int, table: PageTable, index: int) -> None:
     set_pte_at(mm, addr, table, index, 0)
 
 
+def _update_entry(table: PageTable, index: int, kind: int, label: str,
+                  update: Callable[[int], int], show_old: bool = False) -> int:
+    """One visible update of an entry -- an atomic exchange or locked
+    read-modify-write (*kind* RMW), or a store (WRITE) -- to *update*(old),
+    checked by the page-table rules. Returns the old entry; the trace shows
+    the new one, or the old one with *show_old*."""
+    ev = _entry(table, index, kind, label)
+    old = table.entries.get(index, 0)
+    new = update(old)
+    check_entry_write(table, index, old, new)
+    _store(table, index, new)
+    if ev is not None:
+        ev.detail = PteText(old if show_old else new)
+    return old
+
+
+def _none(_old: int) -> int:
+    return 0
+
+
 def ptep_get_and_clear(mm: MmStruct, addr: int, table: PageTable, index: int) -> int:
     """``ptep_get_and_clear``: an atomic exchange (hardware may set A/D
     concurrently), one visible RMW."""
-    ev = _entry(table, index, RMW, f"{LEVEL_NAMES[table.level]}p_get_and_clear")
-    old = table.entries.get(index, 0)
-    check_entry_write(table, index, old, 0)
-    _store(table, index, 0)
-    if ev is not None:
-        ev.detail = PteText(old)
-    return old
+    return _update_entry(table, index, RMW, f"{LEVEL_NAMES[table.level]}p_get_and_clear",
+                         _none, show_old=True)
 
 
 pmdp_huge_get_and_clear = ptep_get_and_clear
@@ -724,13 +740,7 @@ pmdp_huge_get_and_clear = ptep_get_and_clear
 
 def ptep_set_wrprotect(mm: MmStruct, addr: int, table: PageTable, index: int) -> None:
     """``ptep_set_wrprotect``: an atomic clear of ``_PAGE_RW``."""
-    ev = _entry(table, index, RMW, "ptep_set_wrprotect")
-    old = table.entries.get(index, 0)
-    new = pte_wrprotect(old)
-    check_entry_write(table, index, old, new)
-    _store(table, index, new)
-    if ev is not None:
-        ev.detail = PteText(new)
+    _update_entry(table, index, RMW, "ptep_set_wrprotect", pte_wrprotect)
 
 
 def pte_modify(pte: int, newprot: int) -> int:
@@ -746,24 +756,13 @@ def ptep_modify_prot_start(vma: Any, addr: int, table: PageTable, index: int) ->
     fetch and clear the entry, so a concurrent hardware A/D update cannot be
     lost between the read and ``ptep_modify_prot_commit``. One visible RMW;
     the entry is none until the commit (the PTL is held)."""
-    ev = _entry(table, index, RMW, "ptep_modify_prot_start")
-    old = table.entries.get(index, 0)
-    check_entry_write(table, index, old, 0)
-    _store(table, index, 0)
-    if ev is not None:
-        ev.detail = PteText(old)
-    return old
+    return _update_entry(table, index, RMW, "ptep_modify_prot_start", _none, show_old=True)
 
 
 def ptep_modify_prot_commit(vma: Any, addr: int, table: PageTable, index: int, old: int,
                             pte: int) -> None:
     """``ptep_modify_prot_commit``: install the modified entry (``set_pte_at``)."""
-    ev = _entry(table, index, WRITE, "ptep_modify_prot_commit")
-    cur = table.entries.get(index, 0)
-    check_entry_write(table, index, cur, pte)
-    _store(table, index, pte)
-    if ev is not None:
-        ev.detail = PteText(pte)
+    _update_entry(table, index, WRITE, "ptep_modify_prot_commit", lambda _cur: pte)
 
 
 def ptep_set_access_flags(vma: Any, addr: int, table: PageTable, index: int, entry: int,
@@ -878,13 +877,7 @@ def pmdp_invalidate(vma: Any, addr: int, table: PageTable, index: int) -> int:
     entry stays ``pmd_trans_huge`` and never becomes none, so a lockless
     ``pmd_none`` check cannot skip it), then flush the range; returns the
     old entry, with the accessed and dirty bits the MMU set."""
-    ev = _entry(table, index, RMW, "pmdp_invalidate")
-    old = table.entries.get(index, 0)
-    new = pmd_mkinvalid(old)
-    check_entry_write(table, index, old, new)
-    _store(table, index, new)
-    if ev is not None:
-        ev.detail = PteText(new)
+    old = _update_entry(table, index, RMW, "pmdp_invalidate", pmd_mkinvalid)
     flush_pmd_tlb_range(vma, addr, addr + (1 << PMD_SHIFT))
     return old
 
@@ -894,14 +887,7 @@ def pmdp_invalidate_ad(vma: Any, addr: int, table: PageTable, index: int) -> int
     """``pmdp_invalidate_ad`` (x86): ``pmdp_invalidate`` without the flush,
     for callers whose ``mmu_gather`` flushes later (``change_huge_pmd``):
     the returned entry has the accessed and dirty bits the MMU set."""
-    ev = _entry(table, index, RMW, "pmdp_invalidate_ad")
-    old = table.entries.get(index, 0)
-    new = pmd_mkinvalid(old)
-    check_entry_write(table, index, old, new)
-    _store(table, index, new)
-    if ev is not None:
-        ev.detail = PteText(new)
-    return old
+    return _update_entry(table, index, RMW, "pmdp_invalidate_ad", pmd_mkinvalid)
 
 
 @kfunc
