@@ -35,10 +35,8 @@ from __future__ import annotations
 import platform
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
 
-from mmrace.engine import explore, spawn
+from benchkit import ops
 from mmrace.mm.khugepaged import collapse_pte_mapped_thp, per_folio_steps
 from mmrace.mm.mmap_lock import mmap_read_lock, mmap_read_unlock
 from mmrace.scenarios import get
@@ -61,27 +59,6 @@ RW = PROT_READ | PROT_WRITE
 HUGE = 1 << 21
 PAGE = 1 << 12
 THP_BASE = 0x7E0000000000
-
-
-def ops(setup: Callable[[], Any], body: Callable[[Any], None]) -> int:
-    """Visible operations of ``body(setup())`` in one simulated thread."""
-
-    def program(run: bool) -> Callable[[], None]:
-        def prog() -> None:
-            state = setup()
-
-            def thread() -> None:
-                if run:
-                    body(state)
-
-            spawn(thread, name="t")
-
-        return prog
-
-    with_body = explore(program(True), max_executions=1, shrink=False)
-    assert with_body.violation is None, with_body.violation.message
-    without = explore(program(False), max_executions=1, shrink=False)
-    return with_body.steps - without.steps
 
 
 def anon(npages: int) -> tuple[Process, int]:

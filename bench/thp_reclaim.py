@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import platform
 import sys
-from collections.abc import Callable
 from typing import Any
 
-from mmrace.engine import explore, spawn
+from benchkit import ops
 from mmrace.mm.memory import do_user_addr_fault
 from mmrace.mm.vmscan import reclaim_folio
 from mmrace.user import (
@@ -32,27 +31,6 @@ from mmrace.user import (
 ANON = MAP_PRIVATE | MAP_ANONYMOUS
 RW = PROT_READ | PROT_WRITE
 THP_BASE = 0x7E0000000000
-
-
-def ops(setup: Callable[[], Any], body: Callable[[Any], None]) -> int:
-    """Visible operations of ``body(setup())`` in one simulated thread."""
-
-    def program(run: bool) -> Callable[[], None]:
-        def prog() -> None:
-            state = setup()
-
-            def thread() -> None:
-                if run:
-                    body(state)
-
-            spawn(thread, name="t")
-
-        return prog
-
-    with_body = explore(program(True), max_executions=1, shrink=False)
-    assert with_body.violation is None, with_body.violation.message
-    without = explore(program(False), max_executions=1, shrink=False)
-    return with_body.steps - without.steps
 
 
 def process(thp: str = "madvise") -> tuple[Process, int]:
