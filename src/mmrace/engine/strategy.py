@@ -187,19 +187,34 @@ class DfsStrategy(Strategy):
     Musuvathi, McKinley, OOPSLA 2013) so that schedules within the bound that
     reach the race with fewer preemptions are not lost.
 
-    Sleep sets are off under a bound. Tried (this branch, issue 11): a
-    sibling q explored before r may sleep in r's subtree when moving q's
-    operation to the front of an equivalent execution costs no preemption
-    (q the thread that ran before the node). The property tests passed, but
-    on ``uffd-wp-protect-unprotect/base+uffd-wp-mmap-write-lock`` the search
-    then missed 265 of the 8,915 traces within K=3: sleep sets assume that
-    q's subtree explores every trace that starts with q's operation, and
-    bounded DPOR does not give that locally -- it covers a trace somewhere in
-    the tree, here only under r (Coons' conservative backtrack points depend
-    on the schedule, not the trace). A sound rule would let q sleep only when
-    the bound cut nothing in q's subtree, which is known only when that
-    subtree is done; that ordering would cost the parallel split its
-    determinism, so it is left for later.
+    Sleep sets are off under a bound: no rule tried so far keeps the
+    bounded search sound. Measured on
+    ``uffd-wp-protect-unprotect/base+uffd-wp-mmap-write-lock`` at K=3
+    against this search without them, telling traces apart by identities
+    that do not depend on the schedule (an object by its creating thread
+    and creation index, a thread by its parent and spawn index, as
+    ``tests/engine/enginekit.StableCensus`` does; an earlier count, 265 of
+    8,915 traces missed by the first rule, was taken on an older model):
+
+    * a sibling q explored before r sleeps in r's subtree when moving q's
+      operation to the front costs no preemption (q ran before the node):
+      traces missed;
+    * q sleeps in r's subtree only if the bound refused no branch anywhere
+      in q's subtree (which then was explored as unbounded source-DPOR,
+      so it holds an equivalent of every execution starting with q's
+      operation): 7 of 7,345 traces missed, and only 2% of the executions
+      saved (20,926 against 21,425), since near the root almost every
+      subtree is cut somewhere.
+
+    Why: bounded DPOR covers a trace somewhere in the tree, not under the
+    branch it starts with, through backtrack points placed at the explored
+    schedule's last context switch before a race (Coons, Musuvathi,
+    McKinley, OOPSLA 2013). An execution that a sleeper prunes would have
+    placed such points where its explored equivalent, a different
+    schedule, does not. A sound reduction needs a
+    bound that equivalent executions share, or a proof for these points;
+    the parallel split also assumes a branch's sleep set is fixed when it
+    is added.
 
     Hot path: ``schedule`` and ``on_event`` run once per visible operation.
     A point with one enabled thread makes no node; a fresh node allocates no

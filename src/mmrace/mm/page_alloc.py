@@ -38,6 +38,8 @@ from mmrace.engine import (
     WRITE,
     SharedObject,
     ViolationError,
+    current_execution,
+    current_thread,
     execution_local,
     register_kind,
     visible,
@@ -78,22 +80,37 @@ class FolioContents(SharedObject):
     =====================  ==========================  ====================
     access                 word cell                   summaries
     =====================  ==========================  ====================
-    store / add of a word  WRITE / RMW                 store summary READ
+    store / add of a word  WRITE / RMW                 store summary READ,
+                                                       its CPU's store
+                                                       slot WRITE
     load of a word         READ                        load summary READ
-    page read (copy src)   --                          store summary PAGE_READ
+    page read (copy src)   --                          store summary READ,
+                                                       every store slot READ
+    batched page read      --                          store summary
+    (khugepaged)                                       PAGE_READ
     page write (copy dst,  --                          both WRITE
     poison on free)
     =====================  ==========================  ====================
 
     So the same word conflicts as before; different words commute (the
-    summaries are only read); a page read conflicts with every store and
-    no load; a page write with everything. Dependence is a superset of
-    "touch the same data and one writes", so no race is lost. Cells can be
-    made lazily: no whole-page access touches them, and an object made
+    summaries are only read, and each CPU writes its own store slot); a
+    page read conflicts with every store (through the storing CPU's slot)
+    and with page writes, but not with loads or other page reads -- two
+    CPUs copying one page in COW faults read it in either order with the
+    same result; a page write conflicts with everything. khugepaged's
+    batched read of up to 512 folios keeps one PAGE_READ of each store
+    summary rather than a slot per CPU per folio (it then also orders
+    against other page reads, which costs executions, not races).
+    Dependence is a superset of "touch the same data and one writes", so
+    no race is lost. Store slots are per CPU (the thread the set-up
+    spawned; an RCU callback writes its CPU's), and a page read makes the
+    slots of every CPU of the execution, so a store made later still meets
+    the page read on its CPU's slot. Cells can be made lazily: no
+    whole-page access touches them, and an object made
     after a decision point gets a serial that no footprint recorded at
     that point can name."""
 
-    __slots__ = ("folio", "words", "loads", "cells")
+    __slots__ = ("folio", "words", "loads", "cells", "store_slots")
 
     def __init__(self, folio: Folio, nr_pages: int) -> None:
         super().__init__(f"{folio.name}.data")
@@ -104,6 +121,7 @@ class FolioContents(SharedObject):
         self.words: list[dict[int, int]] = [{} for _ in range(nr_pages)]
         self.loads = SharedObject(f"{folio.name}.data(loads)")
         self.cells: dict[int, SharedObject] = {}
+        self.store_slots: dict[int, SharedObject] = {}  # by CPU (root thread id)
 
     def cell(self, idx: int, word: int) -> SharedObject:
         key = idx * WORDS_PER_PAGE + word
@@ -120,15 +138,28 @@ class FolioContents(SharedObject):
     def set(self, idx: int, word: int, value: int) -> None:
         self.words[idx][word] = value
 
+    def _store_slot(self, cpu: int) -> SharedObject:
+        slot = self.store_slots.get(cpu)
+        if slot is None:
+            slot = self.store_slots[cpu] = SharedObject(f"{self.name}(stores of {cpu})")
+        return slot
+
     def word_footprint(self, idx: int, word: int, kind: int) -> Accesses:
         """The (object, kind) accesses of a load (READ), store (WRITE) or
         add (RMW) of one word."""
-        return ((self.cell(idx, word), kind), (self.loads if kind == READ else self, READ))
+        cell = (self.cell(idx, word), kind)
+        if kind == READ:
+            return (cell, (self.loads, READ))
+        th = current_thread()
+        return (cell, (self, READ), (self._store_slot(th.root if th is not None else -1), WRITE))
 
     def page_footprint(self, kind: int) -> tuple[SharedObject, int, Accesses | None]:
         """(main object, kind, also) of a whole-page read (READ) or write."""
         if kind == READ:
-            return self, PAGE_READ, None
+            for th in current_execution().threads:
+                if th.root == th.tid:
+                    self._store_slot(th.tid)
+            return self, READ, tuple((slot, READ) for slot in self.store_slots.values())
         return self, WRITE, ((self.loads, WRITE),)
 
 
@@ -633,8 +664,8 @@ def visible_contents(folio: Folio, kind: int, what: str) -> None:
 
 
 def _visible_word(folio: Folio, idx: int, word: int, kind: int, what: str) -> None:
-    (cell, k), summary = folio.contents.word_footprint(idx, word, kind)
-    visible(cell, k, what, also=(summary,))
+    (cell, k), *summaries = folio.contents.word_footprint(idx, word, kind)
+    visible(cell, k, what, also=tuple(summaries))
     if folio.freed_at is not None:
         raise folio._uaf(what)
 
