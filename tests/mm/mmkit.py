@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from mmrace.engine import Result, explore
+from mmrace.engine import WAIT, Result, current_execution, explore, visible
 from mmrace.mm.page_alloc import Folio, mem_state, pfn_to_obj
 from mmrace.mm.pgtable import all_tables, peek_pte, pte_pfn, pte_present, pte_special
+from mmrace.sync._task import state_of
+from mmrace.sync.atomic import Atomic
 from mmrace.user import (
     MADV_DONTNEED,
     MAP_ANONYMOUS,
@@ -93,3 +95,20 @@ def two_page_race(op: str, store: bool) -> Callable[[], None]:
 
 
 __all__ = ["ANON", "RW", "Any", "check_accounting", "folio_at", "run1", "two_page_race"]
+
+
+def mmap_changing_settled(ctx: Any) -> None:
+    """Wait until every event read has been acknowledged by the thread that
+    raised it (``mmap_changing`` back to 0): one visible WAIT, or, for the
+    atomic of 5.15 on (per-CPU shares), one per CPU's share, each ordered
+    after the last change of that share. Test-side synchronization; the
+    guard stays true because no event is raised after the ones read."""
+    v = ctx.mmap_changing
+    if isinstance(v, Atomic):
+        for th in current_execution().threads:  # every CPU's share, as atomic_read's
+            if th.root == th.tid:
+                v.adds.of(state_of(th))
+        for share in list(v.adds.table.values()):
+            visible(share, WAIT, "mmap_changing == 0", guard=lambda: v.value() == 0)
+    else:
+        visible(v, WAIT, "mmap_changing == 0", guard=lambda: v.value == 0)

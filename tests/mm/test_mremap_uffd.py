@@ -10,11 +10,12 @@ import errno
 from typing import Any
 
 import pytest
-from mmkit import run1
+from mmkit import mmap_changing_settled, run1
 
-from mmrace.engine import WAIT, explore, require, visible
+from mmrace.engine import explore, require
 from mmrace.mm import mremap as mremap_mod
 from mmrace.mm.pgtable import lookup_pte, peek_pte, pte_uffd_wp
+from mmrace.mm.userfaultfd_k import mmap_changing_value
 from mmrace.user import (
     MAP_ANONYMOUS,
     MAP_FIXED,
@@ -41,11 +42,7 @@ OLD = 0x7E0000000000
 NEW = 0x7E0000400000
 
 
-def settled(ctx: Any) -> None:
-    """Wait until the event read has been acknowledged (``mmap_changing``
-    back to 0)."""
-    visible(ctx.mmap_changing, WAIT, "mmap_changing == 0",
-            guard=lambda: ctx.mmap_changing.value == 0)
+settled = mmap_changing_settled
 
 
 def remap_program(seen: dict[str, Any]) -> Any:
@@ -117,7 +114,7 @@ def test_mmap_changing_is_raised_while_the_move_completes(
 
     def spy(vrm: Any, failed: bool) -> None:
         if vrm.uf.ctx is not None:
-            levels.append(vrm.uf.ctx.mmap_changing.value)
+            levels.append(mmap_changing_value(vrm.uf.ctx))
         real(vrm, failed)
 
     monkeypatch.setattr(mremap_mod, "notify_uffd", spy)

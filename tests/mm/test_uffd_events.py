@@ -11,15 +11,20 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from mmkit import check_accounting, run1
+from mmkit import check_accounting, mmap_changing_settled, run1
 
-from mmrace.engine import WAIT, current_execution, explore, require, visible
+from mmrace.engine import current_execution, explore, require
 from mmrace.mm.fs_userfaultfd import mremap_userfaultfd_complete, mremap_userfaultfd_prep
 from mmrace.mm.mm_types import VM_UFFD_MISSING, VM_UFFD_WP
 from mmrace.mm.mmap_lock import mmap_write_lock, mmap_write_unlock
 from mmrace.mm.page_alloc import WORD_SIZE
 from mmrace.mm.pgtable import peek_pte, pte_present, pte_uffd_wp
-from mmrace.mm.userfaultfd_k import UffdMsg, UserfaultfdWaitQueue, VmUserfaultfdCtx
+from mmrace.mm.userfaultfd_k import (
+    UffdMsg,
+    UserfaultfdWaitQueue,
+    VmUserfaultfdCtx,
+    mmap_changing_value,
+)
 from mmrace.sync.completion import complete
 from mmrace.user import (
     MADV_DONTNEED,
@@ -53,12 +58,7 @@ EVENTS = (UFFD_FEATURE_EVENT_FORK | UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVEN
           | UFFD_FEATURE_EVENT_UNMAP)
 
 
-def settled(ctx: Any) -> None:
-    """Wait until every event read has been acknowledged by the thread that
-    raised it (``mmap_changing`` back to 0): before that the fill ioctls
-    still get EAGAIN."""
-    visible(ctx.mmap_changing, WAIT, "mmap_changing == 0",
-            guard=lambda: ctx.mmap_changing.value == 0)
+settled = mmap_changing_settled
 
 
 def exhaust(program: Callable[[], Any], seconds: float = 50) -> int:
@@ -165,7 +165,7 @@ def test_remove_waits_for_the_read_then_zaps() -> None:
                     == (a, a + PAGE_SIZE), f"read {msg}")
             require(got[1] is True, "zapped before the monitor read REMOVE")
             require(not pte_present(peek_pte(p.mm, a)), "not zapped")
-            require(uffd.ctx.mmap_changing.value == 0, "mmap_changing left raised")
+            require(mmap_changing_value(uffd.ctx) == 0, "mmap_changing left raised")
             check_accounting([p])
 
         return check
@@ -355,7 +355,7 @@ def test_close_releases_an_event_waiter() -> None:
 
         def check() -> None:
             require(done == [True], "MADV_DONTNEED still waits")
-            require(uffd.ctx.mmap_changing.value == 0, "mmap_changing left raised")
+            require(mmap_changing_value(uffd.ctx) == 0, "mmap_changing left raised")
 
         return check
 

@@ -16,6 +16,7 @@ from mmrace.mm.mmap_lock import (
     vma_end_read,
     vma_start_read_locked,
 )
+from mmrace.mm.userfaultfd_k import mmap_changing_inc, mmap_changing_read
 from mmrace.user import PAGE_SIZE, UFFDIO_REGISTER_MODE_WP, System, Thread, vma_find
 
 
@@ -95,3 +96,38 @@ def test_map_changing_lock_readers_commute() -> None:
         assert r.outcome == "clean" and r.complete
     assert with_lock.executions == without.executions
     assert with_lock.steps > without.steps  # the lock's operations are there
+
+
+def _two_raisers(kernel: str) -> tuple[int, set[bool]]:
+    """Two events raise ``mmap_changing`` (the bare raise, no
+    ``map_changing_lock``) while a third task reads it: executions, and
+    whether the reader saw it raised."""
+    seen: set[bool] = set()
+
+    def program() -> None:
+        p = System(cpus=3, kernel=kernel).process()
+        ctx = p.userfaultfd().ctx
+
+        def raiser() -> None:
+            mmap_changing_inc(ctx, write_lock=False)
+
+        def reader() -> None:
+            seen.add(mmap_changing_read(ctx))
+
+        spawn(raiser, name="R0")
+        spawn(raiser, name="R1")
+        spawn(reader, name="check")
+
+    r = explore(program, "dpor")
+    assert r.outcome == "clean" and r.complete and r.blocked == 0
+    return r.executions, seen
+
+
+def test_mmap_changing_raises_commute_from_5_15() -> None:
+    """From 5.15 ``mmap_changing`` is an ``atomic_t``: two raisers'
+    ``atomic_inc`` commute (per-CPU slots) and the reader's
+    ``atomic_read`` orders against each (before or after either raise): 4
+    traces. The bool of 4.18-5.14 is written twice (``WRITE_ONCE``), so
+    the two stores race as well: 6 traces, the same two answers."""
+    assert _two_raisers("5.15") == (4, {False, True})
+    assert _two_raisers("5.14") == (6, {False, True})

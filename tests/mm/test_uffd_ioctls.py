@@ -17,7 +17,7 @@ from mmrace.engine import explore
 from mmrace.mm.page_alloc import WORD_SIZE
 from mmrace.mm.pgtable import peek_pte, pte_present, pte_special, pte_uffd_wp, pte_write
 from mmrace.mm.userfaultfd_ioctl import UffdIoctlError, userfaultfd_writeprotect
-from mmrace.mm.userfaultfd_k import mmap_changing_dec, mmap_changing_inc
+from mmrace.mm.userfaultfd_k import mmap_changing_dec, mmap_changing_inc, mmap_changing_value
 from mmrace.oracles.rmap import rmap_mismatch
 from mmrace.user import (
     MAP_ANONYMOUS,
@@ -198,7 +198,7 @@ def test_mmap_changing_is_a_bool_until_5_15(release: str, after_two_one: int) ->
         mmap_changing_inc(uffd.ctx)
         mmap_changing_inc(uffd.ctx)
         mmap_changing_dec(uffd.ctx)
-        assert uffd.ctx.mmap_changing.value == after_two_one
+        assert mmap_changing_value(uffd.ctx) == after_two_one
 
     with_uffd(body, kernel=release)
 

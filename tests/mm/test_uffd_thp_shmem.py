@@ -26,6 +26,7 @@ from mmrace.mm.pgtable import (
 )
 from mmrace.mm.shmem import ShmemFile, shmem_get_folio
 from mmrace.mm.swapops import pte_marker_uffd_wp, pte_swp_uffd_wp
+from mmrace.mm.userfaultfd_k import mmap_changing_value
 from mmrace.user import (
     MADV_FREE,
     MAP_ANONYMOUS,
@@ -241,7 +242,7 @@ def test_madv_free_sends_the_remove_event() -> None:
             msg = got[0]
             require(msg.event == UFFD_EVENT_REMOVE and (msg.start, msg.end)
                     == (a, a + PAGE_SIZE), f"read {msg}")
-            require(uffd.ctx.mmap_changing.value == 0, "mmap_changing left raised")
+            require(mmap_changing_value(uffd.ctx) == 0, "mmap_changing left raised")
 
         return check
 

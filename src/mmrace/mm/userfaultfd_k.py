@@ -43,6 +43,7 @@ from mmrace.mm.mm_types import (
 )
 from mmrace.mm.mm_types import UserfaultfdCtx as _UffdIdentity
 from mmrace.mm.pgtable import pte_uffd_wp
+from mmrace.sync.atomic import Atomic, atomic_dec, atomic_inc, atomic_read
 from mmrace.sync.completion import Completion
 
 # --- errno values the ioctls return -------------------------------------------------
@@ -203,7 +204,12 @@ class UserfaultfdCtx(_UffdIdentity):
         self.event_lock = Spinlock(f"{name}.event_wqh.lock")
         self.event_wqh: list[UserfaultfdWaitQueue] = []
         self.fd_wqh = Completion(f"{name}.fd_wqh")
-        self.mmap_changing = Var(0, f"{name}.mmap_changing")
+        # A bool before 5.15 (WRITE_ONCE / READ_ONCE), an atomic_t after:
+        # then two raisers' atomic_inc (and the readers' atomic_dec) are
+        # result-less and commute (mmrace.sync.atomic's per-CPU slots).
+        self.mmap_changing: Var[int] | Atomic = (
+            Atomic(0, f"{name}.mmap_changing") if uffd_has(mm, "uffd-mmap-changing-atomic")
+            else Var(0, f"{name}.mmap_changing"))
         self.map_changing_lock = RwSemaphore(f"{name}.map_changing_lock",
                                              "&ctx->map_changing_lock")
         self.nr_faults = 0
@@ -319,7 +325,15 @@ def mmap_changing_read(ctx: UserfaultfdCtx) -> bool:
     read, no scheduling point)."""
     if not uffd_has(ctx.mm, "uffd-mmap-changing"):
         return False
-    return bool(ctx.mmap_changing.load())
+    v = ctx.mmap_changing
+    return bool(atomic_read(v) if isinstance(v, Atomic) else v.load())
+
+
+def mmap_changing_value(ctx: UserfaultfdCtx) -> int:
+    """The value of ``ctx->mmap_changing`` as a debugger would see it (no
+    operation): the bool (0/1) or the atomic's total."""
+    v = ctx.mmap_changing
+    return v.value() if isinstance(v, Atomic) else int(v.value)
 
 
 def mmap_changing_inc(ctx: UserfaultfdCtx, *, write_lock: bool = True) -> None:
@@ -334,10 +348,11 @@ def mmap_changing_inc(ctx: UserfaultfdCtx, *, write_lock: bool = True) -> None:
     locked = write_lock and changing_lock_in_use(ctx)
     if locked:
         down_write(ctx.map_changing_lock)
-    if uffd_has(mm, "uffd-mmap-changing-atomic"):
-        ctx.mmap_changing.rmw(lambda n: n + 1)
+    v = ctx.mmap_changing
+    if isinstance(v, Atomic):
+        atomic_inc(v)
     else:
-        ctx.mmap_changing.store(1)
+        v.store(1)
     if locked:
         up_write(ctx.map_changing_lock)
 
@@ -350,10 +365,11 @@ def mmap_changing_dec(ctx: UserfaultfdCtx) -> None:
     mm = ctx.mm
     if not uffd_has(mm, "uffd-mmap-changing"):
         return
-    if uffd_has(mm, "uffd-mmap-changing-atomic"):
-        ctx.mmap_changing.rmw(lambda n: n - 1)
+    v = ctx.mmap_changing
+    if isinstance(v, Atomic):
+        atomic_dec(v)
     else:
-        ctx.mmap_changing.store(0)
+        v.store(0)
 
 
 def map_changing_read_lock(ctx: UserfaultfdCtx) -> None:
