@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from mmrace.engine import WAIT, Result, current_execution, explore, visible
+from mmrace.engine import WAIT, Result, explore, visible
 from mmrace.mm.page_alloc import Folio, mem_state, pfn_to_obj
 from mmrace.mm.pgtable import all_tables, peek_pte, pte_pfn, pte_present, pte_special
-from mmrace.sync._task import state_of
 from mmrace.sync.atomic import Atomic
 from mmrace.user import (
     MADV_DONTNEED,
@@ -105,10 +104,7 @@ def mmap_changing_settled(ctx: Any) -> None:
     guard stays true because no event is raised after the ones read."""
     v = ctx.mmap_changing
     if isinstance(v, Atomic):
-        for th in current_execution().threads:  # every CPU's share, as atomic_read's
-            if th.root == th.tid:
-                v.adds.of(state_of(th))
-        for share in list(v.adds.table.values()):
+        for share in v.adds.every():  # every CPU's share, as atomic_read's
             visible(share, WAIT, "mmap_changing == 0", guard=lambda: v.value() == 0)
     else:
         visible(v, WAIT, "mmap_changing == 0", guard=lambda: v.value == 0)

@@ -38,8 +38,6 @@ from mmrace.engine import (
     WRITE,
     SharedObject,
     ViolationError,
-    current_execution,
-    current_thread,
     execution_local,
     register_kind,
     visible,
@@ -48,6 +46,7 @@ from mmrace.mm.internal import kfunc
 from mmrace.mm.locks import KObject, kfree, kfree_in_op
 from mmrace.mm.mm_types import PAGE_SIZE
 from mmrace.mm.rules_check import folio_lock_order
+from mmrace.sync.slots import Slots
 
 WORD_SIZE = 8
 """Bytes per word of user data: a user load or store addresses one naturally
@@ -102,15 +101,16 @@ class FolioContents(SharedObject):
     summary rather than a slot per CPU per folio (it then also orders
     against other page reads, which costs executions, not races).
     Dependence is a superset of "touch the same data and one writes", so
-    no race is lost. Store slots are per CPU (the thread the set-up
-    spawned; an RCU callback writes its CPU's), and a page read makes the
-    slots of every CPU of the execution, so a store made later still meets
-    the page read on its CPU's slot. Cells can be made lazily: no
+    no race is lost. Store slots are ``mmrace.sync.slots`` per CPU (the
+    thread the set-up spawned; an RCU callback writes its CPU's), and a
+    page read makes the slots of every CPU of the execution
+    (``Slots.every``), so a store made later still meets the page read on
+    its CPU's slot. Cells can be made lazily: no
     whole-page access touches them, and an object made
     after a decision point gets a serial that no footprint recorded at
     that point can name."""
 
-    __slots__ = ("folio", "words", "loads", "cells", "store_slots")
+    __slots__ = ("folio", "words", "loads", "cells", "stores")
 
     def __init__(self, folio: Folio, nr_pages: int) -> None:
         super().__init__(f"{folio.name}.data")
@@ -121,7 +121,7 @@ class FolioContents(SharedObject):
         self.words: list[dict[int, int]] = [{} for _ in range(nr_pages)]
         self.loads = SharedObject(f"{folio.name}.data(loads)")
         self.cells: dict[int, SharedObject] = {}
-        self.store_slots: dict[int, SharedObject] = {}  # by CPU (root thread id)
+        self.stores = Slots(self, "stores", per_root=True)  # one store slot per CPU
 
     def cell(self, idx: int, word: int) -> SharedObject:
         key = idx * WORDS_PER_PAGE + word
@@ -138,28 +138,18 @@ class FolioContents(SharedObject):
     def set(self, idx: int, word: int, value: int) -> None:
         self.words[idx][word] = value
 
-    def _store_slot(self, cpu: int) -> SharedObject:
-        slot = self.store_slots.get(cpu)
-        if slot is None:
-            slot = self.store_slots[cpu] = SharedObject(f"{self.name}(stores of {cpu})")
-        return slot
-
     def word_footprint(self, idx: int, word: int, kind: int) -> Accesses:
         """The (object, kind) accesses of a load (READ), store (WRITE) or
         add (RMW) of one word."""
         cell = (self.cell(idx, word), kind)
         if kind == READ:
             return (cell, (self.loads, READ))
-        th = current_thread()
-        return (cell, (self, READ), (self._store_slot(th.root if th is not None else -1), WRITE))
+        return (cell, (self, READ), (self.stores.current(), WRITE))
 
     def page_footprint(self, kind: int) -> tuple[SharedObject, int, Accesses | None]:
         """(main object, kind, also) of a whole-page read (READ) or write."""
         if kind == READ:
-            for th in current_execution().threads:
-                if th.root == th.tid:
-                    self._store_slot(th.tid)
-            return self, READ, tuple((slot, READ) for slot in self.store_slots.values())
+            return self, READ, tuple((slot, READ) for slot in self.stores.every())
         return self, WRITE, ((self.loads, WRITE),)
 
 

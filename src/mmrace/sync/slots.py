@@ -94,6 +94,15 @@ class Slots:
         """The running task's slot."""
         return self.of(task())
 
+    def every(self) -> list[Slot]:
+        """Every slot, after making the slot of each thread of the execution
+        that has none yet (with *per_root*, of each CPU): an operation that
+        reads them all then also meets a share taken later."""
+        for th in current_execution().threads:
+            if not self.per_root or th.root == th.tid:
+                self.of(state_of(th))
+        return list(self.table.values())
+
     def mine(self, ts: TaskState) -> Slot | None:
         """Task *ts*'s slot if it has one (no new object)."""
         return self.table.get(self._key(ts)[0])
@@ -132,9 +141,7 @@ class Slots:
         changed nothing and is made again with that slot in its footprint."""
         if ts is None:
             ts = task()
-        for th in current_execution().threads:
-            if not self.per_root or th.root == th.tid:
-                self.of(state_of(th))
+        self.every()
         mine = None if own else self.mine(ts)
         while True:
             slots = [s for s in self.table.values() if s is not mine]
