@@ -30,7 +30,7 @@ def test_mprotect_bits(kw: dict[str, Any], rw_again: bool) -> None:
         out["ro"] = (pte_present(pte), pte_write(pte), pte_soft_dirty(pte))
         proc.mprotect(a, 2 * PAGE_SIZE, RW)
         out["rw"] = pte_write(peek_pte(proc.mm, a))
-        out["pending"] = proc.mm.tlb_flush_pending.value
+        out["pending"] = proc.mm.tlb_flush_pending.value()
         proc.poke(a, 2)
         out["after"] = pte_write(peek_pte(proc.mm, a))
 
@@ -82,7 +82,7 @@ def test_flush_is_deferred_to_the_end_of_the_range(monkeypatch: pytest.MonkeyPat
         proc.poke(a - PAGE_SIZE, 1)
         proc.poke(a, 2)
         proc.mprotect(a - PAGE_SIZE, 2 * PAGE_SIZE, PROT_READ)
-        assert proc.mm.tlb_flush_pending.value == 0
+        assert proc.mm.tlb_flush_pending.value() == 0
 
     run1(program)
     assert len(seen) == 2 and all(p for p, _ in seen)

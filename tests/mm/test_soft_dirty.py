@@ -35,7 +35,7 @@ def test_clear_refs_and_pagemap(kw: dict[str, Any]) -> None:
         out["pte"] = (pte_write(pte), pte_soft_dirty(pte))
         out["cleared"] = proc.pagemap(a)
         out["untouched"] = proc.pagemap(a + PAGE_SIZE)
-        out["pending"] = proc.mm.tlb_flush_pending.value
+        out["pending"] = proc.mm.tlb_flush_pending.value()
         proc.poke(a, 2)
         out["rewritten"] = proc.pagemap(a)
 

@@ -27,6 +27,7 @@ from mmrace.mm.rules_check import (
     register_lock_level,
 )
 from mmrace.sync import SeqCount
+from mmrace.sync.atomic import Atomic, atomic_dec, atomic_inc, atomic_read
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
@@ -287,7 +288,9 @@ class MmStruct(KObject):
         self.users_gone: str | None = None  # where the last mmput happened
         self.teardown_tid: int | None = None  # the thread in __mmput (exit_mmap) now
         self.has_pinned = Var(0, f"{name}.has_pinned")
-        self.tlb_flush_pending = Var(0, f"{name}.tlb_flush_pending")
+        # atomic_t: concurrent deferred flushes' increments and decrements
+        # commute; every read orders against each (mmrace.sync.atomic).
+        self.tlb_flush_pending = Atomic(0, f"{name}.tlb_flush_pending")
         self.write_protect_seq = SeqCount(f"{name}.write_protect_seq")
         self.mm_cpumask: Var[frozenset[int]] = Var(frozenset(), f"{name}.cpumask")
         self.task_size = task_size
@@ -491,16 +494,23 @@ class VmaLock(SharedObject):
 
 def inc_tlb_flush_pending(mm: MmStruct) -> None:
     """``inc_tlb_flush_pending``: announce that PTEs of *mm* are about to be
-    changed with the TLB flush deferred (one visible RMW of
-    ``mm->tlb_flush_pending``). Call it before changing any PTE, so that a
-    fault that sees a changed PTE also sees the pending flush."""
-    mm.tlb_flush_pending.rmw(lambda n: n + 1)
+    changed with the TLB flush deferred (``atomic_inc`` of
+    ``mm->tlb_flush_pending``: one visible write of this CPU's share, so
+    two CPUs' increments commute; only the reads below order against it).
+    Call it before changing any PTE, so that a fault that sees a changed
+    PTE also sees the pending flush.
+
+    Left out: before 4.13 the field was a bool that the first finisher of
+    two nested deferred flushes could clear too early ("mm: migrate:
+    prevent racy access to tlb_flush_pending"); the model keeps the
+    counter for every release."""
+    atomic_inc(mm.tlb_flush_pending)
 
 
 def dec_tlb_flush_pending(mm: MmStruct) -> None:
     """``dec_tlb_flush_pending``: the deferred flush is done (call it after
-    the flush)."""
-    mm.tlb_flush_pending.rmw(lambda n: n - 1)
+    the flush); ``atomic_dec``, commuting like the increment."""
+    atomic_dec(mm.tlb_flush_pending)
 
 
 def mm_tlb_flush_pending(mm: MmStruct) -> bool:
@@ -508,12 +518,12 @@ def mm_tlb_flush_pending(mm: MmStruct) -> bool:
     and has not flushed yet (one visible read). The kernel requires the PTL
     of the PTE in question to be held, so the read is ordered after the
     change it is about."""
-    return mm.tlb_flush_pending.load() > 0
+    return atomic_read(mm.tlb_flush_pending) > 0
 
 
 def mm_tlb_flush_nested(mm: MmStruct) -> bool:
     """``mm_tlb_flush_nested``: more than one deferred flush is pending, so
     another thread may have changed PTEs this one's flush must cover
     (``tlb_finish_mmu`` then forces a full flush)."""
-    return mm.tlb_flush_pending.load() > 1
+    return atomic_read(mm.tlb_flush_pending) > 1
 

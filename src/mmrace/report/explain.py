@@ -32,7 +32,7 @@ _LOCK_LABELS = (
 )
 _LOCK_TYPES = ("Spinlock", "RwSemaphore", "Mutex", "RawSpinlock")
 _FALLBACK = re.compile(r"\.pte@.*\[\d+\]$|\.data$|\.tlb\[")
-_FLUSH = re.compile(r"tlb_flush_pending$|\.ipi$")
+_FLUSH = re.compile(r"tlb_flush_pending(\.adds\(.*\))?$|\.ipi$")
 
 
 def _objs(ev: Event) -> list[SharedObject]:
