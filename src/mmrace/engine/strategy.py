@@ -188,7 +188,8 @@ class DfsStrategy(Strategy):
     reach the race with fewer preemptions are not lost.
 
     Sleep sets are off under a bound: no rule tried so far keeps the
-    bounded search sound. Measured on
+    bounded search sound (``docs/scale.md`` lists the four rules measured
+    and why each fails). Measured on
     ``uffd-wp-protect-unprotect/base+uffd-wp-mmap-write-lock`` at K=3
     against this search without them, telling traces apart by identities
     that do not depend on the schedule (an object by its creating thread
