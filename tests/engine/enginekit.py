@@ -14,7 +14,9 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from mmrace.engine import (
+    ACQUIRE,
     READ,
+    RELEASE,
     RMW,
     WAIT,
     WRITE,
@@ -67,6 +69,50 @@ class Lock(SharedObject):
         visible(self, RMW, "unlock")
         require(self.owner is me, f"unlock of {self.name} by a non-owner")
         self.owner = self.queue.pop(0) if self.queue else None
+
+    def wait_info(self, thread: SimThread) -> str:
+        return f"held by {self.owner.name}" if self.owner is not None else ""
+
+
+class Mutex(SharedObject):
+    """A lock whose acquisition is one ACQUIRE event, blocked while it is
+    held; a release is one RELEASE. No queue: whoever is enabled when it is
+    free may take it."""
+
+    __slots__ = ("owner",)
+
+    def __init__(self, name: str = "") -> None:
+        super().__init__(name)
+        self.owner: SimThread | None = None
+
+    def free(self) -> bool:
+        return self.owner is None
+
+    def acquire(self) -> None:
+        me = current_thread()
+        assert me is not None, "locks are for simulated threads"
+        require(self.owner is not me, f"{me.name} locks {self.name} recursively")
+        visible(self, ACQUIRE, "lock", guard=self.free)
+        assert self.owner is None
+        self.owner = me
+
+    def trylock(self) -> bool:
+        me = current_thread()
+        visible(self, RMW, "trylock")
+        if self.owner is None:
+            self.owner = me
+            return True
+        return False
+
+    def is_locked(self) -> bool:
+        visible(self, READ, "is_locked")
+        return self.owner is not None
+
+    def release(self) -> None:
+        me = current_thread()
+        require(self.owner is me, f"unlock of {self.name} by a non-owner")
+        visible(self, RELEASE, "unlock")
+        self.owner = None
 
     def wait_info(self, thread: SimThread) -> str:
         return f"held by {self.owner.name}" if self.owner is not None else ""
@@ -235,7 +281,9 @@ def filesystem(
 # var, else load it) so that control flow depends on values read, or "cs"
 # (a critical section: lock the var's lock, add operand with an RMW, unlock),
 # or "pair" (one atomic operation that reads the next var and writes this
-# one: ``visible(..., also=...)``).
+# one: ``visible(..., also=...)``); with ACQUIRE/RELEASE locks (a second set,
+# one per var), "mcs" (lock, add operand, unlock), "try" (trylock; if taken,
+# add operand and unlock) or "peek" (is the lock held?).
 Op = tuple[str, int, int]
 Spec = tuple[int, tuple[tuple[Op, ...], ...]]  # (number of vars, ops per thread)
 
@@ -250,6 +298,7 @@ def spec_program(spec: Spec, sink: list[tuple[Any, ...]] | None = None,
     def program() -> Any:
         vs = [Var(0, name=f"v{i}") for i in range(nvars)]
         locks = [Lock(f"L{i}") for i in range(nvars)]
+        mutexes = [Mutex(f"M{i}") for i in range(nvars)]
         reads: list[list[Any]] = [[] for _ in threads]
 
         def worker(tid: int, ops: Sequence[Op]) -> None:
@@ -275,6 +324,18 @@ def spec_program(spec: Spec, sink: list[tuple[Any, ...]] | None = None,
                     locks[vi].acquire()
                     seen.append(v.rmw(lambda x, val=val: x + val))
                     locks[vi].release()
+                elif kind == "mcs":
+                    mutexes[vi].acquire()
+                    seen.append(v.rmw(lambda x, val=val: x + val))
+                    mutexes[vi].release()
+                elif kind == "try":
+                    if mutexes[vi].trylock():
+                        seen.append(v.rmw(lambda x, val=val: x + val))
+                        mutexes[vi].release()
+                    else:
+                        seen.append(None)
+                elif kind == "peek":
+                    seen.append(mutexes[vi].is_locked())
                 else:
                     got = v.load()
                     seen.append(got)

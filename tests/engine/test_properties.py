@@ -14,7 +14,11 @@ from mmrace.engine import current_execution, explore, replay
 from mmrace.engine.token import encode
 
 KINDS = ("load", "store", "rmw", "cond", "pair")
-COST = {"load": 1, "store": 1, "rmw": 1, "cond": 2, "cs": 3, "pair": 1}
+COST = {
+    "load": 1, "store": 1, "rmw": 1, "cond": 2, "cs": 3, "pair": 1,
+    "mcs": 3, "try": 3, "peek": 1,
+}
+LOCKING = ("cs", "mcs", "try")
 
 
 @st.composite
@@ -87,7 +91,7 @@ def check_spec(spec: Spec, bounds: tuple[int, ...] = (0, 1, 2)) -> None:
 
     # the lexicographic-normal-form counter agrees with canonicalisation
     # (it cannot handle WAIT, so not with locks)
-    if not any(op[0] == "cs" for ops in spec[1] for op in ops):
+    if not any(op[0] in LOCKING for ops in spec[1] for op in ops):
         assert lnf_traces(spec_program(spec))[0] == traces
     # and so does the sleep-set-only counter
     assert sleep_set_traces(spec_program(spec))[0] == traces
@@ -128,6 +132,19 @@ def test_dpor_matches_naive(spec: Spec) -> None:
 @given(specs(max_events=10, max_threads=3, kinds=(*KINDS, "cs")))
 def test_dpor_matches_naive_with_locks(spec: Spec) -> None:
     check_spec(spec)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(specs(max_events=10, max_threads=3, kinds=(*KINDS, "mcs", "try", "peek")))
+def test_dpor_matches_naive_with_acquire_locks(spec: Spec) -> None:
+    check_spec(spec)
+
+
+@pytest.mark.slow
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(specs(max_events=12, max_threads=4, kinds=(*KINDS, "cs", "mcs", "try", "peek")))
+def test_dpor_matches_naive_with_both_locks_larger(spec: Spec) -> None:
+    check_spec(spec, bounds=(0, 1, 2, 3))
 
 
 @pytest.mark.slow

@@ -147,7 +147,7 @@ def test_shmem_collapse_vs_hole_punch_bounded() -> None:
     the truncation), or succeeds before or after the punch."""
     outcomes, fine, batched = _both(shmem_vs_punch(2, 0), bound=2)
     assert len(outcomes) == 5 and any(o[1] for o in outcomes)
-    assert (fine, batched) == (344, 313)
+    assert (fine, batched) == (336, 306)
 
 
 def test_shmem_collapse_of_unmapped_pages_vs_hole_punch() -> None:
@@ -155,16 +155,16 @@ def test_shmem_collapse_of_unmapped_pages_vs_hole_punch() -> None:
     lookup and its refcount check, which are then one operation."""
     outcomes, fine, batched = _both(shmem_vs_punch(2, 1, unmapped=True))
     assert len(outcomes) == 5 and any(o[1] for o in outcomes)
-    assert (fine, batched) == (1114, 450)
+    assert (fine, batched) == (1105, 441)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("target", [0, 1])
 def test_shmem_collapse_vs_hole_punch(target: int) -> None:
-    """The same, explored completely (about 25 s for both models)."""
+    """The same, explored completely (about 15 s for both models)."""
     outcomes, fine, batched = _both(shmem_vs_punch(2, target))
     assert len(outcomes) == 5
-    assert (fine, batched) == {0: (4122, 1848), 1: (7990, 3947)}[target]
+    assert (fine, batched) == {0: (3491, 1597), 1: (4440, 2201)}[target]
 
 
 def _ops(setup: Callable[[], tuple[Process, int]]) -> int:

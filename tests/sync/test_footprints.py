@@ -4,8 +4,8 @@ and DPOR against naive enumeration keeping every verdict.
 
 The trace counts pin down which operations commute: two readers of an
 rwsem, N independent ``call_rcu``s, two result-less ``atomic_add``s are one
-trace each; a lock handed over to a queued waiter is a different trace from
-an uncontended acquisition (a different kernel path), and stays one.
+trace each; taking a free lock and waiting for its holder to let go are one
+trace, so N tasks taking one lock are the N! orders they get it in.
 """
 
 from __future__ import annotations
@@ -197,17 +197,19 @@ def test_refcount_dec_and_test_orders_against_increments() -> None:
 
 @pytest.mark.parametrize("kind", ["mutex", "spinlock"])
 def test_exclusive_lock_traces(kind: str) -> None:
-    """Two tasks taking one lock: either goes first, and the second either
-    finds it free or queues and is handed it (four traces, each a distinct
-    path through the lock). Two tasks taking two different locks: one."""
+    """Two tasks taking one lock: either goes first (two traces; the second
+    finding it free or waiting until it is released is the same trace, as
+    both end with it owning the lock right after the release). Three tasks:
+    the six orders they get it in. Two tasks taking two different locks:
+    one."""
 
-    def program(shared: bool) -> Program:
+    def program(tasks: int, shared: bool) -> Program:
         def prog() -> None:
             if kind == "mutex":
-                locks = [mutex_init("m0"), mutex_init("m1")]
+                locks = [mutex_init(f"m{i}") for i in range(tasks)]
                 lock, unlock = mutex_lock, mutex_unlock
             else:
-                locks = [spin_lock_init("s0"), spin_lock_init("s1")]
+                locks = [spin_lock_init(f"s{i}") for i in range(tasks)]
                 lock, unlock = spin_lock, spin_unlock
 
             def body(i: int) -> None:
@@ -215,12 +217,13 @@ def test_exclusive_lock_traces(kind: str) -> None:
                 lock(lk)  # type: ignore[arg-type]
                 unlock(lk)  # type: ignore[arg-type]
 
-            spawn_each(lambda: body(0), lambda: body(1))
+            spawn_each(*(lambda i=i: body(i) for i in range(tasks)))
 
         return prog
 
-    assert traces(program(True)) == 4
-    assert traces(program(False)) == 1
+    assert traces(program(2, True)) == 2
+    assert traces(program(3, True)) == 6
+    assert traces(program(2, False)) == 1
 
 
 def test_seqcount_readers_commute() -> None:

@@ -4,7 +4,9 @@ Nothing in this package knows about memory management.
 """
 
 from mmrace.engine.core import (
+    ACQUIRE,
     READ,
+    RELEASE,
     RMW,
     WAIT,
     WRITE,
@@ -41,7 +43,9 @@ from mmrace.engine.token import TokenError
 from mmrace.engine.var import Var
 
 __all__ = [
+    "ACQUIRE",
     "READ",
+    "RELEASE",
     "RMW",
     "STRATEGIES",
     "WAIT",

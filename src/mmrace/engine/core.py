@@ -50,6 +50,19 @@ reversed against it (it could not run before it). It changes nothing and its
 guard is monotone, so it commutes with every later write: DPOR orders it
 after that one write only, and sleep sets treat it as independent."""
 
+ACQUIRE = 4
+"""Takes an exclusive lock: blocked while the lock is held (its guard), one
+event when it is free. Two acquisitions of one lock race (either could have
+come first); the release that freed the lock happens before it but is never
+reversed against it (it could not run before it). So "took it free" and
+"waited, then took it" are one trace, and DPOR finds the race between the
+two acquisitions itself, across the holder's release (Flanagan and
+Godefroid's treatment of locks). Its guard need not be monotone: another
+acquisition can disable it, and that one races with it."""
+RELEASE = 5
+"""Releases a lock taken with ACQUIRE: a write for every other access, and
+ordered before the next ACQUIRE of the lock (happens-before only)."""
+
 INDEP = 0
 HB = 1
 RACE = 2
@@ -57,29 +70,32 @@ RACE = 2
 # REL[earlier][later] for base kinds: independent, happens-before only, or a
 # reversible race (dependent and co-enabled).
 _REL: tuple[tuple[int, ...], ...] = (
-    (INDEP, RACE, RACE, INDEP),  # READ then ...
-    (RACE, RACE, RACE, HB),  # WRITE then ...
-    (RACE, RACE, RACE, HB),  # RMW then ...
-    (INDEP, INDEP, INDEP, INDEP),  # WAIT then ...
+    (INDEP, RACE, RACE, INDEP, RACE, RACE),  # READ then ...
+    (RACE, RACE, RACE, HB, RACE, RACE),  # WRITE then ...
+    (RACE, RACE, RACE, HB, RACE, RACE),  # RMW then ...
+    (INDEP, INDEP, INDEP, INDEP, INDEP, INDEP),  # WAIT then ...
+    (RACE, RACE, RACE, HB, RACE, RACE),  # ACQUIRE then ...
+    (RACE, RACE, RACE, HB, HB, RACE),  # RELEASE then ...
 )
 
-_kind_names: list[str] = ["read", "write", "rmw", "wait"]
-_kind_base: list[int] = [READ, WRITE, RMW, WAIT]
-# Per kind, DPOR's access class: 0 read, 1 write (WRITE, RMW), 2 wait.
-kind_class: list[int] = [0, 1, 1, 2]
+_kind_names: list[str] = ["read", "write", "rmw", "wait", "acquire", "release"]
+_kind_base: list[int] = [READ, WRITE, RMW, WAIT, ACQUIRE, RELEASE]
+# Per kind, DPOR's access class: 0 read, 1 write (WRITE, RMW), 2 wait,
+# 3 acquire, 4 release.
+kind_class: list[int] = [0, 1, 1, 2, 3, 4]
 
 
 def register_kind(name: str, like: int) -> int:
     """Register an access kind that depends like base kind *like* (READ, WRITE,
-    RMW or WAIT) but is named *name* in traces. Returns the new kind's id.
+    RMW, WAIT, ACQUIRE or RELEASE) but is named *name* in traces. Returns the new kind's id.
     Registering the same name twice returns the same id."""
     if name in _kind_names:
         return _kind_names.index(name)
-    if like not in (READ, WRITE, RMW, WAIT):
+    if like not in (READ, WRITE, RMW, WAIT, ACQUIRE, RELEASE):
         raise ValueError(f"kind {name!r}: 'like' must be a base kind")
     _kind_names.append(name)
     _kind_base.append(like)
-    kind_class.append((0, 1, 1, 2)[like])
+    kind_class.append((0, 1, 1, 2, 3, 4)[like])
     return len(_kind_names) - 1
 
 
@@ -129,7 +145,7 @@ class SharedObject:
     """Anything visible operations act on. Identified by a creation serial
     that is deterministic for a given schedule (never ``id()``)."""
 
-    __slots__ = ("serial", "name", "_acc", "_lastw", "__weakref__")
+    __slots__ = ("serial", "name", "_acc", "_lastw", "_lastrel", "__weakref__")
 
     def __init__(self, name: str = "") -> None:
         ex = _current or _standalone_execution()
@@ -141,6 +157,7 @@ class SharedObject:
         # afresh in every execution.
         self._acc: dict[int, list[int]] | None = None
         self._lastw = -1  # index of its latest write event
+        self._lastrel = -1  # index of its latest RELEASE event
 
     def wait_info(self, thread: SimThread) -> str:
         """Why *thread* cannot proceed on this object (for deadlock reports)."""
@@ -588,7 +605,7 @@ def visible(
     """Announce a visible operation on *obj* and wait to be scheduled.
 
     *also* lists further ``(object, kind)`` accesses that the same atomic
-    operation makes (READ, WRITE or RMW; not WAIT): a user store through a
+    operation makes (READ, WRITE or RMW; not WAIT, ACQUIRE or RELEASE): a user store through a
     TLB entry, say, reads the entry and writes the page in one step. DPOR
     treats the operation as dependent on anything that conflicts with any of
     its accesses.
@@ -597,7 +614,8 @@ def visible(
     operation's effect (before its next call to :func:`visible`). With a
     *guard*, the thread is blocked until ``guard()`` is true; a guard must be
     monotone (once true, it stays true until this thread runs) and should be
-    enabled only by writes to *obj*. Returns the event, so the caller can
+    enabled only by writes to *obj*, except an ACQUIRE's ("the lock is
+    free"), which only another ACQUIRE of *obj* may turn false. Returns the event, so the caller can
     record a value on it (``event.detail``); None in set-up code, where
     operations run at once and are not events.
     """

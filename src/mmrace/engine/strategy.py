@@ -39,8 +39,10 @@ def _footprint(th: SimThread) -> Footprint:
     return tuple(fp)
 
 # Kind class for the per-object access index: reads (0), writes (1: WRITE
-# and RMW), waits (2). Reads race with writes, writes with both; a wait
-# happens after the write that enabled it. Indexed by kind.
+# and RMW), waits (2), lock acquisitions (3), releases (4). Reads race with
+# writes, writes with both; a wait happens after the write that enabled it;
+# an acquisition after the release that freed the lock (``_RACE_SLOTS``).
+# Indexed by kind.
 _CLASS_OF_KIND = kind_class  # the list itself, so registered kinds show up
 
 
@@ -384,6 +386,27 @@ class DfsStrategy(Strategy):
                     if record:
                         self.races.append((j, idx, tuple(vc)))
                     _join(vc, evc)
+        if cls == 3:
+            # An acquisition happens after the release that freed the lock,
+            # which it never races with: joined only now, so that the race
+            # with the previous holder's acquisition is seen across it.
+            j = obj._lastrel
+            if j >= 0:
+                e = events[j]
+                evc = e.vc
+                assert evc is not None
+                u = e.tid
+                if (
+                    self.bound is not None
+                    and idx >= self.replay_events
+                    and (len(vc) <= u or vc[u] < evc[u])
+                ):
+                    # Bounded search: the acquirer may also get to the lock
+                    # while it is still held and block there, which lets the
+                    # holder run on without a preemption. Those schedules
+                    # are only reached by backtracking before the release.
+                    self.races.append((j, idx, tuple(vc)))
+                _join(vc, evc)
         vc[t] += 1
         ev.vc = vc
         tvc[t] = vc
@@ -670,29 +693,44 @@ def _next_pending(node: _Node) -> int:
     return -1
 
 
+# Per thread and object, the latest access in each of four slots: reads,
+# writes and acquisitions, waits, releases. Indexed by access class.
+_SLOT_OF_CLASS = (0, 1, 2, 1, 3)
+# The slots whose accesses an access of each class races with: a read with
+# writes, acquisitions and releases; a write with all those and reads; an
+# acquisition with reads, writes and acquisitions, but not with the release
+# that freed the lock (ordered before it, never reversed: on_event joins it
+# after the race check); a release like a write. Waits race with nothing.
+_RACE_SLOTS = ((1, 3), (0, 1, 3), (), (0, 1), (0, 1, 3))
+
+
 def _candidates(acc: dict[int, list[int]], t: int, cls: int, out: list[int]) -> None:
     """The latest access of each other thread that races with an access of
-    class *cls* by thread *t*: a read races with writes, a write with both."""
+    class *cls* by thread *t* (``_RACE_SLOTS``)."""
+    want = _RACE_SLOTS[cls]
     for u, slots in acc.items():
         if u != t:
-            if slots[1] >= 0:
-                out.append(slots[1])
-            if cls == 1 and slots[0] >= 0:
-                out.append(slots[0])
+            for s in want:
+                k = slots[s]
+                if k >= 0:
+                    out.append(k)
 
 
 def _note(acc: dict[int, list[int]], obj: SharedObject, t: int, cls: int, idx: int) -> None:
     """Record event *idx* as thread *t*'s latest access of class *cls*."""
     mine = acc.get(t)
     if mine is None:
-        mine = acc[t] = [-1, -1, -1]
-    mine[cls] = idx
-    if cls == 1:
+        mine = acc[t] = [-1, -1, -1, -1]
+    mine[_SLOT_OF_CLASS[cls]] = idx
+    if cls != 0 and cls != 2:
         obj._lastw = idx
+        if cls == 4:
+            obj._lastrel = idx
 
 
 def _writes(e: Event, obj: SharedObject) -> bool:
-    if e.obj is obj and _CLASS_OF_KIND[e.kind] == 1:
+    """Whether *e* changes *obj* (a write, RMW, acquisition or release)."""
+    if e.obj is obj and _CLASS_OF_KIND[e.kind] in (1, 3, 4):
         return True
     return bool(e.also) and any(
         o is obj and _CLASS_OF_KIND[k] == 1 for o, k in e.also  # type: ignore[union-attr]

@@ -268,30 +268,30 @@ class Waiter:
 
 
 class OwnedLock(SharedObject):
-    """An exclusive lock with an owner and a FIFO queue of waiters, which
-    the unlocker hands the lock to (mutex, spinlock). *name* names the
+    """An exclusive lock with an owner (mutex, spinlock), taken with one
+    ACQUIRE that is blocked while the lock is owned. *name* names the
     instance; *key* is the lockdep class (defaults to *name*)."""
 
-    __slots__ = ("key", "owner", "queue")
-    waiting = "queue"  # what the queue is called in reports
+    __slots__ = ("key", "owner")
 
     def __init__(self, name: str, key: str | None = None) -> None:
         super().__init__(name)
         self.key = key or name
         self.owner: TaskState | None = None
-        self.queue: list[Waiter] = []
+
+    def is_free(self) -> bool:
+        """The guard of an acquisition: nobody owns the lock."""
+        return self.owner is None
 
     def wait_info(self, thread: SimThread) -> str:
         return self.state_text()
 
     def state_text(self) -> str:
-        """Owner and queue, for reports."""
+        """Who owns it, for reports."""
         if self.owner is None:
             return "not locked"
-        text = f"owned by {self.owner.name}"
-        if self.queue:
-            text += f"; {self.waiting}: " + ", ".join(w.ts.name for w in self.queue)
-        return text
+        return f"owned by {self.owner.name}"
+
 
 # lockdep keeps its held-lock records in the task state defined here: it is
 # imported once this module is complete (the seam of the cycle).

@@ -1,30 +1,29 @@
 """Mutexes (kernel/locking/mutex.c).
 
-One visible RMW takes the mutex or queues the task; a queued task waits (a
-visible WAIT) until ``mutex_unlock`` hands the mutex to it, first come first
-served. Uncontended lock and unlock cost one visible operation each.
+``mutex_lock`` is one visible acquisition (the engine's ACQUIRE), blocked
+while another task owns the mutex; ``mutex_unlock`` is one RELEASE.
 
-Footprints: every operation on a mutex changes its owner or its queue, and
-the next operation's outcome depends on that (who gets it, whether it
-queues), so any two operations on one mutex conflict; operations on
-different mutexes are independent. Two tasks taking one mutex are four
-traces -- either first, the second finding it free or queued and handed
-it -- which are four different paths through ``mutex_lock`` (fast path,
-``__mutex_lock_slowpath`` with hand-off). A queued waiter's WAIT happens
-after the unlock that granted it and commutes with everything later.
+Footprints: two acquisitions of one mutex race (either task could have got
+it first); an acquisition comes after the release that freed it and is never
+reversed against it. So the fast path (free mutex) and the slow path (sleep
+until the owner unlocks, then take it) are one trace: both end with the
+same task owning the mutex right after the unlock, and the sleeping itself
+is seen by nobody. Which sleeper gets the mutex next is the order of their
+acquisitions, which DPOR explores: the kernel's mutex is not FIFO either
+(optimistic spinning, a woken waiter can lose to a newcomer). Trylock is an
+RMW (it races with acquisitions and releases), ``mutex_is_locked`` a read;
+operations on different mutexes are independent.
 
-Left out: optimistic spinning, lock stealing by a newcomer before the woken
-waiter runs (the model always hands off), ww_mutex, and the
+Left out: the hand-off flag (``MUTEX_FLAG_HANDOFF``), ww_mutex, and the
 ``mutex_lock_interruptible`` variant.
 """
 
 from __future__ import annotations
 
-from mmrace.engine import READ, RMW, WAIT, visible
+from mmrace.engine import ACQUIRE, READ, RELEASE, RMW, visible
 from mmrace.sync import lockdep
 from mmrace.sync._task import (
     OwnedLock,
-    Waiter,
     might_sleep,
     misuse,
     pop_held,
@@ -52,21 +51,19 @@ def _lock(m: Mutex, label: str, subclass: int, killable: bool) -> int:
     key = m.key if subclass == 0 else f"{m.key}/{subclass}"
     if ts.sync.lockdep_on:
         lockdep.check_acquire(ts, m, key, False)
-    ev = visible(m, RMW, label)
-    if m.owner is None:
-        m.owner = ts
+    if killable and pending(ts):
+        # A fatal signal is pending: take the mutex only if it is free now
+        # (one RMW, as a trylock), else give up with -EINTR rather than sleep.
+        ev = visible(m, RMW, label)
+        if m.owner is not None:
+            if ev is not None:
+                ev.detail = "interrupted"
+            return -EINTR
     else:
-        w = Waiter(ts, True)
-        m.queue.append(w)
-        if ev is not None:
-            ev.detail = "queued"
-        if killable and pending(ts):
-            visible(m, RMW, label + " (interrupted)")
-            if not w.granted:
-                m.queue.remove(w)
-                return -EINTR
-        else:
-            visible(m, WAIT, label, w.is_granted)
+        # One ACQUIRE, blocked while another task owns the mutex (see the
+        # module docstring for why sleeping is not an event of its own).
+        visible(m, ACQUIRE, label, m.is_free)
+    m.owner = ts
     push_held(ts, m, key, False, False)
     return 0
 
@@ -86,7 +83,8 @@ def mutex_lock_nested(m: Mutex, subclass: int) -> None:
 def mutex_lock_killable(m: Mutex) -> int:
     """``mutex_lock_killable(lock)``: returns ``-EINTR`` instead of sleeping
     when a fatal signal is pending, else 0. Left out: a signal arriving while
-    asleep does not wake the task."""
+    asleep does not wake the task (the signal is looked at once, before the
+    task would sleep)."""
     return _lock(m, "mutex_lock_killable", 0, True)
 
 
@@ -105,7 +103,7 @@ def mutex_trylock(m: Mutex) -> bool:
 
 
 def mutex_unlock(m: Mutex) -> None:
-    """``mutex_unlock(lock)``: release *m*, handing it to the first waiter.
+    """``mutex_unlock(lock)``: release *m* (any waiter may take it next).
     Unlocking a mutex that is not locked, or that another task owns, is a
     ``lock-misuse`` violation."""
     ts = task()
@@ -113,13 +111,8 @@ def mutex_unlock(m: Mutex) -> None:
     if owner is not ts:
         why = "it is not locked" if owner is None else f"it is owned by {owner.name}"
         raise misuse(ts, f"mutex_unlock({m.name}) by a task that does not own it", why)
-    visible(m, RMW, "mutex_unlock")
-    if m.queue:
-        w = m.queue.pop(0)
-        m.owner = w.ts
-        w.granted = True
-    else:
-        m.owner = None
+    visible(m, RELEASE, "mutex_unlock")
+    m.owner = None
     pop_held(ts, m)
 
 
