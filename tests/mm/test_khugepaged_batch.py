@@ -132,7 +132,7 @@ def test_anonymous_collapse_vs_gup_fast_before_the_fixes() -> None:
     outcomes, fine, batched = _both(anon_vs_gup_fast("5.19", 3, 1))
     assert any(o[2][0] != (42,) for o in outcomes), "the lost DMA store"
     assert any(o[1] for o in outcomes) and any(not o[1] for o in outcomes)
-    assert (fine, batched) == (191, 107)
+    assert (fine, batched) == (159, 99)
 
 
 def test_anonymous_collapse_vs_gup_fast_current() -> None:
@@ -147,7 +147,7 @@ def test_shmem_collapse_vs_hole_punch_bounded() -> None:
     the truncation), or succeeds before or after the punch."""
     outcomes, fine, batched = _both(shmem_vs_punch(2, 0), bound=2)
     assert len(outcomes) == 5 and any(o[1] for o in outcomes)
-    assert (fine, batched) == (336, 306)
+    assert (fine, batched) == (328, 302)
 
 
 def test_shmem_collapse_of_unmapped_pages_vs_hole_punch() -> None:
@@ -155,16 +155,16 @@ def test_shmem_collapse_of_unmapped_pages_vs_hole_punch() -> None:
     lookup and its refcount check, which are then one operation."""
     outcomes, fine, batched = _both(shmem_vs_punch(2, 1, unmapped=True))
     assert len(outcomes) == 5 and any(o[1] for o in outcomes)
-    assert (fine, batched) == (1105, 441)
+    assert (fine, batched) == (599, 308)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("target", [0, 1])
 def test_shmem_collapse_vs_hole_punch(target: int) -> None:
-    """The same, explored completely (about 15 s for both models)."""
+    """The same, explored completely (about 14 s for both models)."""
     outcomes, fine, batched = _both(shmem_vs_punch(2, target))
     assert len(outcomes) == 5
-    assert (fine, batched) == {0: (3491, 1597), 1: (4440, 2201)}[target]
+    assert (fine, batched) == {0: (1941, 996), 1: (2293, 1364)}[target]
 
 
 def _ops(setup: Callable[[], tuple[Process, int]]) -> int:

@@ -615,7 +615,8 @@ def visible(
     *guard*, the thread is blocked until ``guard()`` is true; a guard must be
     monotone (once true, it stays true until this thread runs) and should be
     enabled only by writes to *obj*, except an ACQUIRE's ("the lock is
-    free"), which only another ACQUIRE of *obj* may turn false. Returns the event, so the caller can
+    free"), which another ACQUIRE or a write of *obj* (a trylock) may turn
+    false: both race with it. Returns the event, so the caller can
     record a value on it (``event.detail``); None in set-up code, where
     operations run at once and are not events.
     """

@@ -183,6 +183,12 @@ class DfsStrategy(Strategy):
     ``reduce=False`` it is naive enumeration of every interleaving (kept for
     testing the reduction).
 
+    Locks taken with ACQUIRE: two acquisitions of one lock race across the
+    first holder's release (the release only happens before the second).
+    Under a bound the search also backtracks before that release for the
+    acquirer's thread, which may then reach the lock while it is held and
+    block, letting the holder run on without a preemption.
+
     With a preemption ``bound`` only schedules with at most that many
     preempting switches are run (CHESS). Bounded DPOR adds every initial, and
     also backtracks at the last context switch before the race (Coons,
@@ -249,7 +255,10 @@ class DfsStrategy(Strategy):
         # when it ran at a point with a single enabled thread
         self.ev_node: list[int] = []
         self.tvc: list[list[int]] = []
-        self.races: list[tuple[int, int, tuple[int, ...]]] = []
+        # (earlier event, later event, the later one's clock at the race,
+        # whether it is the bounded search's release-before-acquisition
+        # point rather than a reversible race)
+        self.races: list[tuple[int, int, tuple[int, ...], bool]] = []
         self.finished = False
 
     # -- one execution ------------------------------------------------------
@@ -384,7 +393,7 @@ class DfsStrategy(Strategy):
                 if len(vc) <= u or vc[u] < evc[u]:
                     # not yet known to happen before: a race
                     if record:
-                        self.races.append((j, idx, tuple(vc)))
+                        self.races.append((j, idx, tuple(vc), False))
                     _join(vc, evc)
         if cls == 3:
             # An acquisition happens after the release that freed the lock,
@@ -405,7 +414,7 @@ class DfsStrategy(Strategy):
                     # while it is still held and block there, which lets the
                     # holder run on without a preemption. Those schedules
                     # are only reached by backtracking before the release.
-                    self.races.append((j, idx, tuple(vc)))
+                    self.races.append((j, idx, tuple(vc), True))
                 _join(vc, evc)
         vc[t] += 1
         ev.vc = vc
@@ -449,14 +458,15 @@ class DfsStrategy(Strategy):
         bounded = self.bound is not None
         ev_node = self.ev_node
         floor = self.floor
-        for i, j, cvc in self.races:
+        for i, j, cvc, held in self.races:
             node_i = ev_node[i]
             if node_i < 0:
                 # Only e's thread was enabled before e: nothing can be
                 # reversed there. Bounded search still backtracks at the
                 # last context switch before e, with e's thread (what the
-                # conservative fallback below amounts to at such a point).
-                if bounded:
+                # conservative fallback below amounts to at such a point;
+                # not for a release before an acquisition, which has none).
+                if bounded and not held:
                     self._coons_point(ex, i, [events[i].tid])
                 continue
             e = events[i]
@@ -500,6 +510,10 @@ class DfsStrategy(Strategy):
                 enabled = node.enabled
                 usable = [q for q in initials if q in enabled]
                 if not usable:
+                    if held:
+                        # No thread of the acquirer's way there can run
+                        # before the release: it is at the lock already.
+                        continue
                     usable = list(enabled)  # conservative fallback
                 self._add_all(node_i, usable)
                 self._coons_point(ex, i, usable)

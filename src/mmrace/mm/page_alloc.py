@@ -32,7 +32,9 @@ from __future__ import annotations
 from typing import Any
 
 from mmrace.engine import (
+    ACQUIRE,
     READ,
+    RELEASE,
     RMW,
     WAIT,
     WRITE,
@@ -187,9 +189,6 @@ class Folio(KObject):
         self.anon = False
         self.anon_exclusive = [False] * self.nr_pages
         self.locked = False
-        # Tasks queued in folio_lock, first come first served; folio_unlock
-        # hands the lock to the head (see folio_lock).
-        self.lock_waiters: list[list[bool]] = []
         self.uptodate = False
         self.dirty = False
         self.mapping: Any = None
@@ -205,6 +204,10 @@ class Folio(KObject):
         self.swap: Any = None  # the swap entry (folio->swap) while in the swap cache
         self.unlock_waiters: list[list[bool]] = []
         self.contents = FolioContents(self, self.nr_pages)
+
+    def is_unlocked(self) -> bool:
+        """The guard of ``folio_lock``: PG_locked is clear."""
+        return not self.locked
 
     def __repr__(self) -> str:
         return self.name
@@ -557,32 +560,32 @@ def folio_trylock(folio: Folio) -> bool:
 
 @kfunc
 def folio_lock(folio: Folio) -> None:
-    """``folio_lock``: take PG_locked, or queue and sleep until
-    ``folio_unlock`` hands it over.
+    """``folio_lock``: take PG_locked, sleeping while another task holds it.
 
-    The kernel's ``folio_wait_bit_common`` lets the unlocker hand PG_locked
-    straight to the first exclusive waiter. The model always hands off
-    (FIFO), which also keeps the WAIT's guard monotone: "the lock was given
-    to me" cannot turn false again, while "the lock is free" could, before
-    this task runs -- the engine's DPOR relies on monotone guards. Left out:
-    lock stealing by a task arriving between the unlock and the wake-up,
-    killable and async waits. The folio lock's place in the documented lock
-    order is checked here (lockdep does not see PG_locked)."""
+    One visible acquisition (the engine's ACQUIRE), blocked while PG_locked
+    is set: two ``folio_lock``s of one folio race (either could get it
+    first), and the one that has to wait is ordered after the unlock that
+    lets it in without being reversed against it. So taking a free lock and
+    sleeping until the holder's ``folio_unlock`` are one trace (the same
+    task holds PG_locked right after the unlock; nobody saw it sleep),
+    where a model that queued the waiter and had the unlock hand it over
+    made them two. The kernel's ``folio_wait_bit_common`` may hand PG_locked
+    to the first exclusive waiter or let a newcomer take it first; in the
+    model any task blocked on the lock may be next, which covers both.
+    Left out: killable and async waits. The folio lock's place in the
+    documented lock order is checked here (lockdep does not see
+    PG_locked)."""
     folio_lock_order()
-    folio.access(RMW, "folio_lock")
-    if not folio.locked:
-        folio.locked = True
-        return
-    granted = [False]
-    folio.lock_waiters.append(granted)
-    visible(folio, WAIT, "folio_wait_locked", guard=lambda: granted[0])
+    visible(folio, ACQUIRE, "folio_lock", guard=folio.is_unlocked)
     folio.check_alive("folio_lock")
+    folio.locked = True
 
 
 def folio_unlock(folio: Folio) -> None:
-    """``folio_unlock``: clear PG_locked, or hand it to the first waiter;
-    wake every ``folio_wait_locked`` waiter either way."""
-    folio.access(RMW, "folio_unlock")
+    """``folio_unlock``: clear PG_locked and wake every
+    ``folio_wait_locked`` waiter (one visible release)."""
+    visible(folio, RELEASE, "folio_unlock")
+    folio.check_alive("folio_unlock")
     folio_unlock_in_op(folio)
 
 
@@ -592,10 +595,7 @@ def folio_unlock_in_op(folio: Folio) -> None:
     for w in folio.unlock_waiters:
         w[0] = True
     folio.unlock_waiters = []
-    if folio.lock_waiters:
-        folio.lock_waiters.pop(0)[0] = True  # stays locked, now by the waiter
-    else:
-        folio.locked = False
+    folio.locked = False
 
 
 def folio_wait_locked_prepare(folio: Folio) -> list[bool]:
