@@ -15,13 +15,17 @@
 (c) the speed-up of one variant (default: the clean 4-CPU
     ``uffd-wp-protect-unprotect/current``) with 1, 2 and 4 workers; the
     executions must be the same for every worker count;
+(e) one variant (default: ``uffd-wp-protect-unprotect/current``, --unbounded-variant)
+    under unbounded ``dpor``, to completion: executions, seconds, outcome;
 (d) the peer ``frontrun`` (PyPI; bench-only, used when importable, else
     "frontrun not installed") against mmrace on the same small programs:
     executions and executions per second of each.
 
 Targets (the quiet 2-core machine): the catalog under 3 minutes with default
-workers; one variant >= 1.8x with 2 workers. Figures measured while other
-work runs on the machine are not comparable: say so when you quote them.
+workers; one variant >= 1.8x with 2 workers; the 4-CPU
+``uffd-wp-protect-unprotect/current`` complete under unbounded ``dpor``.
+Figures measured while other work runs on the machine are not comparable:
+say so when you quote them.
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ from mmrace.engine import Var, explore, spawn
 from mmrace.engine.pools import machine_cores, pool_for
 from mmrace.engine.strategy import DfsStrategy
 from mmrace.scenarios import all_scenarios, get
-from mmrace.scenarios.run import _patches, run_all
+from mmrace.scenarios.api import Explore
+from mmrace.scenarios.run import _patches, run_all, run_variant
 
 CATALOG_TARGET = 180.0
 SPEEDUP_TARGET = 1.8
@@ -142,6 +147,20 @@ def _census(sc: Any, v: Any, strat: DfsStrategy, limit: int
     if count[0] >= limit:
         return None, executions, blocked
     return census.traces, executions, blocked
+
+
+# --- (e) one variant under unbounded dpor ---------------------------------------
+
+
+def unbounded(spec: str) -> dict[str, Any]:
+    name, _, vname = spec.partition(":")
+    sc = get(name)
+    v = sc.variant(vname)
+    r = run_variant(sc, v, settings=Explore(strategy="dpor", preemption_bound=None),
+                    shrink=False)
+    return {"variant": spec, "outcome": r.outcome, "complete": r.result.complete,
+            "executions": r.result.executions, "blocked": r.result.blocked,
+            "seconds": round(r.result.seconds, 1)}
 
 
 # --- (c) speed-up of one variant ------------------------------------------------
@@ -304,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trace-limit", type=int, default=5000)
     ap.add_argument("--unbounded", action="store_true",
                     help="also count executions and traces under unbounded dpor")
+    ap.add_argument("--unbounded-variant", default="uffd-wp-protect-unprotect:current",
+                    metavar="SCENARIO:VARIANT",
+                    help="the variant run to completion under unbounded dpor ('' to skip)")
     ap.add_argument("--skip-catalog", action="store_true")
     ap.add_argument("--quick", action="store_true", help="small figures only (smoke test)")
     args = ap.parse_args(argv)
@@ -314,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
                                  args.quick)
     spec = "wp-pinned-page-cow:current" if args.quick else args.speedup
     out["speedup"] = speedup(spec, [1, 2] if args.quick else [1, 2, 4])
+    if args.unbounded_variant and not args.quick:
+        out["unbounded"] = unbounded(args.unbounded_variant)
     out["peer"] = peer()
     if args.json:
         print(json.dumps(out, indent=1))
@@ -334,6 +358,11 @@ def main(argv: list[str] | None = None) -> int:
     s = out["speedup"]
     print(f"\nspeed-up of {s['variant']} (same executions: {s['same_executions']})")
     print(_table(s["runs"], ["workers", "outcome", "executions", "seconds", "speedup"]))
+    if "unbounded" in out:
+        u = out["unbounded"]
+        print(f"\nunbounded dpor: {u['variant']}: {u['outcome']}, "
+              f"{'complete' if u['complete'] else 'not complete'}, {u['executions']} executions "
+              f"({u['blocked']} sleep-set-blocked), {u['seconds']} s")
     p = out["peer"]
     print(f"\nfrontrun: {p['frontrun']}")
     if p["programs"]:
