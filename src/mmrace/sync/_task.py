@@ -182,7 +182,7 @@ def check_thread_exit(th: SimThread) -> None:
         leaked += [h.describe() for h in ts.held]
         if ts.rcu_depth:
             leaked.append(f"rcu_read_lock (nesting depth {ts.rcu_depth})")
-    spin_held = sum(1 for h in ts.held if getattr(h.lock, "waiting", "") == "spinning")
+    spin_held = sum(1 for h in ts.held if getattr(h.lock, "disables_preemption", False))
     if ts.atomic > spin_held:
         leaked.append(f"preempt_count {ts.atomic - spin_held} (preempt_disable)")
     if ts.irqs_off:

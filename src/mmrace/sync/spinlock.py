@@ -36,7 +36,9 @@ class Spinlock(OwnedLock):
     (defaults to *name*), e.g. ``"ptlock"``."""
 
     __slots__ = ()
-    waiting = "spinning"
+    # Holding one raises the preempt count (the exit check tells it apart
+    # from a leaked preempt_disable by this marker).
+    disables_preemption = True
 
 
 def spin_lock_init(name: str, key: str | None = None) -> Spinlock:
