@@ -152,3 +152,16 @@ def test_dpor_matches_naive_with_both_locks_larger(spec: Spec) -> None:
 @given(specs(max_events=10))
 def test_dpor_matches_naive_larger(spec: Spec) -> None:
     check_spec(spec, bounds=(0, 1, 2, 3))
+
+
+def test_bounded_reverses_an_earlier_acquisition() -> None:
+    """T0 loads x twice, then adds to it twice under a lock; T1 loads x and
+    adds to it under the lock. At K=1 one schedule preempts T0 after its
+    first load and runs T1 to the end: T0's second load sees T1's add. The
+    only race the search can reverse towards it (T0's second acquisition
+    against T1's) needs two preemptions; reversing T1's acquisition with
+    T0's first one instead fits the bound. Found by a larger run of the
+    property test above; the search without that rule misses the trace."""
+    spec: Spec = (1, ((("load", 0, 1), ("load", 0, 1), ("mcs", 0, 1), ("mcs", 0, 1)),
+                      (("load", 0, 1), ("mcs", 0, 1))))
+    check_spec(spec, bounds=(0, 1, 2, 3))

@@ -120,7 +120,9 @@ class Kernel:
 @dataclass(frozen=True)
 class Explore:
     """How to explore a variant: strategy and bounds. ``bounded`` with
-    ``preemption_bound=K`` is exhaustive within K preemptions."""
+    ``preemption_bound=K`` covers every trace that has a schedule with at
+    most K preemptions (checked against naive enumeration, not proven:
+    ``docs/scale.md``)."""
 
     strategy: str = "bounded"
     preemption_bound: int | None = 3
