@@ -1,6 +1,6 @@
 """Exploration at scale, side by side in one run (issue 11).
 
-    python bench/scale.py [--json] [--workers N] [--speedup SCENARIO:VARIANT]
+    python bench/scale.py [--json] [--workers N] [--speedup SCENARIO:VARIANT...]
                           [--trace-limit N] [--unbounded] [--skip-catalog] [--quick]
 
 (a) every catalog variant under ``mmrace check``'s settings over one pool of
@@ -12,9 +12,11 @@
     stopping at the first violation as check does; with --unbounded also
     under unbounded ``dpor`` (its sleep-set-blocked runs are what optimal
     DPOR would save);
-(c) the speed-up of one variant (default: the clean 4-CPU
-    ``uffd-wp-protect-unprotect/current``) with 1, 2 and 4 workers; the
-    executions must be the same for every worker count;
+(c) the speed-up of variants (default: the clean 4-CPU
+    ``uffd-wp-protect-unprotect/current``, then its longer
+    ``base+uffd-wp-mmap-write-lock``, where a split's fixed costs weigh less)
+    with 1, 2 and 4 workers; the executions must be the same for every
+    worker count;
 (e) one variant (default: ``uffd-wp-protect-unprotect/current``, --unbounded-variant)
     under unbounded ``dpor``, to completion: executions, seconds, outcome;
 (d) the peer ``frontrun`` (PyPI; bench-only, used when importable, else
@@ -318,8 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--workers", type=int, default=machine_cores())
-    ap.add_argument("--speedup", default="uffd-wp-protect-unprotect:current",
-                    metavar="SCENARIO:VARIANT")
+    ap.add_argument("--speedup", nargs="+", metavar="SCENARIO:VARIANT",
+                    default=["uffd-wp-protect-unprotect:current",
+                             "uffd-wp-protect-unprotect:base+uffd-wp-mmap-write-lock"])
     ap.add_argument("--trace-limit", type=int, default=5000)
     ap.add_argument("--unbounded", action="store_true",
                     help="also count executions and traces under unbounded dpor")
@@ -334,8 +337,10 @@ def main(argv: list[str] | None = None) -> int:
         out["catalog"] = catalog(args.workers, args.quick)
     out["per_trace"] = per_trace(200 if args.quick else args.trace_limit, args.unbounded,
                                  args.quick)
-    spec = "wp-pinned-page-cow:current" if args.quick else args.speedup
-    out["speedup"] = speedup(spec, [1, 2] if args.quick else [1, 2, 4])
+    specs = ["wp-pinned-page-cow:current"] if args.quick else args.speedup
+    runs = [speedup(spec, [1, 2] if args.quick else [1, 2, 4]) for spec in specs]
+    out["speedup"] = runs[0]
+    out["speedup_more"] = runs[1:]
     if args.unbounded_variant and not args.quick:
         out["unbounded"] = unbounded(args.unbounded_variant)
     out["peer"] = peer()
@@ -355,9 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     print(_table(out["per_trace"], ["scenario", "variant", "executions", "traces",
                                     "executions_per_trace", "unbounded_executions",
                                     "unbounded_blocked", "unbounded_traces"]))
-    s = out["speedup"]
-    print(f"\nspeed-up of {s['variant']} (same executions: {s['same_executions']})")
-    print(_table(s["runs"], ["workers", "outcome", "executions", "seconds", "speedup"]))
+    for s in [out["speedup"], *out["speedup_more"]]:
+        print(f"\nspeed-up of {s['variant']} (same executions: {s['same_executions']})")
+        print(_table(s["runs"], ["workers", "outcome", "executions", "seconds", "speedup"]))
     if "unbounded" in out:
         u = out["unbounded"]
         print(f"\nunbounded dpor: {u['variant']}: {u['outcome']}, "

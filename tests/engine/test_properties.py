@@ -154,6 +154,24 @@ def test_dpor_matches_naive_larger(spec: Spec) -> None:
     check_spec(spec, bounds=(0, 1, 2, 3))
 
 
+def _bounded_covers_naive(spec: Spec, bounds: tuple[int, ...]) -> None:
+    for k in bounds:
+        sb, fb = _run(spec, "bounded", k)
+        sn, fn = _run(spec, "naive", k)
+        assert fn <= fb, f"bounded with K={k} misses {len(fn - fb)} traces within the bound"
+        assert sb == sn, f"bounded with K={k} differs from naive with K={k}"
+
+
+@pytest.mark.slow
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(specs(max_events=14, max_threads=4, kinds=(*KINDS, "cs", "mcs", "try", "peek")))
+def test_bounded_covers_naive_on_longer_programs(spec: Spec) -> None:
+    """The bounded search only (no full DPOR or naive runs), on longer
+    programs: the run of this kind that found the program of
+    ``test_bounded_reverses_an_earlier_acquisition``."""
+    _bounded_covers_naive(spec, (1, 2, 3))
+
+
 def test_bounded_reverses_an_earlier_acquisition() -> None:
     """T0 loads x twice, then adds to it twice under a lock; T1 loads x and
     adds to it under the lock. At K=1 one schedule preempts T0 after its
