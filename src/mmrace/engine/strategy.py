@@ -534,8 +534,9 @@ class DfsStrategy(Strategy):
 
     def _reverse_earlier(self, ex: Execution, i: int, j: int, cvc: tuple[int, ...]) -> None:
         """Bounded search, a race (i, j) whose reversal the bound refused:
-        reverse j instead with the latest earlier access of i's thread that
-        it conflicts with and does not happen after, if that fits."""
+        reverse j instead with an earlier access of i's thread that it
+        conflicts with and does not happen after, walking back from i until
+        a reversal fits the bound."""
         events = ex.events
         u = events[i].tid
         fj = _event_fp(events[j])
