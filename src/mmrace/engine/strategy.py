@@ -27,12 +27,16 @@ further object it touches (``visible(..., also=...)``)."""
 
 
 def _footprint(th: SimThread) -> Footprint:
+    """The footprint of the operation *th* announced (runs next)."""
     obj = th.op_obj
     assert obj is not None
-    also = th.op_also
+    return _fp(obj, th.op_kind, th.op_also)
+
+
+def _fp(obj: SharedObject, kind: int, also: Any) -> Footprint:
     if not also:
-        return (obj.serial, th.op_kind)
-    fp = [obj.serial, th.op_kind]
+        return (obj.serial, kind)
+    fp = [obj.serial, kind]
     for o, k in also:
         fp.append(o.serial)
         fp.append(k)
@@ -707,12 +711,7 @@ def has_branches(node: _Node) -> bool:
 def _event_fp(e: Event) -> Footprint:
     """An event's footprint, as :func:`_footprint` gives a thread's next
     operation."""
-    fp = [e.obj.serial, e.kind]
-    if e.also:
-        for o, k in e.also:
-            fp.append(o.serial)
-            fp.append(k)
-    return tuple(fp)
+    return _fp(e.obj, e.kind, e.also)
 
 
 def _initials(events: list[Event], i: int, j: int, cvc: tuple[int, ...]) -> list[int]:
