@@ -481,43 +481,15 @@ class DfsStrategy(Strategy):
                 if bounded and not held:
                     self._coons_point(ex, i, [events[i].tid])
                 continue
-            e = events[i]
-            ep = events[j]
-            u = e.tid
-            assert e.vc is not None
-            s = e.vc[u]
             node = nodes[node_i]
             # Whether "one initial is there already" can be decided now (a
             # node of this search, unbounded); else collect them all.
             early = not bounded and node_i >= floor
-            backtrack = node.backtrack
-            first_seq: dict[int, int] = {}
-            initials: list[int] = []
-            hit = False
-            for k in range(i + 1, j):
-                w = events[k]
-                wvc = w.vc
-                assert wvc is not None
-                if len(wvc) > u and wvc[u] >= s:
-                    continue  # happens after e: not in notdep(e)
-                wt = w.tid
-                if wt in first_seq:
-                    continue
-                if all(len(wvc) <= x or wvc[x] < fs for x, fs in first_seq.items()):
-                    if early and backtrack >> wt & 1:
-                        hit = True
-                        break
-                    initials.append(wt)
-                first_seq[wt] = wvc[wt]
-            if hit:
+            found = _initials(events, i, j, cvc, node.backtrack if early else 0)
+            if found is None:
                 continue
-            et = ep.tid
-            if et not in first_seq and all(
-                len(cvc) <= x or cvc[x] < fs for x, fs in first_seq.items()
-            ):
-                if early and backtrack >> et & 1:
-                    continue
-                initials.append(et)
+            initials = found
+            et = events[j].tid
             if bounded:
                 enabled = node.enabled
                 usable = [q for q in initials if q in enabled]
@@ -555,6 +527,7 @@ class DfsStrategy(Strategy):
             if _independent(_event_fp(e0), fj):
                 continue
             initials = _initials(events, k, j, cvc)
+            assert initials is not None
             node_k = self.ev_node[k]
             if node_k < 0:
                 self._coons_point(ex, k, [u])
@@ -714,8 +687,11 @@ def _event_fp(e: Event) -> Footprint:
     return _fp(e.obj, e.kind, e.also)
 
 
-def _initials(events: list[Event], i: int, j: int, cvc: tuple[int, ...]) -> list[int]:
-    """The threads that can start notdep(e_i).e_j (its initials)."""
+def _initials(events: list[Event], i: int, j: int, cvc: tuple[int, ...],
+              stop: int = 0) -> list[int] | None:
+    """The threads that can start notdep(e_i).e_j (its initials); e_j's
+    clock at the race is *cvc*. None as soon as one of them is in the bit
+    set *stop* (source-DPOR: one is in the backtrack set already)."""
     u = events[i].tid
     ivc = events[i].vc
     assert ivc is not None
@@ -727,15 +703,19 @@ def _initials(events: list[Event], i: int, j: int, cvc: tuple[int, ...]) -> list
         wvc = w.vc
         assert wvc is not None
         if len(wvc) > u and wvc[u] >= s:
-            continue
+            continue  # happens after e_i: not in notdep(e_i)
         wt = w.tid
         if wt in first_seq:
             continue
         if all(len(wvc) <= x or wvc[x] < fs for x, fs in first_seq.items()):
+            if stop >> wt & 1:
+                return None
             initials.append(wt)
         first_seq[wt] = wvc[wt]
     et = events[j].tid
     if et not in first_seq and all(len(cvc) <= x or cvc[x] < fs for x, fs in first_seq.items()):
+        if stop >> et & 1:
+            return None
         initials.append(et)
     return initials
 
