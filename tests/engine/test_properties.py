@@ -4,6 +4,7 @@ small programs."""
 from __future__ import annotations
 
 from typing import Any
+from unittest.mock import patch
 
 import pytest
 from enginekit import Census, Spec, lnf_traces, sleep_set_traces, spec_program
@@ -11,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mmrace.engine import current_execution, explore, replay
+from mmrace.engine.strategy import DfsStrategy
 from mmrace.engine.token import encode
 
 KINDS = ("load", "store", "rmw", "cond", "pair")
@@ -183,3 +185,43 @@ def test_bounded_reverses_an_earlier_acquisition() -> None:
     spec: Spec = (1, ((("load", 0, 1), ("load", 0, 1), ("mcs", 0, 1), ("mcs", 0, 1)),
                       (("load", 0, 1), ("mcs", 0, 1))))
     check_spec(spec, bounds=(0, 1, 2, 3))
+
+
+def _executions_in_order(spec: Spec, strategy: str, bound: int | None) -> list[Any]:
+    """Every execution *strategy* runs on *spec*, in order: each as its
+    events (thread, object serial, kind, clock)."""
+    seen: list[Any] = []
+    prog = spec_program(spec, None)
+
+    def hooked() -> Any:
+        final = prog()
+
+        def f() -> None:
+            final()
+            seen.append(tuple((e.tid, e.obj.serial, e.kind, tuple(e.vc or ()))
+                              for e in current_execution().events))
+
+        return f
+
+    res = explore(hooked, strategy=strategy, preemption_bound=bound)
+    assert res.complete
+    return seen
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(specs(max_events=10, max_threads=3, kinds=(*KINDS, "cs", "mcs", "try", "peek")))
+def test_replayed_prefix_reuses_clocks_without_changing_the_search(spec: Spec) -> None:
+    """The search reuses the previous execution's clocks along the prefix it
+    replays; computing every clock afresh runs the same executions, in the
+    same order, with the same clocks (waits, lock hand-offs and all)."""
+    afresh_begin = DfsStrategy.begin
+
+    def begin(self: DfsStrategy, ex: Any) -> None:
+        self.log = []
+        afresh_begin(self, ex)
+
+    for strategy, bound in (("dpor", None), ("bounded", 1), ("bounded", 2)):
+        reused = _executions_in_order(spec, strategy, bound)
+        with patch.object(DfsStrategy, "begin", begin):
+            afresh = _executions_in_order(spec, strategy, bound)
+        assert reused == afresh, f"{strategy} K={bound}: clock reuse changed the search"
