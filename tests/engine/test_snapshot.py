@@ -79,6 +79,45 @@ def test_a_violation_and_its_token_are_the_same() -> None:
     assert (plain.executions, plain.token) == (snap.executions, snap.token)
 
 
+def test_copied_closures_keep_defaults_attributes_and_refer_to_themselves() -> None:
+    """Functions are copied with their cells, defaults, keyword defaults,
+    attributes and qualified name; a closure that calls itself through its
+    own cell, and a cell still empty at the copy, work in the copy."""
+
+    def program() -> Any:
+        x = Var(0, "x")
+
+        def add(n: int, step: int = 1, *, times: int = 1) -> None:
+            if n > 0:
+                x.store(x.load() + step * times)
+                add(n - 1, step, times=times)  # through add's own cell
+
+        add.calls = 2  # type: ignore[attr-defined]
+
+        last: int  # a cell set-up leaves empty; a thread fills it
+
+        def worker(k: int) -> None:
+            nonlocal last
+            last = k
+            add(add.calls, times=2)  # type: ignore[attr-defined]
+
+        spawn(worker, 1, name="A")
+        spawn(worker, 2, name="B")
+
+        def final() -> None:
+            assert add.__qualname__.endswith("program.<locals>.add")
+            assert add.__defaults__ == (1,) and add.__kwdefaults__ == {"times": 1}
+            require(last in (1, 2), f"last == {last}")
+            require(x.value <= 8 and x.value % 2 == 0, f"x == {x.value}")
+
+        return final
+
+    plain, snap = _both(program, strategy="naive")
+    assert snap.extra["setup_snapshot"] == "used"
+    assert plain.outcome == snap.outcome == "clean"
+    assert plain.executions == snap.executions > 10
+
+
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(specs(max_events=8, max_threads=3))
 def test_dpor_with_the_copy_matches_without(spec: Any) -> None:

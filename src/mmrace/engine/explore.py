@@ -211,6 +211,14 @@ def run_executions(
                 tally.found = ex
                 break
             tally.depth = len(ex.decisions)
+            # The execution's state is one big reference cycle (threads,
+            # greenlets, the model's objects), freed by the collector in
+            # pause.between(). Its events hang off it but are in no cycle
+            # of their own: dropped here, refcounting frees them and their
+            # clocks and details, and the collector has a third less to
+            # scan (measured: 9% of an exploration's time in the collector
+            # on uffd-wp-protect-unprotect/current, 6.6% after).
+            ex.events.clear()
             del ex
             pause.between()
     return tally

@@ -61,26 +61,6 @@ class Unsnapshottable(Exception):
     """The state after set-up cannot be saved soundly (the message says why)."""
 
 
-def _make_cell() -> types.CellType:
-    return types.CellType()
-
-
-def _fill_cell(cell: types.CellType, state: tuple[Any]) -> None:
-    # (pickle skips a state of None: the value travels in a tuple)
-    cell.cell_contents = state[0]
-
-
-def _make_function(
-    code: types.CodeType, globs: dict[str, Any], name: str, closure: tuple[Any, ...] | None
-) -> types.FunctionType:
-    return types.FunctionType(code, globs, name, None, closure)
-
-
-def _fill_function(fn: types.FunctionType, state: tuple[Any, Any, dict[str, Any], str]) -> None:
-    fn.__defaults__, fn.__kwdefaults__, attrs, fn.__qualname__ = state
-    fn.__dict__.update(attrs)
-
-
 _ALWAYS_SHARED = (
     types.ModuleType,
     type,
@@ -97,23 +77,24 @@ _ATOMS = frozenset({int, float, complex, str, bytes, bool, type(None)})
 def _reduce(obj: Any) -> Any:
     """Copy functions (with their closure cells) and cells, which pickle
     would otherwise save by name or refuse."""
+    # Built by C code only (no Python frame per object on load): the type
+    # makes the object, and pickle's BUILD sets the rest as attributes once
+    # what they refer to exists, so closures may refer to themselves.
     t = type(obj)
     if t is types.FunctionType:
-        state = (obj.__defaults__, obj.__kwdefaults__, obj.__dict__, obj.__qualname__)
+        attrs = {"__defaults__": obj.__defaults__, "__kwdefaults__": obj.__kwdefaults__,
+                 "__qualname__": obj.__qualname__}
         return (
-            _make_function,
-            (obj.__code__, obj.__globals__, obj.__name__, obj.__closure__),
-            state,
-            None,
-            None,
-            _fill_function,
+            types.FunctionType,
+            (obj.__code__, obj.__globals__, obj.__name__, None, obj.__closure__),
+            (obj.__dict__ or None, attrs),
         )
     if t is types.CellType:
         try:
             value = obj.cell_contents
         except ValueError:
-            return (_make_cell, ())
-        return (_make_cell, (), (value,), None, None, _fill_cell)
+            return (types.CellType, ())
+        return (types.CellType, (), (None, {"cell_contents": value}))
     return NotImplemented
 
 
