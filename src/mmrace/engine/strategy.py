@@ -291,7 +291,6 @@ class DfsStrategy(Strategy):
         self.cur_sleep = _EMPTY
         self.replay_events = self.nodes[-1].ev_index if self.nodes else 0
         self.reuse = min(self.replay_events, len(self.log))
-        del self.log[self.reuse:]
 
     def on_spawn(self, ex: Execution, th: SimThread) -> None:
         if self.reduce:
@@ -370,7 +369,6 @@ class DfsStrategy(Strategy):
         acc = obj._acc
         if acc is None:
             acc = obj._acc = {}
-        log = self.log
         if idx < self.reuse:
             # Replaying the prefix the previous execution ran: an event's
             # clock depends only on the events before it, so while the
@@ -378,7 +376,7 @@ class DfsStrategy(Strategy):
             # by creation serial) the clock is the one computed then. No
             # race is recorded in a replayed prefix, so nothing else is
             # needed but the per-object access records.
-            lt, lk, ls, la, vc = log[idx]
+            lt, lk, ls, la, vc = self.log[idx]
             if (lt == t and lk == ev.kind and ls == obj.serial
                     and (la is None if also is None else la == _also_key(also))):
                 ev.vc = vc
@@ -393,7 +391,7 @@ class DfsStrategy(Strategy):
                 return
             # diverged: compute this and every later clock afresh
             self.reuse = 0
-            del log[idx:]
+            del self.log[idx:]
         vc = tvc[t][:]
         cands: list[int] = []
         if cls == 2:
@@ -464,7 +462,6 @@ class DfsStrategy(Strategy):
         vc[t] += 1
         ev.vc = vc
         tvc[t] = vc
-        log.append((t, ev.kind, obj.serial, None if also is None else _also_key(also), vc))
         _note(acc, obj, t, cls, idx)
         if also:
             for o, k in also:
@@ -476,6 +473,25 @@ class DfsStrategy(Strategy):
         if self.reduce:
             self._add_backtracks(ex)
         self._advance()
+        if self.reduce:
+            self._keep_log(ex)
+
+    def _keep_log(self, ex: Execution) -> None:
+        """Log the events the next execution will replay (those before its
+        last decision point), keeping what is logged already: built here,
+        not per event, so that operations no execution replays (the tail
+        of each, a whole single execution) cost nothing."""
+        log = self.log
+        upto = self.nodes[-1].ev_index if self.nodes and not self.finished else 0
+        if len(log) >= upto:
+            del log[upto:]
+            return
+        for e in ex.events[len(log):upto]:
+            also = e.also
+            vc = e.vc
+            assert vc is not None
+            log.append((e.tid, e.kind, e.obj.serial,
+                        None if also is None else _also_key(also), vc))
 
     def more(self) -> bool:
         return not self.finished
