@@ -369,6 +369,7 @@ class DfsStrategy(Strategy):
         acc = obj._acc
         if acc is None:
             acc = obj._acc = {}
+        vc: list[int] | None = None
         if idx < self.reuse:
             # Replaying the prefix the previous execution ran: an event's
             # clock depends only on the events before it, so while the
@@ -376,96 +377,92 @@ class DfsStrategy(Strategy):
             # by creation serial) the clock is the one computed then. No
             # race is recorded in a replayed prefix, so nothing else is
             # needed but the per-object access records.
-            lt, lk, ls, la, vc = self.log[idx]
+            lt, lk, ls, la, lvc = self.log[idx]
             if (lt == t and lk == ev.kind and ls == obj.serial
                     and (la is None if also is None else la == _also_key(also))):
-                ev.vc = vc
-                tvc[t] = vc
-                _note(acc, obj, t, cls, idx)
-                if also:
-                    for o, k in also:
-                        oacc = o._acc
-                        if oacc is None:
-                            oacc = o._acc = {}
-                        _note(oacc, o, t, _CLASS_OF_KIND[k], idx)
-                return
-            # diverged: compute this and every later clock afresh
-            self.reuse = 0
-            del self.log[idx:]
-        vc = tvc[t][:]
-        cands: list[int] = []
-        if cls == 2:
-            # A WAIT happens after the write that enabled it (the last write
-            # to the object before its guard turned true) and after nothing
-            # else on the object. (It used to be ordered after every earlier
-            # write, which hid races between a write that came after the wake
-            # and the waiter's later events: DPOR then missed traces, e.g. a
-            # lock hand-off followed by a third thread taking the free lock.)
-            lim = ex.threads[t].wake
-            j = obj._lastw
-            if j >= lim:
-                j = -1
-                for k in range(lim - 1, -1, -1):
-                    if _writes(events[k], obj):
-                        j = k
-                        break
-            if j >= 0:
-                evc = events[j].vc
-                assert evc is not None
-                _join(vc, evc)
-        elif len(acc) > 1 or t not in acc:
-            _candidates(acc, t, cls, cands)
-        if also:
-            for o, k in also:
-                oacc = o._acc
-                if oacc is None:
-                    o._acc = {}
-                elif len(oacc) > 1 or t not in oacc:
-                    _candidates(oacc, t, _CLASS_OF_KIND[k], cands)
-        if cands:
-            # The latest first: an earlier candidate that happens before a
-            # later one is not an immediate race.
-            record = idx >= self.replay_events
-            if len(cands) > 1:
-                cands.sort(reverse=True)
-            for j in cands:
-                e = events[j]
-                evc = e.vc
-                assert evc is not None
-                u = e.tid
-                if len(vc) <= u or vc[u] < evc[u]:
-                    # not yet known to happen before: a race
-                    if record:
-                        self.races.append((j, idx, tuple(vc), False))
+                vc = lvc
+            else:
+                # diverged: compute this and every later clock afresh
+                self.reuse = 0
+                del self.log[idx:]
+        if vc is None:
+            vc = tvc[t][:]
+            cands: list[int] = []
+            if cls == 2:
+                # A WAIT happens after the write that enabled it (the last write
+                # to the object before its guard turned true) and after nothing
+                # else on the object. (It used to be ordered after every earlier
+                # write, which hid races between a write that came after the wake
+                # and the waiter's later events: DPOR then missed traces, e.g. a
+                # lock hand-off followed by a third thread taking the free lock.)
+                lim = ex.threads[t].wake
+                j = obj._lastw
+                if j >= lim:
+                    j = -1
+                    for k in range(lim - 1, -1, -1):
+                        if _writes(events[k], obj):
+                            j = k
+                            break
+                if j >= 0:
+                    evc = events[j].vc
+                    assert evc is not None
                     _join(vc, evc)
-        if cls == 3:
-            # An acquisition happens after the release that freed the lock,
-            # which it never races with: joined only now, so that the race
-            # with the previous holder's acquisition is seen across it.
-            j = obj._lastrel
-            if j >= 0:
-                e = events[j]
-                evc = e.vc
-                assert evc is not None
-                u = e.tid
-                if (
-                    self.bound is not None
-                    and idx >= self.replay_events
-                    and (len(vc) <= u or vc[u] < evc[u])
-                ):
-                    # Bounded search: the acquirer may also get to the lock
-                    # while it is still held and block there, which lets the
-                    # holder run on without a preemption. Those schedules
-                    # are only reached by backtracking before the release.
-                    self.races.append((j, idx, tuple(vc), True))
-                _join(vc, evc)
-        vc[t] += 1
+            elif len(acc) > 1 or t not in acc:
+                _candidates(acc, t, cls, cands)
+            if also:
+                for o, k in also:
+                    oacc = o._acc
+                    if oacc is None:
+                        o._acc = {}
+                    elif len(oacc) > 1 or t not in oacc:
+                        _candidates(oacc, t, _CLASS_OF_KIND[k], cands)
+            if cands:
+                # The latest first: an earlier candidate that happens before a
+                # later one is not an immediate race.
+                record = idx >= self.replay_events
+                if len(cands) > 1:
+                    cands.sort(reverse=True)
+                for j in cands:
+                    e = events[j]
+                    evc = e.vc
+                    assert evc is not None
+                    u = e.tid
+                    if len(vc) <= u or vc[u] < evc[u]:
+                        # not yet known to happen before: a race
+                        if record:
+                            self.races.append((j, idx, tuple(vc), False))
+                        _join(vc, evc)
+            if cls == 3:
+                # An acquisition happens after the release that freed the lock,
+                # which it never races with: joined only now, so that the race
+                # with the previous holder's acquisition is seen across it.
+                j = obj._lastrel
+                if j >= 0:
+                    e = events[j]
+                    evc = e.vc
+                    assert evc is not None
+                    u = e.tid
+                    if (
+                        self.bound is not None
+                        and idx >= self.replay_events
+                        and (len(vc) <= u or vc[u] < evc[u])
+                    ):
+                        # Bounded search: the acquirer may also get to the lock
+                        # while it is still held and block there, which lets the
+                        # holder run on without a preemption. Those schedules
+                        # are only reached by backtracking before the release.
+                        self.races.append((j, idx, tuple(vc), True))
+                    _join(vc, evc)
+            vc[t] += 1
         ev.vc = vc
         tvc[t] = vc
         _note(acc, obj, t, cls, idx)
         if also:
             for o, k in also:
-                _note(o._acc, o, t, _CLASS_OF_KIND[k], idx)  # type: ignore[arg-type]
+                oacc = o._acc
+                if oacc is None:  # a replayed event (a computed one made it)
+                    oacc = o._acc = {}
+                _note(oacc, o, t, _CLASS_OF_KIND[k], idx)
 
     # -- between executions -------------------------------------------------
 
