@@ -19,7 +19,7 @@ from mmrace.engine.core import (
 )
 
 if TYPE_CHECKING:
-    from mmrace.engine.core import Also, Event, Execution, SharedObject, SimThread
+    from mmrace.engine.core import Event, Execution, SharedObject, SimThread
 
 Footprint = tuple[int, ...]
 """(serial, kind) of an operation's object, followed by (serial, kind) of each
@@ -273,11 +273,11 @@ class DfsStrategy(Strategy):
         self.races: list[tuple[int, int, tuple[int, ...], bool]] = []
         self.finished = False
         # Per event of the previous execution: (thread, kind, object serial,
-        # further accesses, clock). The replayed prefix of the next one
-        # reuses the clocks while its events match these one for one. Kept
-        # as plain data: holding the events would keep the whole previous
-        # execution's state alive (measured: 5% slower).
-        self.log: list[tuple[int, int, int, tuple[int, ...] | None, list[int]]] = []
+        # footprint if it has further accesses, clock). The replayed prefix
+        # of the next one reuses the clocks while its events match these
+        # one for one. Kept as plain data: holding the events would keep
+        # the whole previous execution's state alive (measured: 5% slower).
+        self.log: list[tuple[int, int, int, Footprint | None, list[int]]] = []
         self.reuse = 0
 
     # -- one execution ------------------------------------------------------
@@ -377,9 +377,9 @@ class DfsStrategy(Strategy):
             # by creation serial) the clock is the one computed then. No
             # race is recorded in a replayed prefix, so nothing else is
             # needed but the per-object access records.
-            lt, lk, ls, la, lvc = self.log[idx]
+            lt, lk, ls, lfp, lvc = self.log[idx]
             if (lt == t and lk == ev.kind and ls == obj.serial
-                    and (la is None if also is None else la == _also_key(also))):
+                    and (lfp == _fp(obj, lk, also) if also else lfp is None)):
                 vc = lvc
             else:
                 # diverged: compute this and every later clock afresh
@@ -484,11 +484,9 @@ class DfsStrategy(Strategy):
             del log[upto:]
             return
         for e in ex.events[len(log):upto]:
-            also = e.also
             vc = e.vc
             assert vc is not None
-            log.append((e.tid, e.kind, e.obj.serial,
-                        None if also is None else _also_key(also), vc))
+            log.append((e.tid, e.kind, e.obj.serial, _event_fp(e) if e.also else None, vc))
 
     def more(self) -> bool:
         return not self.finished
@@ -846,16 +844,6 @@ def _note(acc: dict[int, list[int]], obj: SharedObject, t: int, cls: int, idx: i
         obj._lastw = idx
         if cls == 4:
             obj._lastrel = idx
-
-
-def _also_key(also: Also) -> tuple[int, ...]:
-    """An operation's further accesses as (serial, kind) pairs, flattened:
-    the same across executions for the same accesses."""
-    out: list[int] = []
-    for o, k in also:
-        out.append(o.serial)
-        out.append(k)
-    return tuple(out)
 
 
 def _writes(e: Event, obj: SharedObject) -> bool:
