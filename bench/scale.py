@@ -88,6 +88,9 @@ def catalog(workers: int, quick: bool) -> dict[str, Any]:
         "expected": r.expected,
         "outcome": r.outcome,
         "executions": r.result.executions,
+        # the bounded search's first pass (``docs/scale.md``): its share
+        "quick_pass_executions": (r.result.extra.get("quick_pass") or {}).get("executions"),
+        "found_by_quick_pass": bool((r.result.extra.get("quick_pass") or {}).get("found")),
         "seconds": round(r.result.seconds, 1),
     } for r in runs]
     return {"workers": workers, "wall_seconds": round(wall, 1), "variants": rows,

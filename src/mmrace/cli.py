@@ -129,6 +129,9 @@ def _build_parser() -> _Parser:
     ex.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     ex.add_argument("--all-ops", action="store_true", help="show every operation")
     ex.add_argument("--no-shrink", action="store_true", help="report the violation as found")
+    ex.add_argument("--no-quick-pass", action="store_true",
+                    help="a bounded search without its first, quick pass (which finds most "
+                    "violations sooner and proves nothing)")
     _kernel_args(ex)
     add_scale_options(ex, "explore")
     rules = sub.add_parser("rules", help="print the locking rule table")
@@ -305,6 +308,7 @@ def _cmd_explore(args: argparse.Namespace) -> int:
                 shrink=not args.no_shrink,
                 progress_info=explore_progress(args.quiet),
                 should_stop=args.should_stop,
+                quick_pass=not args.no_quick_pass,
                 **kwargs,
             )
         end_progress_line()
@@ -374,6 +378,7 @@ def _explore_scenario(sc: Scenario, kernel: Kernel, args: argparse.Namespace) ->
                     progress_info=explore_progress(args.quiet),
                     token_context=token_context(sc, variant),
                     should_stop=args.should_stop,
+                    quick_pass=not args.no_quick_pass,
                     **kwargs,
                 )
             end_progress_line()

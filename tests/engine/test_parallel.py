@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_properties import KINDS, specs
 
-from mmrace.engine import Result, explore
+from mmrace.engine import Result, explore, frontier
 from mmrace.engine.explore import make_strategy, prepare_run, result_of, run_unit
 from mmrace.engine.frontier import CheckpointError
 from mmrace.engine.parallel import drive
@@ -28,7 +28,8 @@ def split(program: Any, strategy: str = "dpor", bound: int | None = None, slots:
     """Explore through the coordinator with *slots* in-process workers and
     *per_slice* executions per slice (so: many splits)."""
     strat = make_strategy(strategy, bound, None, 0)
-    sets = Settings(strat.reduce, strat.bound, 20_000)  # type: ignore[attr-defined]
+    sets = Settings(strat.reduce, strat.bound, 20_000,  # type: ignore[attr-defined]
+                    quick_pass=True)  # as explore() has it
     src = CallableSource(program)
     run = prepare_run(src, strategy, sets, "")
     drive([run], InlinePool(slots), run_unit, slice_executions=per_slice)
@@ -127,7 +128,7 @@ def test_interrupted_exploration_resumes_to_the_same_result(tmp_path: Any, strat
     assert first.interrupted and not first.complete and first.outcome == "interrupted"
     assert 0 < first.executions < whole.executions
     data = json.loads((tmp_path / "ck.json").read_text())
-    assert data["format"] == "mmrace-checkpoint" and data["version"] == 1
+    assert data["format"] == "mmrace-checkpoint" and data["version"] == frontier.VERSION
     again = explore(program, strategy=strategy, resume=path, workers=2)
     assert figures(again) == figures(whole)
 
@@ -153,7 +154,7 @@ def test_checkpoint_for_something_else_is_refused(tmp_path: Any) -> None:
     path.write_text(json.dumps(data))
     with pytest.raises(CheckpointError, match="format 99"):
         explore(lost_update(threads=3, check=False), resume=str(path), token_context="a/b")
-    data["version"] = 1
+    data["version"] = frontier.VERSION
     data["mmrace"] = "0.0.1"
     path.write_text(json.dumps(data))
     with pytest.raises(CheckpointError, match=r"written by mmrace 0\.0\.1"):

@@ -193,12 +193,15 @@ def run_executions(
     exploration_locals: dict[str, Any],
     setup: SetupCache | None,
     go_on: Callable[[_Tally], bool],
+    tally: _Tally | None = None,
 ) -> _Tally:
     """The exploration loop, one for :func:`explore` and for a parallel
     unit's slice (:func:`run_unit`): run executions while the strategy has
     more and *go_on* (asked before each one, with the figures so far)
-    agrees; stop at the first violation."""
-    tally = _Tally()
+    agrees; stop at the first violation. Counts into *tally* if given (the
+    bounded search's two passes share one)."""
+    if tally is None:
+        tally = _Tally()
     with _GcPause() as pause:
         while strat.more() and go_on(tally):
             ex = run_once(program, strat, max_steps, exploration_locals, setup)
@@ -246,9 +249,17 @@ def explore(
     checkpoint_every: float = 60.0,
     resume: str | dict[str, Any] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    quick_pass: bool = True,
 ) -> Result:
     """Explore *program*'s executions with *strategy* until a violation, the
     end of the search (exhaustive strategies), or a budget runs out.
+
+    A bounded search (``bounded``, or ``dpor`` with a preemption bound)
+    starts with a *quick pass* unless *quick_pass* is False: source-DPOR
+    with sleep sets whose branches beyond the bound are cut. It finds most
+    violations within the bound in a fraction of the executions, and proves
+    nothing; then the complete bounded search runs. Executions are counted
+    over both; ``Result.extra["quick_pass"]`` has the first pass's figures.
 
     ``random`` and ``pct`` never complete; without ``max_executions`` or
     ``max_seconds`` they run 1,000 executions. *progress* and
@@ -287,7 +298,7 @@ def explore(
             progress_info=progress_info, setup_snapshot=setup_snapshot,
             token_context=token_context, workers=workers or 1, pool=pool, source=source,
             checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume,
-            should_stop=should_stop,
+            should_stop=should_stop, quick_pass=quick_pass,
         )
     strat = make_strategy(strategy, preemption_bound, seed, depth)
     if max_executions is None and max_seconds is None and not strat.complete_when_done:
@@ -318,7 +329,14 @@ def explore(
                 progress_info(ProgressInfo(t.executions, now - start, t.depth, t.steps))
         return True
 
-    tally = run_executions(program, strat, max_steps, locals_, cache, go_on)
+    tally = _Tally()
+    quick: dict[str, Any] | None = None
+    if quick_pass and isinstance(strat, DfsStrategy) and strat.compensate:
+        first = DfsStrategy(reduce=True, bound=strat.bound, quick=True)
+        run_executions(program, first, max_steps, locals_, cache, go_on, tally)
+        quick = _quick_figures(tally, done=not first.more())
+    if tally.found is None:
+        run_executions(program, strat, max_steps, locals_, cache, go_on, tally)
     found = tally.found
     complete = found is None and strat.complete_when_done and not strat.more()
     result = Result(
@@ -332,12 +350,20 @@ def explore(
         steps=tally.steps,
         interrupted=interrupted,
     )
+    if quick is not None:
+        result.extra["quick_pass"] = quick
     if found is not None:
         _report(result, program, found, max_steps, locals_, shrink, token_context, cache)
     result.seconds = time.perf_counter() - start
     if cache is not None:
         result.extra["setup_snapshot"] = cache.status
     return result
+
+
+def _quick_figures(t: _Tally, done: bool) -> dict[str, Any]:
+    """What a bounded search's quick pass did (``Result.extra["quick_pass"]``)."""
+    return {"executions": t.executions, "blocked": t.blocked, "found": t.found is not None,
+            "complete": done and t.found is None}
 
 
 def _report(result: Result, program: Program, found: Execution, max_steps: int,
@@ -375,11 +401,13 @@ def _explore_split(
     checkpoint_every: float,
     resume: str | dict[str, Any] | None,
     should_stop: Callable[[], bool] | None,
+    quick_pass: bool,
 ) -> Result:
     """:func:`explore` for a DFS strategy through the parallel driver."""
     strat = make_strategy(strategy, preemption_bound, None, 0)
     assert isinstance(strat, DfsStrategy)
-    settings = Settings(strat.reduce, strat.bound, max_steps, setup_snapshot)
+    settings = Settings(strat.reduce, strat.bound, max_steps, setup_snapshot,
+                        quick_pass=quick_pass)
     src = source if source is not None else CallableSource(program)
     run = prepare_run(src, strategy, settings, token_context, resume=resume,
                       max_executions=max_executions, max_seconds=max_seconds,
@@ -469,6 +497,8 @@ def result_of(out: Outcome, src: ProgramSource, strategy_name: str, *, max_steps
         if decided else 0,
         "worker_seconds": out.extra.get("worker_seconds", 0.0),
     })
+    if out.extra.get("quick_pass") is not None:
+        result.extra["quick_pass"] = out.extra["quick_pass"]
     if out.extra.get("setup_snapshot"):
         # as a worker last saw it (each worker saves its own)
         result.extra["setup_snapshot"] = out.extra["setup_snapshot"]

@@ -2,14 +2,15 @@
 
 A checkpoint is one JSON object::
 
-    {"format": "mmrace-checkpoint", "version": 1, "mmrace": "0.1.0",
+    {"format": "mmrace-checkpoint", "version": 2, "mmrace": "0.1.0",
      "program": "...", "context": "...", "search": {...}, "seconds": 12.5,
      "frontier": {...}}
 
 ``program`` names what was explored (a scenario and variant, or a file and
 function), ``context`` is the replay-token context (scenario/variant or the
 ad-hoc kernel), ``search`` the strategy, preemption bound and step limit,
-``frontier`` the coordinator's tree (:meth:`Exploration.dump`: shared nodes,
+``frontier`` the coordinator's tree (:meth:`Exploration.dump`: which pass
+of a bounded search it is in, shared nodes,
 every unfinished unit's search state, the backtrack records not merged yet,
 the figures so far). The tree of a search depends on the model code, so a
 checkpoint is only read by the mmrace version that wrote it, for the same
@@ -32,7 +33,7 @@ from mmrace.engine.parallel import Exploration
 from mmrace.engine.units import Settings
 
 FORMAT = "mmrace-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: a bounded search's quick pass (the search says if it has one)
 
 
 class CheckpointError(Exception):
@@ -41,7 +42,8 @@ class CheckpointError(Exception):
 
 
 def search_of(strategy: str, settings: Settings) -> dict[str, Any]:
-    return {"strategy": strategy, "bound": settings.bound, "max_steps": settings.max_steps}
+    return {"strategy": strategy, "bound": settings.bound, "max_steps": settings.max_steps,
+            "quick_pass": settings.has_quick_pass}
 
 
 def dump(ex: Exploration, *, program: str, context: str, strategy: str,
@@ -120,6 +122,8 @@ def _search_text(s: dict[str, Any]) -> str:
     text = str(s.get("strategy"))
     if s.get("bound") is not None:
         text += f" K={s.get('bound')}"
+        if not s.get("quick_pass"):
+            text += " without its quick pass"
     return f"{text}, max {s.get('max_steps')} steps"
 
 

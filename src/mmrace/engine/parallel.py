@@ -45,7 +45,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mmrace.engine.pools import Pool
@@ -145,7 +145,12 @@ class Exploration:
         self.name = name
         self.source = source
         self.settings = settings
-        self.strat = settings.strategy()  # applies records to c-nodes
+        # A bounded search's two passes (see explore()): the quick pass's
+        # tree first, then the complete search's; each is merged in its own
+        # search order, as the serial search runs them one after the other.
+        self.phase = "quick" if settings.has_quick_pass else "full"
+        self.quick_done: list[int] | None = None  # [executions, blocked] of the quick pass
+        self.strat = self.unit_settings().strategy()  # applies records to c-nodes
         self.uids = 0
         self.ready: list[_Unit] = []
         self.running: list[_Unit] = []
@@ -177,8 +182,12 @@ class Exploration:
         if isinstance(child, _Unit):
             child.branch = branch
 
+    def unit_settings(self) -> Settings:
+        """What the units of the current pass run."""
+        return replace(self.settings, quick=self.phase == "quick")
+
     def job(self, unit: _Unit, seconds: float, max_executions: int | None) -> UnitJob:
-        return UnitJob(self.name, self.source, self.settings, unit.state, seconds,
+        return UnitJob(self.name, self.source, self.unit_settings(), unit.state, seconds,
                        max_executions)
 
     def key(self, unit: _Unit) -> tuple[int, ...]:
@@ -305,7 +314,20 @@ class Exploration:
             else:
                 raise AssertionError(f"record for no node: {it}")
         if self._complete(root):
-            self.finished = True
+            if self.phase == "quick":
+                self._full_pass()
+            else:
+                self.finished = True
+
+    def _full_pass(self) -> None:
+        """The quick pass is over without a violation: the complete bounded
+        search starts, from a fresh root."""
+        self.phase = "full"
+        self.quick_done = [self.committed.executions, self.committed.blocked]
+        self.strat = self.unit_settings().strategy()
+        self.root = _Branch(-1, self._new_unit({"nodes": [], "floor": 0, "finished": False}),
+                            None)
+        self._link(self.root)
 
     def _complete(self, b: _Branch) -> bool:
         child = b.child
@@ -388,12 +410,23 @@ class Exploration:
                           self.performed.steps],
             "splits": self.splits,
             "busy": round(self.busy, 3),
+            "phase": self.phase,
+            "quick_done": self.quick_done,
         }
 
     def _load(self, data: dict[str, Any]) -> None:
         self.ready = []
         self.running = []
         self.uids = 0
+        # (a frontier saved without a phase is a complete search's)
+        phase = data.get("phase", "full")
+        if phase not in ("quick", "full") or (phase == "quick"
+                                              and not self.settings.has_quick_pass):
+            raise ValueError(f"pass {phase!r} does not fit this search")
+        self.phase = phase
+        done = data.get("quick_done")
+        self.quick_done = [int(done[0]), int(done[1])] if done is not None else None
+        self.strat = self.unit_settings().strategy()
 
         def branch(d: dict[str, Any], owner: _CNode | None) -> _Branch:
             items: deque[Record] = deque(tuple(i) for i in d["items"])
@@ -440,8 +473,20 @@ class Exploration:
             interrupted=interrupted,
             units=self.uids,
             splits=self.splits,
-            extra={"worker_seconds": round(self.busy, 3), "setup_snapshot": self.setup},
+            extra={"worker_seconds": round(self.busy, 3), "setup_snapshot": self.setup,
+                   "quick_pass": self.quick_figures()},
         )
+
+    def quick_figures(self) -> dict[str, Any] | None:
+        """The quick pass's figures so far (``Result.extra["quick_pass"]``),
+        or None when the search has none."""
+        if self.quick_done is not None:
+            return {"executions": self.quick_done[0], "blocked": self.quick_done[1],
+                    "found": False, "complete": True}
+        if self.phase != "quick":
+            return None
+        return {"executions": self.committed.executions, "blocked": self.committed.blocked,
+                "found": self.violation is not None, "complete": False}
 
 
 # --- driving explorations over a pool ----------------------------------------------

@@ -102,9 +102,17 @@ class Settings:
     # set-up runs in every execution. Not part of a checkpoint: it changes
     # how fast executions start, never what they do.
     setup_snapshot: int | None = SNAPSHOT_AFTER
+    # A bounded search: the exploration starts with a quick pass
+    # (explore(quick_pass=...)); ``quick``: the units run that pass.
+    quick_pass: bool = False
+    quick: bool = False
 
     def strategy(self) -> DfsStrategy:
-        return DfsStrategy(reduce=self.reduce, bound=self.bound)
+        return DfsStrategy(reduce=self.reduce, bound=self.bound, quick=self.quick)
+
+    @property
+    def has_quick_pass(self) -> bool:
+        return self.quick_pass and self.reduce and self.bound is not None
 
 
 @dataclass

@@ -84,8 +84,19 @@ def render_result(r: Result, *, all_ops: bool = False) -> str:
     summary = (
         f"{r.outcome}: {r.executions} executions"
         + (f" (+{r.blocked} cut by sleep sets)" if r.blocked else "")
+        + _quick_pass_text(r)
         + f", {'complete' if r.complete else 'not complete'}, {r.seconds:.2f}s"
         + f", strategy {r.strategy}"
     )
     lines.append(summary)
     return "\n".join(lines)
+
+
+def _quick_pass_text(r: Result) -> str:
+    """How much of a bounded search was its quick pass."""
+    qp = r.extra.get("quick_pass")
+    if not qp:
+        return ""
+    if qp.get("found"):
+        return ", found by the quick pass"
+    return f", {qp['executions']} of them in the quick pass"

@@ -84,6 +84,9 @@ class VariantRun:
             "seconds": round(self.result.seconds, 3),
             "token": self.result.token,
             "settings": self.settings,
+            # a bounded search's first pass: its executions, whether it found
+            # the violation (docs/scale.md)
+            "quick_pass": self.result.extra.get("quick_pass"),
         }
 
 
@@ -272,7 +275,7 @@ def _settings_for(st: Explore) -> tuple[str, Settings] | None:
         return None
     strat = make_strategy(st.strategy, st.preemption_bound, None, 0)
     assert isinstance(strat, DfsStrategy)
-    return strat.name, Settings(strat.reduce, strat.bound, DEFAULT_MAX_STEPS)
+    return strat.name, Settings(strat.reduce, strat.bound, DEFAULT_MAX_STEPS, quick_pass=True)
 
 
 def estimate(sc: Scenario, variant: Variant) -> tuple[int, int]:
@@ -367,6 +370,8 @@ def _restored(d: dict[str, Any]) -> VariantRun:
         seconds=float(d["seconds"]),
     )
     result.extra["resumed"] = True
+    if isinstance(d.get("quick_pass"), dict):
+        result.extra["quick_pass"] = d["quick_pass"]
     return VariantRun(d["scenario"], d["variant"], d.get("expected") or "", result,
                       d["settings"])
 
