@@ -47,8 +47,23 @@ def test_clean_json(capsys: pytest.CaptureFixture[str]) -> None:
         "seconds": data["seconds"],
         "violation": None,
         "token": None,
+        "quick_pass": None,  # dpor: no bound, no quick pass
     }
     assert data["executions"] >= 1
+
+
+def test_bounded_explore_reports_its_quick_pass(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["explore", f"{EXAMPLE}:fixed", "--strategy", "bounded", "--preemptions", "1"]
+    assert main([*argv, "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "of them in the quick pass" in out
+    assert main([*argv, "--json"]) == 0
+    both = json.loads(capsys.readouterr().out)
+    assert both["quick_pass"]["complete"] and not both["quick_pass"]["found"]
+    assert main([*argv, "--json", "--no-quick-pass"]) == 0
+    alone = json.loads(capsys.readouterr().out)
+    assert alone["quick_pass"] is None
+    assert both["executions"] == alone["executions"] + both["quick_pass"]["executions"]
 
 
 def test_replay_token_roundtrip(capsys: pytest.CaptureFixture[str]) -> None:

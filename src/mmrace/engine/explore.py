@@ -86,6 +86,7 @@ class Result:
             "seconds": round(self.seconds, 3),
             "violation": self.violation.as_dict() if self.violation else None,
             "token": self.token,
+            "quick_pass": self.extra.get("quick_pass"),  # a bounded search's first pass
         }
 
 
