@@ -31,6 +31,7 @@ from mmrace.engine.units import (
     Settings,
     UnitJob,
     UnitResult,
+    quick_pass_figures,
     setup_for,
 )
 
@@ -335,7 +336,8 @@ def explore(
     if quick_pass and isinstance(strat, DfsStrategy) and strat.compensate:
         first = DfsStrategy(reduce=True, bound=strat.bound, quick=True)
         run_executions(program, first, max_steps, locals_, cache, go_on, tally)
-        quick = _quick_figures(tally, done=not first.more())
+        quick = quick_pass_figures(tally.executions, tally.blocked, tally.found is not None,
+                                   not first.more() and tally.found is None)
     if tally.found is None:
         run_executions(program, strat, max_steps, locals_, cache, go_on, tally)
     found = tally.found
@@ -359,12 +361,6 @@ def explore(
     if cache is not None:
         result.extra["setup_snapshot"] = cache.status
     return result
-
-
-def _quick_figures(t: _Tally, done: bool) -> dict[str, Any]:
-    """What a bounded search's quick pass did (``Result.extra["quick_pass"]``)."""
-    return {"executions": t.executions, "blocked": t.blocked, "found": t.found is not None,
-            "complete": done and t.found is None}
 
 
 def _report(result: Result, program: Program, found: Execution, max_steps: int,

@@ -59,7 +59,15 @@ from mmrace.engine.strategy import (
     node_from_data,
     sleepers,
 )
-from mmrace.engine.units import ProgramSource, Runner, Settings, UnitJob, UnitResult, forget
+from mmrace.engine.units import (
+    ProgramSource,
+    Runner,
+    Settings,
+    UnitJob,
+    UnitResult,
+    forget,
+    quick_pass_figures,
+)
 
 # --- the coordinator's tree --------------------------------------------------------
 
@@ -481,12 +489,11 @@ class Exploration:
         """The quick pass's figures so far (``Result.extra["quick_pass"]``),
         or None when the search has none."""
         if self.quick_done is not None:
-            return {"executions": self.quick_done[0], "blocked": self.quick_done[1],
-                    "found": False, "complete": True}
+            return quick_pass_figures(self.quick_done[0], self.quick_done[1], False, True)
         if self.phase != "quick":
             return None
-        return {"executions": self.committed.executions, "blocked": self.committed.blocked,
-                "found": self.violation is not None, "complete": False}
+        return quick_pass_figures(self.committed.executions, self.committed.blocked,
+                                  self.violation is not None, False)
 
 
 # --- driving explorations over a pool ----------------------------------------------

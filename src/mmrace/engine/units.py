@@ -115,6 +115,14 @@ class Settings:
         return self.quick_pass and self.reduce and self.bound is not None
 
 
+def quick_pass_figures(executions: int, blocked: int, found: bool, complete: bool
+                       ) -> dict[str, Any]:
+    """What a bounded search's quick pass did, as ``Result.extra["quick_pass"]``
+    has it (serial or split)."""
+    return {"executions": executions, "blocked": blocked, "found": found,
+            "complete": complete}
+
+
 @dataclass
 class UnitJob:
     exploration: str  # names the exploration (per-process state is kept by it)
