@@ -7,7 +7,7 @@ from mmrace.scenarios import get
 from mmrace.scenarios.run import run_variant
 
 
-def test_the_quick_pass_finds_the_lost_write_twenty_times_sooner() -> None:
+def test_the_quick_pass_finds_the_lost_write_within_a_thousand_executions() -> None:
     # Three preemptions, one in each of three CPUs' TLB-flush loops: the
     # complete bounded search reaches it after 15,020 executions.
     sc = get("uffd-wp-protect-unprotect")

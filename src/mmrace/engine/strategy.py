@@ -270,9 +270,9 @@ class DfsStrategy(Strategy):
         # sets whose branches the bound cuts, without bounded DPOR's
         # compensations (``compensate``), which are what its completeness
         # within the bound rests on.
-        self.quick = quick and reduce and bound is not None
-        self.compensate = reduce and bound is not None and not self.quick
-        self.use_sleep = reduce and (bound is None or self.quick)
+        quick = quick and reduce and bound is not None
+        self.compensate = reduce and bound is not None and not quick
+        self.use_sleep = reduce and (bound is None or quick)
         self.name = ("bounded" if bound is not None else "dpor") if reduce else "naive"
         self.nodes: list[_Node] = []
         self.floor = 0
